@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh machine: bubblewrap (Debian), torch pinned to the local CPU
+# wheel FIRST (an unpinned torch would pull a multi-GB CUDA build), then this package with
+# its dev extras. Each step is skipped when already satisfied, so re-running is cheap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+TORCH_VERSION=${KLEAR_TORCH_VERSION:-2.13.0}
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi
+
+if ! command -v bwrap >/dev/null 2>&1; then
+  echo "[install] bubblewrap (sandbox for code rewards)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq bubblewrap >/dev/null
+fi
+
+if ! $PY -c "import torch,sys; sys.exit(0 if torch.__version__.split('+')[0]=='$TORCH_VERSION' else 1)" 2>/dev/null; then
+  echo "[install] torch==$TORCH_VERSION (pinned)"
+  $PY -m pip install -q "torch==$TORCH_VERSION"
+fi
+
+stamp=.make/installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! $PY -c "import klear" 2>/dev/null; then
+  echo "[install] klear (editable, with dev extras)"
+  $PY -m pip install -q -e ".[dev]"
+  mkdir -p .make && touch "$stamp"
+fi

@@ -1,0 +1,3 @@
+from klear.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Pure torch: policy losses, advantages and the one aggregation function."""

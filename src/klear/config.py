@@ -1,0 +1,392 @@
+"""Every setting of Klear, as pydantic models validated at load.
+
+A recipe is a YAML file whose keys mirror these models; command-line overrides
+are dotted ``key.sub=value`` pairs applied on top. Anything unknown, mistyped
+or contradictory fails here, at load, with a message that names the key, the
+value and what is allowed -- never deep inside a training step.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be loaded; the message says exactly why."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_registry_name(value: str, registry_module: str, registry_name: str) -> str:
+    """Accept a registered name or a dotted ``package.module:function`` path to user code."""
+    import importlib
+
+    registry = getattr(importlib.import_module(registry_module), registry_name)
+    if value in registry or ":" in value:
+        return value
+    allowed = ", ".join(sorted(registry))
+    raise ValueError(
+        f"unknown {registry_name} entry {value!r}; allowed: {allowed}, or a dotted path 'pkg.module:function'"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Algorithm: losses and advantages
+# ---------------------------------------------------------------------------------------------
+
+
+class LossConfig(Section):
+    """Policy loss (paper Sec. 2.2, Eq. 4-6 for GPPO)."""
+
+    type: str = Field("gppo", description="gppo | ppo | cispo | gspo, or 'pkg.module:function'")
+    eps_low: float = Field(0.2, ge=0.0, lt=1.0, description="lower clip range: ratio >= 1 - eps_low")
+    eps_high: float = Field(0.28, ge=0.0, description="upper clip range (clip-higher): ratio <= 1 + eps_high")
+    clip_ratio_c: float | None = Field(
+        10.0, description="dual-clip bound c for negative advantages (> 1); null disables dual clip"
+    )
+    beta_low: float = Field(
+        1.0, ge=0.0, description="CE-GPPO: scale of the preserved gradient for A<0, r<1-eps_low"
+    )
+    beta_high: float = Field(
+        1.0, ge=0.0, description="CE-GPPO: scale of the preserved gradient for A>0, r>1+eps_high"
+    )
+    only_high: bool = Field(False, description="GPPO: preserve only the A>0 (upper) clipped gradient")
+    agg: AggMode = Field("token-mean", description="loss aggregation mode")
+    sft_alpha: float = Field(
+        0.0, ge=0.0, description="weight of the NLL term on rollouts with maximal reward"
+    )
+
+    @field_validator("type")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        return _check_registry_name(v, "klear.algo.losses", "LOSSES")
+
+    @model_validator(mode="after")
+    def _combination(self) -> LossConfig:
+        if self.clip_ratio_c is not None and self.clip_ratio_c <= 1.0:
+            raise ValueError(
+                f"loss.clip_ratio_c = {self.clip_ratio_c}: must be > 1.0 (or null to disable dual clip)"
+            )
+        if self.type != "gppo":
+            if self.beta_low != 1.0 or self.beta_high != 1.0:
+                raise ValueError(
+                    f"loss.beta_low/beta_high = {self.beta_low}/{self.beta_high}: only allowed with loss.type=gppo "
+                    f"(got type={self.type!r}); betas scale GPPO's preserved gradients"
+                )
+            if self.only_high:
+                raise ValueError(
+                    f"loss.only_high = true: only allowed with loss.type=gppo (got type={self.type!r})"
+                )
+        if self.type == "gspo" and self.agg != "seq-mean-token-mean":
+            raise ValueError(
+                f"loss.agg = {self.agg!r}: loss.type=gspo optimises a sequence-level objective; "
+                "set loss.agg=seq-mean-token-mean"
+            )
+        return self
+
+
+class AdvantageConfig(Section):
+    """Group-relative advantage estimator."""
+
+    type: str = Field("grpo", description="grpo | dr_grpo | rloo | reinforce_pp, or 'pkg.module:function'")
+    eps: float = Field(1e-6, gt=0.0, description="added to the std in the denominator")
+
+    @field_validator("type")
+    @classmethod
+    def _known_adv(cls, v: str) -> str:
+        return _check_registry_name(v, "klear.algo.advantages", "ADVANTAGES")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared sections
+# ---------------------------------------------------------------------------------------------
+
+
+class RunConfig(Section):
+    name: str = "klear"
+    out_dir: str = Field("runs/klear", description="every output of the run goes here")
+    seed: int = 0
+
+
+class ModelConfig(Section):
+    path: str | None = Field(None, description="local Hugging Face causal-LM directory")
+    tiny: bool = Field(False, description="build the built-in tiny model (random weights, local tokenizer)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gradient_checkpointing: bool = False
+    yarn_factor: float | None = Field(None, gt=1.0, description="YaRN rope scaling factor for long context")
+    yarn_original_max_position: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _source(self) -> ModelConfig:
+        if self.path is None and not self.tiny:
+            raise ValueError("model: set model.path to a local HF directory, or model.tiny=true")
+        if (self.yarn_factor is None) != (self.yarn_original_max_position is None):
+            raise ValueError("model.yarn_factor and model.yarn_original_max_position must be set together")
+        return self
+
+
+class OptimConfig(Section):
+    lr: float = Field(1e-6, gt=0.0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = Field(1.0, gt=0.0, description="max global grad norm; null disables clipping")
+
+
+class LoggingConfig(Section):
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "klear"
+    progress: bool = True
+
+
+class DataConfig(Section):
+    train_files: list[str] = Field(default_factory=list)
+    val_files: list[str] = Field(default_factory=list)
+    task: str | None = Field(None, description="built-in procedural task instead of files")
+    max_prompt_length: int = Field(1024, gt=0)
+    shuffle: bool = True
+
+
+class RolloutConfig(Section):
+    backend: Literal["hf", "vllm"] = "hf"
+    n: int = Field(8, ge=1, description="responses sampled per prompt")
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(-1, description="-1 disables top-k")
+    max_new_tokens: int = Field(1024, gt=0)
+    tensor_parallel_size: int = Field(1, ge=1)
+
+
+class RewardConfig(Section):
+    math_positive: float = 1.0
+    math_negative: float = -1.0
+    format_penalty_no_think_end: float = -0.5
+    format_penalty_no_think_start: float = -2.0
+    num_workers: int = Field(2, ge=1)
+    timeout_s: float = Field(10.0, gt=0.0, description="hard bound per item")
+
+
+class DynamicSamplingConfig(Section):
+    enable: bool = True
+    metric: Literal["acc", "reward"] = "acc"
+    std_eps: float = Field(1e-6, ge=0.0, description="a group is kept when std(metric) > std_eps")
+    max_num_gen_batches: int = Field(10, ge=0, description="0 means unlimited")
+
+
+class OverlongConfig(Section):
+    filter: bool = Field(False, description="mask truncated responses out of the loss")
+    penalty: bool = Field(False, description="DAPO soft overlong penalty")
+    buffer_len: int = Field(4096, ge=0)
+    penalty_factor: float = Field(1.0, ge=0.0)
+
+
+class RLTrainerConfig(Section):
+    total_steps: int = Field(100, ge=1)
+    train_batch_size: int = Field(128, ge=1, description="prompts per step")
+    gen_batch_size: int | None = Field(None, ge=1, description="prompts generated per generation batch")
+    ppo_mini_batch_size: int = Field(16, ge=1, description="prompts per optimizer update")
+    ppo_epochs: int = Field(1, ge=1)
+    micro_batch_tokens: int = Field(16384, ge=1, description="token budget per forward/backward")
+    save_every: int = Field(50, ge=0)
+    val_every: int = Field(5, ge=0)
+    val_n: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _batches(self) -> RLTrainerConfig:
+        if self.train_batch_size % self.ppo_mini_batch_size:
+            raise ValueError(
+                f"trainer.train_batch_size = {self.train_batch_size} must be a multiple of "
+                f"trainer.ppo_mini_batch_size = {self.ppo_mini_batch_size}"
+            )
+        return self
+
+
+class DistConfig(Section):
+    backend: Literal["none", "ray"] = "none"
+    rollout_workers: int = Field(1, ge=1)
+    reward_workers: int = Field(1, ge=1)
+    learner_ranks: int = Field(1, ge=1)
+
+
+class RLConfig(Section):
+    """Everything ``klear rl`` reads."""
+
+    kind: Literal["rl"] = "rl"
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(tiny=True))
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
+    overlong: OverlongConfig = Field(default_factory=OverlongConfig)
+    trainer: RLTrainerConfig = Field(default_factory=RLTrainerConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    dist: DistConfig = Field(default_factory=DistConfig)
+
+
+class SFTTrainerConfig(Section):
+    epochs: float = Field(1.0, gt=0.0)
+    max_length: int = Field(4096, gt=0)
+    batch_tokens: int = Field(16384, gt=0, description="tokens per optimizer step (packed)")
+    micro_batch_tokens: int = Field(16384, gt=0)
+    save_every: int = Field(0, ge=0)
+
+
+class SFTConfig(Section):
+    """Everything ``klear sft`` reads."""
+
+    kind: Literal["sft"] = "sft"
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(tiny=True))
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(
+        default_factory=lambda: OptimConfig(lr=8e-5, schedule="cosine", min_lr_ratio=0.5)
+    )
+    trainer: SFTTrainerConfig = Field(default_factory=SFTTrainerConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML + dotted overrides -> validated model, with readable errors
+# ---------------------------------------------------------------------------------------------
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names valid at ``loc`` (a pydantic error location) in ``model``."""
+    cur: Any = model
+    for part in loc[:-1]:
+        field = cur.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        cur = ann
+    return list(cur.model_fields)
+
+
+def _format_errors(err: ValidationError, model: type[BaseModel], source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = ".".join(str(p) for p in loc) or "<root>"
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, loc)
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            lines.append(f"  {key}: unknown key{hint}; allowed here: {', '.join(allowed)}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        if isinstance(value, dict):  # a cross-field rule: the message names the keys itself
+            lines.append(f"  {key}: {msg}")
+        else:
+            lines.append(f"  {key} = {json.dumps(value, default=str)}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML scalar/list)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key.path=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r}: empty key segment in {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each dotted override set (sections are created as needed)."""
+    out = json.loads(json.dumps(data))  # deep copy of plain YAML data
+    for item in overrides:
+        parts, value = parse_override(item)
+        cur = out
+        for p in parts[:-1]:
+            nxt = cur.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is a value ({nxt!r}), not a section")
+            cur = nxt
+        cur[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {str(path)!r}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def build_config(model: type[M], data: dict[str, Any], source: str = "<dict>") -> M:
+    """Validate plain data into ``model`` or raise ConfigError naming key, value and what is allowed."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, model, source)) from None
+
+
+def load_config(model: type[M], recipe: str | Path | None = None, overrides: list[str] | None = None) -> M:
+    """Load a recipe (optional) and apply dotted overrides, validating everything."""
+    data = read_yaml(recipe) if recipe is not None else {}
+    data = apply_overrides(data, overrides or [])
+    source = str(recipe) if recipe is not None else "defaults"
+    if overrides:
+        source += " + overrides " + " ".join(overrides)
+    return build_config(model, data, source)
+
+
+def save_config(cfg: BaseModel, out_dir: str | Path, name: str = "config.yaml") -> Path:
+    """Write the fully resolved config next to a run's outputs (atomically)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / name
+    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, target)
+    return target
+
+
+CONFIG_KINDS: dict[str, type[BaseModel]] = {"rl": RLConfig, "sft": SFTConfig}
+
+
+def load_recipe(recipe: str | Path, overrides: list[str] | None = None, kind: str | None = None) -> BaseModel:
+    """Load a recipe whose schema is named by its top-level ``kind`` (``rl`` or ``sft``; default ``rl``)."""
+    data = read_yaml(recipe)
+    kind = kind or data.get("kind", "rl")
+    if kind not in CONFIG_KINDS:
+        raise ConfigError(f"recipe {str(recipe)!r}: kind = {kind!r}: allowed: {', '.join(CONFIG_KINDS)}")
+    return load_config(CONFIG_KINDS[kind], recipe, overrides)
