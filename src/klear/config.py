@@ -175,13 +175,63 @@ class RolloutConfig(Section):
     tensor_parallel_size: int = Field(1, ge=1)
 
 
+class MathRewardConfig(Section):
+    """Math answers: last \\boxed{} after </think>, checked with math_verify (paper Sec. 3)."""
+
+    positive: float = Field(1.0, description="score of a correct answer")
+    negative: float = Field(-1.0, description="score of a wrong or missing answer")
+    no_think_end_score: float | None = Field(
+        -0.5, description="score when </think> is missing; null: no check"
+    )
+    no_think_start_score: float | None = Field(
+        -2.0, description="score when <think> is missing; null: no check"
+    )
+    verify_timeout_s: float = Field(3.0, gt=0.0, description="math_verify's own timeout per comparison")
+    cache_size: int = Field(65536, ge=0, description="(gold, answer) verdicts kept per worker")
+
+
+class CodeRewardConfig(Section):
+    """Code answers: last ```python block after </think>, run against the problem's tests in the sandbox."""
+
+    mode: Literal["soft", "hard"] = Field(
+        "soft", description="soft: fraction of tests passed; hard: all or nothing"
+    )
+    soft_mapping: Literal["pass_rate", "signed"] = Field(
+        "signed", description="pass_rate: p in [0, 1]; signed: 2p - 1 in [-1, 1] (the reference)"
+    )
+    max_tests: int | None = Field(16, ge=1, description="tests run per response; null: all")
+    test_selection: Literal["random", "shortest"] = "random"
+    seed: int = 0
+    float_tol: float = Field(1e-6, ge=0.0)
+
+
+class SandboxConfig(Section):
+    """Limits of the fork server in bubblewrap that runs untrusted code (one per reward worker)."""
+
+    mode: Literal["bwrap", "none"] = Field(
+        "bwrap", description="bwrap: isolated; none: run code unsandboxed (trusted code only; logged loudly)"
+    )
+    test_timeout_s: float = Field(6.0, gt=0.0, description="wall-clock limit per test")
+    cpu_time_s: int = Field(10, ge=1, description="RLIMIT_CPU per test")
+    memory_mb: int = Field(1024, ge=16, description="RLIMIT_AS per test")
+    file_size_mb: int = Field(16, ge=0, description="RLIMIT_FSIZE per test")
+    max_processes: int = Field(32, ge=1, description="RLIMIT_NPROC for the test's uid")
+    max_output_bytes: int = Field(1 << 20, ge=1024, description="stdout kept per test; more is an error")
+
+
 class RewardConfig(Section):
-    math_positive: float = 1.0
-    math_negative: float = -1.0
-    format_penalty_no_think_end: float = -0.5
-    format_penalty_no_think_start: float = -2.0
-    num_workers: int = Field(2, ge=1)
-    timeout_s: float = Field(10.0, gt=0.0, description="hard bound per item")
+    """Scoring: a pool of worker processes; the reward per row is chosen from data_source/ability."""
+
+    num_workers: int = Field(2, ge=1, description="reward worker processes")
+    item_timeout_s: float = Field(
+        60.0, gt=0.0, description="hard bound per response; past it: flagged timeout"
+    )
+    custom: dict[str, str] = Field(
+        default_factory=dict, description="data_source -> 'pkg.module:function' for user reward functions"
+    )
+    math: MathRewardConfig = Field(default_factory=MathRewardConfig)
+    code: CodeRewardConfig = Field(default_factory=CodeRewardConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
 
 class DynamicSamplingConfig(Section):
