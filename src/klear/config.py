@@ -255,9 +255,7 @@ class RLTrainerConfig(Section):
     ppo_mini_batch_size: int = Field(16, ge=1, description="prompts per optimizer update")
     ppo_epochs: int = Field(1, ge=1)
     micro_batch_tokens: int = Field(16384, ge=1, description="token budget per forward/backward")
-    save_every: int = Field(50, ge=0)
-    val_every: int = Field(5, ge=0)
-    val_n: int = Field(1, ge=1)
+    save_every: int = Field(50, ge=0, description="checkpoint every N steps (0: only at the end)")
 
     @model_validator(mode="after")
     def _batches(self) -> RLTrainerConfig:
@@ -267,6 +265,19 @@ class RLTrainerConfig(Section):
                 f"trainer.ppo_mini_batch_size = {self.ppo_mini_batch_size}"
             )
         return self
+
+
+class ValidationConfig(Section):
+    """Periodic held-out evaluation during RL: greedy accuracy and avg@n (paper: AIME x32, every 5 steps)."""
+
+    every: int = Field(
+        5, ge=0, description="validate every N steps (0: never; always at start and end if > 0)"
+    )
+    n: int = Field(1, ge=1, description="samples per prompt for avg@n")
+    temperature: float = Field(0.6, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_new_tokens: int | None = Field(None, gt=0, description="default: rollout.max_new_tokens")
+    max_prompts: int | None = Field(None, ge=1, description="cap on held-out prompts")
 
 
 class DistConfig(Section):
@@ -291,6 +302,7 @@ class RLConfig(Section):
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
     overlong: OverlongConfig = Field(default_factory=OverlongConfig)
     trainer: RLTrainerConfig = Field(default_factory=RLTrainerConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     dist: DistConfig = Field(default_factory=DistConfig)
 

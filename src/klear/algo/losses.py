@@ -17,9 +17,12 @@ otherwise                    r         r                  clip(r)
 
 GPPO (Klear-Reasoner, arXiv 2508.07629, Eq. 6) writes the clip bound as
 ``bound / sg(r) * r``: equal to ``bound`` in value, with gradient
-``bound * dlogp``. We write it as ``bound + scale * bound * (logp - sg(logp))``,
-which has exactly the same value and gradient but does not pass through
-``exp`` (so it stays exact even where the ratio over/underflows).
+``bound * dlogp``. PPO and GPPO here compute the value and the coefficient F
+of each token without autograd, straight from the table, and carry the
+gradient with one expression ``value + F * (logp - sg(logp))`` (the same
+value and gradient as the paper's form, without passing through ``exp``, so
+it stays exact where the ratio over/underflows, and cheap: GPPO costs what
+PPO costs). The tests check both against the textbook ``max``/``min`` form.
 
 A loss function returns a per-token loss matrix and the ratio its clipping
 used; :func:`policy_loss` aggregates (``klear.algo.aggregate``), adds the SFT
@@ -76,9 +79,14 @@ def _ratio(log_prob: Tensor, old_log_prob: Tensor) -> Tensor:
     return torch.exp((log_prob - old_log_prob).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO))
 
 
-def _preserved(bound: float, scale: float, log_prob: Tensor) -> Tensor:
-    """Value exactly ``bound``; gradient ``scale * bound * dlogp`` (the paper's ``bound / sg(r) * r``)."""
-    return bound + (scale * bound) * (log_prob - log_prob.detach())
+def _surrogate(value: Tensor, coef: Tensor, log_prob: Tensor) -> Tensor:
+    """Equal to ``value``; gradient ``coef * dlogp``.
+
+    ``logp - sg(logp)`` is exactly 0 with derivative 1, so the autograd graph is
+    one multiply-add whatever the loss: GPPO's ``bound / sg(r) * r`` is
+    ``_surrogate(bound, bound, logp)`` and an unclipped ``r`` is ``_surrogate(r, r, logp)``.
+    """
+    return value + coef * (log_prob - log_prob.detach())
 
 
 def _regions(ratio: Tensor, adv: Tensor, cfg: LossConfig) -> tuple[Tensor, Tensor, Tensor]:
@@ -92,20 +100,29 @@ def _regions(ratio: Tensor, adv: Tensor, cfg: LossConfig) -> tuple[Tensor, Tenso
     return high, low, dual
 
 
+def _clipped_value(r: Tensor, high: Tensor, low: Tensor, dual: Tensor, cfg: LossConfig) -> Tensor:
+    """PPO's surrogate ratio in value: the bound in each clipped region, ``r`` elsewhere."""
+    v = torch.where(high, 1.0 + cfg.eps_high, r)
+    v = torch.where(low, 1.0 - cfg.eps_low, v)
+    if cfg.clip_ratio_c is not None:
+        v = torch.where(dual, cfg.clip_ratio_c, v)
+    return v
+
+
 def ppo_loss(
     log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, response_mask: Tensor, cfg: LossConfig
 ) -> TokenLoss:
     """PPO clipped surrogate with clip-higher (DAPO) and dual clip (Ye et al. 2020).
 
-    Equal in value and gradient to ``max(-A r, -A clip(r))`` and, for A<0, ``min(that, -A c)``.
+    Equal in value and gradient to ``max(-A r, -A clip(r))`` and, for A<0,
+    ``min(that, -A c)``: clipped tokens have coefficient 0, the rest ``r``.
     """
-    r = _ratio(log_prob, old_log_prob)
-    high, low, dual = _regions(r, advantages, cfg)
-    s = torch.where(high, torch.full_like(r, 1.0 + cfg.eps_high), r)
-    s = torch.where(low, torch.full_like(r, 1.0 - cfg.eps_low), s)
-    if cfg.clip_ratio_c is not None:
-        s = torch.where(dual, torch.full_like(r, cfg.clip_ratio_c), s)
-    return TokenLoss(-advantages * s, r, high, low, dual)
+    with torch.no_grad():
+        r = _ratio(log_prob, old_log_prob)
+        high, low, dual = _regions(r, advantages, cfg)
+        value = _clipped_value(r, high, low, dual, cfg)
+        coef = torch.where(high | low | dual, 0.0, r)
+    return TokenLoss(-advantages * _surrogate(value, coef, log_prob), r, high, low, dual)
 
 
 def gppo_loss(
@@ -116,45 +133,49 @@ def gppo_loss(
     A>0, r>1+eps_h: coefficient ``beta_high*(1+eps_high)``; A<0, r<1-eps_l:
     ``beta_low*(1-eps_low)`` (0 with ``only_high``); dual clip (A<0, r>c) still 0.
     """
-    r = _ratio(log_prob, old_log_prob)
-    high, low, dual = _regions(r, advantages, cfg)
     low_scale = 0.0 if cfg.only_high else cfg.beta_low
-    s = torch.where(high, _preserved(1.0 + cfg.eps_high, cfg.beta_high, log_prob), r)
-    s = torch.where(low, _preserved(1.0 - cfg.eps_low, low_scale, log_prob), s)
-    if cfg.clip_ratio_c is not None:
-        s = torch.where(dual, torch.full_like(r, cfg.clip_ratio_c), s)
-    return TokenLoss(-advantages * s, r, high, low, dual)
+    with torch.no_grad():
+        r = _ratio(log_prob, old_log_prob)
+        high, low, dual = _regions(r, advantages, cfg)
+        value = _clipped_value(r, high, low, dual, cfg)
+        # the coefficient is the value itself (the bound, or r), but 0 under dual clip ...
+        coef = torch.where(dual, 0.0, value)
+        # ... and scaled by beta on the preserved sides (skipped for GPPO's betas of 1)
+        if cfg.beta_high != 1.0:
+            coef = torch.where(high, cfg.beta_high * (1.0 + cfg.eps_high), coef)
+        if low_scale != 1.0:
+            coef = torch.where(low, low_scale * (1.0 - cfg.eps_low), coef)
+    return TokenLoss(-advantages * _surrogate(value, coef, log_prob), r, high, low, dual)
 
 
 def cispo_loss(
     log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, response_mask: Tensor, cfg: LossConfig
 ) -> TokenLoss:
     """CISPO (MiniMax-M1): ``-sg(clip(r, 1-eps_low, 1+eps_high)) * A * logp``; no token loses its gradient."""
-    r = _ratio(log_prob, old_log_prob)
-    weight = r.clamp(1.0 - cfg.eps_low, 1.0 + cfg.eps_high).detach()
-    high, low = r > 1.0 + cfg.eps_high, r < 1.0 - cfg.eps_low
+    with torch.no_grad():
+        r = _ratio(log_prob, old_log_prob)
+        weight = r.clamp(1.0 - cfg.eps_low, 1.0 + cfg.eps_high)
+        high, low = r > 1.0 + cfg.eps_high, r < 1.0 - cfg.eps_low
     return TokenLoss(-advantages * weight * log_prob, r, high, low, torch.zeros_like(high))
 
 
 def gspo_loss(
     log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, response_mask: Tensor, cfg: LossConfig
 ) -> TokenLoss:
-    """GSPO (Zheng et al. 2025), token form: the sequence ratio ``s_i = exp(mean_t(logp - logp_old))``.
+    """GSPO (Zheng et al. 2025), token form, with the sequence ratio ``s_i = exp(mean_t(logp - logp_old))``.
 
-    Each token carries ``sg(s_i) * exp(logp - sg(logp))``: value ``s_i``, gradient
-    ``s_i * dlogp_t``, so with ``seq-mean-token-mean`` the gradient is GSPO's
-    ``s_i * mean_t(dlogp_t)``. Clipped as PPO (clip-higher, no dual clip).
+    Every token of sequence i has value ``s_i`` (clipped as PPO, clip-higher, no
+    dual clip) and gradient coefficient ``s_i`` (0 when clipped), so with
+    ``seq-mean-token-mean`` the gradient is GSPO's ``-A_i s_i mean_t(dlogp_t)``.
     """
-    mask = response_mask.to(log_prob.dtype)
-    log_seq = ((log_prob - old_log_prob) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)  # [B]
-    log_s = (log_seq.detach().unsqueeze(-1) + log_prob - log_prob.detach()).clamp(max=_MAX_LOG_RATIO)
-    s = torch.exp(log_s)
-    r = s.detach().expand_as(log_prob)
-    high = (advantages > 0) & (r > 1.0 + cfg.eps_high)
-    low = (advantages < 0) & (r < 1.0 - cfg.eps_low)
-    s = torch.where(high, torch.full_like(s, 1.0 + cfg.eps_high), s)
-    s = torch.where(low, torch.full_like(s, 1.0 - cfg.eps_low), s)
-    return TokenLoss(-advantages * s, r, high, low, torch.zeros_like(high))
+    with torch.no_grad():
+        log_seq = ((log_prob - old_log_prob) * response_mask).sum(-1) / response_mask.sum(-1).clamp(min=1.0)
+        s = torch.exp(log_seq.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)).unsqueeze(-1).expand_as(log_prob)
+        high = (advantages > 0) & (s > 1.0 + cfg.eps_high)
+        low = (advantages < 0) & (s < 1.0 - cfg.eps_low)
+        value = torch.where(high, 1.0 + cfg.eps_high, torch.where(low, 1.0 - cfg.eps_low, s))
+        coef = torch.where(high | low, 0.0, s)
+    return TokenLoss(-advantages * _surrogate(value, coef, log_prob), s, high, low, torch.zeros_like(high))
 
 
 LOSSES: dict[str, LossFn] = {
@@ -209,23 +230,24 @@ def policy_loss(
     pg_loss = aggregate(out.loss, mask, cfg.agg, norm)
     loss = pg_loss
 
-    log_ratio = log_prob.detach() - old_log_prob
-    ratio = out.ratio.detach()
-    on = mask > 0
-    any_on = on.any()
-    zero = ratio.new_zeros(())
-    metrics = {
-        "pg_loss": pg_loss.detach(),
-        "clip_frac_high": masked_mean(out.clipped_high.float(), mask),
-        "clip_frac_low": masked_mean(out.clipped_low.float(), mask),
-        "dual_clip_frac": masked_mean(out.dual.float(), mask),
-        "approx_kl": masked_mean(-log_ratio, mask),
-        # k3 = r - 1 - log r, an unbiased, non-negative estimate of KL(old || new) under old samples
-        "approx_kl_k3": masked_mean(torch.expm1(log_ratio.clamp(max=_MAX_LOG_RATIO)) - log_ratio, mask),
-        "ratio_mean": masked_mean(ratio, mask),
-        "ratio_max": torch.where(any_on, torch.where(on, ratio, -torch.inf).max(), zero),
-        "ratio_min": torch.where(any_on, torch.where(on, ratio, torch.inf).min(), zero),
-    }
+    with torch.no_grad():
+        log_ratio = log_prob.detach() - old_log_prob
+        ratio = out.ratio.detach()
+        on = mask > 0
+        any_on = on.any()
+        zero = ratio.new_zeros(())
+        metrics = {
+            "pg_loss": pg_loss.detach(),
+            "clip_frac_high": masked_mean(out.clipped_high.float(), mask),
+            "clip_frac_low": masked_mean(out.clipped_low.float(), mask),
+            "dual_clip_frac": masked_mean(out.dual.float(), mask),
+            "approx_kl": masked_mean(-log_ratio, mask),
+            # k3 = r - 1 - log r, an unbiased, non-negative estimate of KL(old || new) under old samples
+            "approx_kl_k3": masked_mean(torch.expm1(log_ratio.clamp(max=_MAX_LOG_RATIO)) - log_ratio, mask),
+            "ratio_mean": masked_mean(ratio, mask),
+            "ratio_max": torch.where(any_on, torch.where(on, ratio, -torch.inf).max(), zero),
+            "ratio_min": torch.where(any_on, torch.where(on, ratio, torch.inf).min(), zero),
+        }
 
     if cfg.sft_alpha > 0.0 and sft_mask is not None:
         pos = mask * sft_mask.to(mask.dtype).unsqueeze(-1)
