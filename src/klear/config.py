@@ -161,6 +161,8 @@ class DataConfig(Section):
     train_files: list[str] = Field(default_factory=list)
     val_files: list[str] = Field(default_factory=list)
     task: str | None = Field(None, description="built-in procedural task instead of files")
+    task_train_size: int = Field(4096, ge=1, description="training problems drawn from the built-in task")
+    task_val_size: int = Field(128, ge=1, description="held-out problems drawn from the built-in task")
     max_prompt_length: int = Field(1024, gt=0)
     shuffle: bool = True
 

@@ -1,0 +1,1 @@
+"""Data: schemas and loading with clear errors, curation filters, dynamic sampling."""
