@@ -1,0 +1,134 @@
+"""Generation backends behind one interface: prompts in, :class:`klear.types.Rollout` records out.
+
+The RL trainer only ever talks to a :class:`RolloutBackend`:
+
+    backend.generate(prompts, SamplingParams(n=8, temperature=1.0, max_new_tokens=96))
+    backend.update_weights(policy)   # after each optimizer step
+    backend.close()
+
+``prompts`` are token-id lists, already-templated strings, or chat messages (the
+backend applies the tokenizer's chat template with ``add_generation_prompt``). The
+result is prompt-major: ``out[i * n + j]`` is sample ``j`` of prompt ``i``, with
+``group`` = ``groups[i]`` (default ``i``) and ``sample`` = ``j``.
+
+Log-probs: ``Rollout.logprobs[t]`` is the log-probability of the sampled token under the
+distribution it was actually drawn from -- the model's logits divided by the
+temperature, restricted by top-k then top-p, renormalised. With temperature 1 and no
+filtering that is the policy's own log-prob (what GPPO's importance ratio needs). With
+greedy decoding (temperature 0) the sampling distribution is a point mass, so the
+backend reports the raw policy log-prob (temperature 1, unfiltered) instead. The RL
+trainer recomputes the old log-probs with its own forward pass anyway (that pass and
+the sampler's can differ numerically: other kernels, bf16, vLLM); these are for
+diagnostics such as the sampler/trainer mismatch.
+
+Backends are registered in ``BACKENDS`` by the ``rollout.backend`` config name. The HF
+backend is the reference (CPU and small GPU runs); a vLLM backend plugs in with the
+same three methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, Union
+
+from klear.types import Rollout
+
+if TYPE_CHECKING:
+    from klear.config import RolloutConfig
+
+#: One prompt: token ids, a string already in the model's prompt format, or chat messages.
+PromptInput = Union[Sequence[int], str, Sequence[Mapping[str, str]]]  # noqa: UP007 (runtime alias, py3.10)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample: ``n`` responses per prompt, stopping at a stop token or ``max_new_tokens``.
+
+    temperature 0 means greedy. top_k <= 0 and top_p = 1 disable those filters.
+    seed: a fixed seed makes this call reproducible on its own; None continues the
+    backend's own generator (seeded once at construction), which makes a whole run
+    reproducible from its seed.
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 1024
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"SamplingParams.n = {self.n}: must be >= 1")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingParams.temperature = {self.temperature}: must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingParams.top_p = {self.top_p}: must be in (0, 1]")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingParams.max_new_tokens = {self.max_new_tokens}: must be >= 1")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def replace(self, **changes: Any) -> SamplingParams:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_config(cls, cfg: RolloutConfig, **changes: Any) -> SamplingParams:
+        """The sampling settings of a ``rollout:`` config section, with optional changes."""
+        base = cls(
+            n=cfg.n,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            max_new_tokens=cfg.max_new_tokens,
+        )
+        return base.replace(**changes)
+
+
+class RolloutBackend(Protocol):
+    """What the RL trainer and the evaluator need from a generation engine."""
+
+    tokenizer: Any
+
+    def generate(
+        self,
+        prompts: Sequence[PromptInput],
+        sampling: SamplingParams,
+        groups: Sequence[int | str] | None = None,
+    ) -> list[Rollout]:
+        """``sampling.n`` rollouts per prompt, prompt-major (see the module docstring)."""
+        ...
+
+    def update_weights(self, weights: Any) -> None:
+        """Load new policy weights: a ``torch.nn.Module`` or a state dict (same names as the model)."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine (GPU memory, worker processes)."""
+        ...
+
+
+#: ``rollout.backend`` name -> "module:class" of the implementation (imported on use).
+BACKENDS: dict[str, str] = {
+    "hf": "klear.rollout.hf:HFRolloutBackend",
+}
+
+
+def backend_class(name: str) -> type:
+    """The backend class registered as ``name`` (or a dotted ``pkg.module:Class`` path)."""
+    import importlib
+
+    target = BACKENDS.get(name, name if ":" in name else None)
+    if target is None:
+        raise ValueError(
+            f"rollout backend {name!r} is not available in this build; available: {', '.join(sorted(BACKENDS))}"
+        )
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+__all__ = ["BACKENDS", "PromptInput", "RolloutBackend", "SamplingParams", "backend_class"]

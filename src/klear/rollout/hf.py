@@ -1,0 +1,259 @@
+"""The Hugging Face transformers rollout backend: a batched sampling loop over the model's KV cache.
+
+Why a loop of our own rather than ``model.generate``: it samples from a
+``torch.Generator`` (``generate`` draws from the global RNG), it returns the log-prob of
+each sampled token under the distribution it was drawn from, and it drops finished rows
+from the batch and the cache, so a batch whose responses end early stops paying for
+them. In greedy mode it produces exactly what ``generate`` does (tested).
+
+Prompts are left-padded into one batch; positions are counted from each prompt's first
+real token, so a padded prompt sees the same positions as an unpadded one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from klear.rollout import PromptInput, SamplingParams
+from klear.types import Rollout
+
+
+def stop_token_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
+    """Tokens that end a response: the tokenizer's EOS, ``<|im_end|>`` when the vocabulary has it
+    (a chat turn ends there even for a base model whose EOS is ``<|endoftext|>``), and the
+    model's generation-config EOS ids."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.append(im_end)
+    gen_cfg = getattr(model, "generation_config", None)
+    extra = getattr(gen_cfg, "eos_token_id", None)
+    if extra is not None:
+        ids.extend([extra] if isinstance(extra, int) else list(extra))
+    return sorted(set(ids))
+
+
+def process_logits(logits: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
+    """Log-probs of the sampling distribution: logits / temperature, top-k, then top-p (nucleus).
+
+    logits: [B, V] (any float dtype; computed in float32). Returns [B, V] log-probs with
+    -inf outside the kept set. Top-p keeps the smallest prefix of tokens, by descending
+    probability, whose mass reaches ``top_p`` (always at least one token).
+    """
+    x = logits.float() / temperature
+    if top_k > 0 and top_k < x.shape[-1]:
+        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_x, order = torch.sort(x, dim=-1, descending=True)
+        probs = sorted_x.softmax(-1)
+        mass_before = probs.cumsum(-1) - probs  # mass of strictly more likely tokens
+        drop_sorted = mass_before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        x = x.masked_fill(drop, float("-inf"))
+    return x.log_softmax(-1)
+
+
+@torch.no_grad()
+def sample_batch(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    sampling: SamplingParams,
+    stop_ids: Iterable[int],
+    pad_id: int,
+    generator: torch.Generator | None,
+) -> tuple[list[list[int]], list[list[float]], list[bool]]:
+    """Sample one response per prompt (expand prompts beforehand for n > 1).
+
+    Returns (response ids, log-probs, truncated) per prompt; a response includes its stop token.
+    """
+    device = next(model.parameters()).device
+    bsz, width = len(prompts), max(len(p) for p in prompts)
+    if min(len(p) for p in prompts) == 0:
+        raise ValueError("empty prompt: every prompt needs at least one token")
+    # 1. Left-pad the prompts; positions start at 0 on each prompt's first real token.
+    input_ids = torch.full((bsz, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((bsz, width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        attention[i, width - len(p) :] = 1
+    input_ids, attention = input_ids.to(device), attention.to(device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
+
+    # 2. Prefill: one forward pass over the prompts fills the KV cache.
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache, logits = out.past_key_values, out.logits[:, -1, :]
+    next_pos = positions[:, -1] + 1
+    rows = torch.arange(bsz, device=device)  # batch row -> prompt index (rows leave when finished)
+    responses: list[list[int]] = [[] for _ in range(bsz)]
+    logprobs: list[list[float]] = [[] for _ in range(bsz)]
+    truncated = [True] * bsz
+
+    for step in range(sampling.max_new_tokens):
+        # 3. Pick the next token of every live row and its log-prob under the sampling distribution.
+        if sampling.greedy:
+            logp = logits.float().log_softmax(-1)
+            token = logp.argmax(-1)
+        else:
+            logp = process_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
+            token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+        token_logp = logp.gather(-1, token[:, None]).squeeze(-1)
+        done = torch.isin(token, stops)
+        for r, t, lp, d in zip(
+            rows.tolist(), token.tolist(), token_logp.tolist(), done.tolist(), strict=True
+        ):
+            responses[r].append(t)
+            logprobs[r].append(lp)
+            if d:
+                truncated[r] = False
+        if step == sampling.max_new_tokens - 1:
+            break
+        # 4. Drop finished rows from the batch and from the cache.
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(-1)
+            if keep.numel() == 0:
+                break
+            cache.batch_select_indices(keep)
+            rows, token, attention, next_pos = rows[keep], token[keep], attention[keep], next_pos[keep]
+        # 5. Feed the sampled tokens back: one position per live row.
+        attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=-1)
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=attention,
+            position_ids=next_pos[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache, logits = out.past_key_values, out.logits[:, -1, :]
+        next_pos = next_pos + 1
+    return responses, logprobs, truncated
+
+
+class HFRolloutBackend:
+    """Rollouts from a transformers causal LM held in this process.
+
+    model: the policy module itself (shared with the trainer: ``update_weights(model)``
+    is then free) or a separate copy (weights are copied in). ``max_batch_size`` bounds
+    the sequences per forward pass (None: all of a call's sequences at once).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        seed: int = 0,
+        stop_ids: Sequence[int] | None = None,
+        max_batch_size: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stop_ids = list(stop_ids) if stop_ids is not None else stop_token_ids(tokenizer, model)
+        if not self.stop_ids:
+            raise ValueError("no stop token: the tokenizer has no EOS; pass stop_ids")
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else self.stop_ids[0])
+        self.max_batch_size = max_batch_size
+        self.device = next(model.parameters()).device
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, dtype: torch.dtype | None = None, device: str | None = None, **kwargs: Any
+    ) -> HFRolloutBackend:
+        """Load a local HF directory (model + tokenizer) into a new backend."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+        model.to(device or "cpu").eval()
+        return cls(model, AutoTokenizer.from_pretrained(path), **kwargs)
+
+    def encode(self, prompt: PromptInput) -> list[int]:
+        """Token ids of one prompt (chat messages get the chat template with the generation prompt)."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_special_tokens=False)
+        items = list(prompt)
+        if items and isinstance(items[0], Mapping):
+            text = self.tokenizer.apply_chat_template(items, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        return [int(t) for t in items]
+
+    def generate(
+        self,
+        prompts: Sequence[PromptInput],
+        sampling: SamplingParams,
+        groups: Sequence[int | str] | None = None,
+    ) -> list[Rollout]:
+        if groups is not None and len(groups) != len(prompts):
+            raise ValueError(f"{len(groups)} groups for {len(prompts)} prompts")
+        encoded = [self.encode(p) for p in prompts]
+        expanded = [ids for ids in encoded for _ in range(sampling.n)]  # prompt-major
+        generator = self.generator
+        if sampling.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        chunk = self.max_batch_size or len(expanded) or 1
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            results: tuple[list, list, list] = ([], [], [])
+            for start in range(0, len(expanded), chunk):
+                part = sample_batch(
+                    self.model,
+                    expanded[start : start + chunk],
+                    sampling,
+                    self.stop_ids,
+                    self.pad_id,
+                    generator,
+                )
+                for acc, new in zip(results, part, strict=True):
+                    acc.extend(new)
+        finally:
+            self.model.train(was_training)
+        texts = self.tokenizer.batch_decode(results[0], skip_special_tokens=True)
+        out = []
+        for k, (resp, lps, trunc, text) in enumerate(zip(*results, texts, strict=True)):
+            i, j = divmod(k, sampling.n)
+            out.append(
+                Rollout(
+                    prompt_ids=list(encoded[i]),
+                    response_ids=resp,
+                    logprobs=lps,
+                    text=text,
+                    truncated=trunc,
+                    group=groups[i] if groups is not None else i,
+                    sample=j,
+                    meta={"finish_reason": "length" if trunc else "stop"},
+                )
+            )
+        return out
+
+    def update_weights(self, weights: torch.nn.Module | Mapping[str, Tensor]) -> None:
+        """Take new policy weights; a no-op when ``weights`` is the very module this backend samples from."""
+        if weights is self.model:
+            return
+        state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+        self.model.load_state_dict(state, strict=True)
+
+    def get_rng_state(self) -> Tensor:
+        """The sampler's generator state (for exact resume)."""
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: Tensor) -> None:
+        self.generator.set_state(state)
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
