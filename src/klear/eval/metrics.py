@@ -318,7 +318,9 @@ def group_samples(
     return ids, correct, answers
 
 
-def correctness_matrix(correct: Sequence[Sequence[bool]], problem_ids: Sequence[str] | None = None) -> np.ndarray:
+def correctness_matrix(
+    correct: Sequence[Sequence[bool]], problem_ids: Sequence[str] | None = None
+) -> np.ndarray:
     """(P, n) boolean matrix; every problem must have the same number n >= 1 of samples.
 
     A fixed n is what makes avg@n and pass@k well defined and comparable across
@@ -400,7 +402,9 @@ def summarize(
     """
     matrix = correctness_matrix(correct, problem_ids)
     n_problems, n = matrix.shape
-    ids = [str(pid) for pid in problem_ids] if problem_ids is not None else [str(i) for i in range(n_problems)]
+    ids = (
+        [str(pid) for pid in problem_ids] if problem_ids is not None else [str(i) for i in range(n_problems)]
+    )
     if len(ids) != n_problems:
         raise ValueError(f"{n_problems} problems but {len(ids)} ids")
     if len(set(ids)) != len(ids):
@@ -409,9 +413,7 @@ def summarize(
     keys, values = per_problem_metrics(matrix, answers, ks)
     low, high = bootstrap_ci(values, n_boot=n_boot, seed=seed, confidence=confidence)
     point = values.mean(axis=0)
-    metrics = {
-        key: MetricValue(float(point[j]), float(low[j]), float(high[j])) for j, key in enumerate(keys)
-    }
+    metrics = {key: MetricValue(float(point[j]), float(low[j]), float(high[j])) for j, key in enumerate(keys)}
     accuracy = matrix.mean(axis=1)
     return BenchmarkSummary(
         benchmark=benchmark,
