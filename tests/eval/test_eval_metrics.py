@@ -92,8 +92,12 @@ def test_majority_vote_ties_count_fractionally():
 def test_majority_vote_whitespace_and_missing_answers():
     # "1 0" and "10" are one wrong group of two: beats the single correct vote.
     assert majority_vote([True, False, False], ["5", "1 0", "10"]) == 0.0
-    # Unextracted answers do not vote: the single correct vote wins.
-    assert majority_vote([True, False, False], ["5", None, "  "]) == 1.0
+    # Unextracted answers (None or blank) are one "no answer" group, which can win...
+    assert majority_vote([True, False, False], ["5", None, "  "]) == 0.0
+    # ...or tie...
+    assert majority_vote([True, False], ["5", None]) == 0.5
+    # ...or lose.
+    assert majority_vote([True, True, False], ["5", "5", None]) == 1.0
     assert majority_vote([False, False], [None, None]) == 0.0
 
 

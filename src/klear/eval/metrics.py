@@ -211,21 +211,23 @@ def majority_vote(correct: Sequence[bool], answers: Sequence[str | None]) -> flo
     answers that are equal but spelled differently therefore split their votes
     (this can only favour the correct group; equivalence between wrong answers
     would need the verifier on every pair). Incorrect samples with no extracted
-    answer (None or blank) do not vote.
+    answer (None or blank) form one "no answer" group, which can win the vote:
+    a model that answers once in eight tries has not answered by majority, and
+    letting silence abstain would turn maj@k into pass@k.
 
     Ties count fractionally: if the largest vote count is shared by m groups
     and the correct group is one of them, the result is 1/m, the expected
     correctness of breaking the tie uniformly at random. This makes maj@k
-    independent of sample order and of any tie-breaking convention. No votes at
-    all scores 0.
+    independent of sample order and of any tie-breaking convention. Every
+    sample votes, so with no correct sample the result is 0.
     """
     if len(correct) != len(answers):
         raise ValueError(f"{len(correct)} verdicts but {len(answers)} answers")
     n_correct = sum(bool(ok) for ok in correct)
     wrong = Counter(
-        normalize_answer(ans)
+        normalize_answer(ans) if ans is not None and ans.strip() else None
         for ok, ans in zip(correct, answers, strict=True)
-        if not ok and ans is not None and ans.strip()
+        if not ok
     )
     top_wrong = max(wrong.values(), default=0)
     if n_correct == 0:
@@ -397,7 +399,8 @@ def summarize(
 
     correct[i][j]: whether sample j of problem i is right; every problem has the same n.
     answers[i][j]: the extracted answer of that sample (None if none); when
-    omitted, maj@k is not reported.
+    omitted, maj@k is not reported. For code, pass None: wrong programs rarely
+    coincide textually, so a vote over program text says little.
     maj_ks: which maj@k to report; default (n,) when answers are given.
     """
     matrix = correctness_matrix(correct, problem_ids)
