@@ -32,7 +32,7 @@ import json
 import os
 import pickle
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -386,7 +386,9 @@ def _candidate_paths(row: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
     return found
 
 
-def _pick(rows: Sequence[Row], candidates: list[str], coerce: Any, role: str, flag: str) -> str | None:
+def _pick(
+    rows: Sequence[Row], candidates: list[str], coerce: Callable[[Any, str, str], str], role: str, flag: str
+) -> str | None:
     """The one candidate path, or the first of several that agree on every row; else an ambiguity error."""
     if not candidates:
         return None
