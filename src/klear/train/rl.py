@@ -125,6 +125,7 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     _seed_everything(cfg.run.seed)
+    _quiet_transformers()
     model, tokenizer = load_model_and_tokenizer(cfg.model, out, init_path=init_model, seed=cfg.run.seed)
     model.train()
     train_rows, val_rows = train_and_val_rows(cfg.data, cfg.run.seed)
@@ -223,12 +224,15 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
             timing["old_logprob"] = time.perf_counter() - t0
 
             # 4. PPO epochs over mini-batches of groups; one optimizer step per mini-batch.
+            #    (No group with signal: no update, and the schedule does not advance.)
             t0 = time.perf_counter()
-            model.train()
-            update = _update(model, optimizer, kept, tokenizer, cfg)
-            scheduler.step()
+            update: dict[str, float] = {}
+            if kept:
+                model.train()
+                update = _update(model, optimizer, kept, tokenizer, cfg)
+                scheduler.step()
+                sampler.update_weights(model)
             timing["update"] = time.perf_counter() - t0
-            sampler.update_weights(model)
 
             # 5. Metrics.
             metrics = _step_metrics(generated, samples, kept, gen_batches, update, timing, reward_metrics)
@@ -263,6 +267,14 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
 
 
 # --- the pieces of the loop ------------------------------------------------------------------
+
+
+def _quiet_transformers() -> None:
+    """Our own progress output replaces transformers' per-load bars and info logs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _seed_everything(seed: int) -> None:
@@ -458,4 +470,4 @@ def _print_step(step: int, total: int, m: dict[str, float], enabled: bool) -> No
     ]
     if "val/greedy_acc" in m:
         parts.append(f"[green]val {m['val/greedy_acc']:.3f}[/]")
-    Console(stderr=True).print("  ".join(parts), highlight=False)
+    Console(stderr=True, width=240).print("  ".join(parts), highlight=False, soft_wrap=True)
