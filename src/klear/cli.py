@@ -17,6 +17,10 @@ from klear import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
     "config": ("klear.config_cli", "validate a recipe with overrides and print the resolved config"),
+    "reward": (
+        "klear.rewards.cli",
+        "score responses offline with the reward pool (math, code, user functions)",
+    ),
 }
 
 
