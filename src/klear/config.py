@@ -188,8 +188,15 @@ class MathRewardConfig(Section):
     no_think_start_score: float | None = Field(
         -2.0, description="score when <think> is missing; null: no check"
     )
-    verify_timeout_s: float = Field(3.0, gt=0.0, description="math_verify's own timeout per comparison")
+    verify_timeout_s: float = Field(
+        3.0,
+        gt=0.0,
+        description="inner timeout (a SIGALRM timer in the worker) on parsing + comparing one answer",
+    )
     cache_size: int = Field(65536, ge=0, description="(gold, answer) verdicts kept per worker")
+    fast_path: bool = Field(
+        True, description="decide plain integers, decimals and simple fractions without math_verify"
+    )
 
 
 class CodeRewardConfig(Section):
@@ -231,9 +238,28 @@ class RewardConfig(Section):
     custom: dict[str, str] = Field(
         default_factory=dict, description="data_source -> 'pkg.module:function' for user reward functions"
     )
+    failure_score: float | None = Field(
+        None,
+        description=(
+            "score of an item the pool killed (timeout) or lost (worker crash, exception); "
+            "null: the wrong-answer score of the row's reward (math.negative; code: -1 signed, 0 otherwise; "
+            "custom: 0)"
+        ),
+    )
     math: MathRewardConfig = Field(default_factory=MathRewardConfig)
     code: CodeRewardConfig = Field(default_factory=CodeRewardConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+
+    @field_validator("custom")
+    @classmethod
+    def _dotted_paths(cls, v: dict[str, str]) -> dict[str, str]:
+        for source, path in v.items():
+            module, _, func = path.partition(":")
+            if not func.isidentifier() or not all(p.isidentifier() for p in module.split(".")):
+                raise ValueError(
+                    f"reward.custom.{source} = {path!r}: expected a dotted path 'pkg.module:function'"
+                )
+        return v
 
 
 class DynamicSamplingConfig(Section):

@@ -1,0 +1,390 @@
+"""Batch scoring over worker processes: no item can stall a batch past ``item_timeout_s``.
+
+``RewardPool(cfg)`` keeps ``cfg.num_workers`` processes alive across training steps;
+``pool.score(rows, responses)`` returns one :class:`RewardResult` per response, in input order, and
+leaves counts in ``pool.last_metrics``. ``score_batch(rows, responses, cfg)`` is the one-shot form.
+
+Why processes, and how they are bounded:
+
+- math_verify's own timeout is a signal alarm, which cannot run off a main thread; code rewards run
+  untrusted programs. Each worker runs reward functions on its own main thread, one item at a time,
+  with its own inner timeouts (``math.verify_timeout_s``, the sandbox's per-test limits).
+- The parent is the hard bound: an item still running ``item_timeout_s`` after it was handed over
+  gets its worker killed -- SIGKILL to the worker's process group (each worker is a session leader,
+  so anything it started goes too), by PID -- replaced, and the item flagged ``timeout``. A worker
+  that dies (``os._exit``, segfault, OOM kill) is replaced and its item flagged ``error``. The parent
+  never blocks on a worker: it waits on pipes and process sentinels with a deadline, so it works
+  from any thread, and a stuck worker only costs its own item.
+- Workers start from a small forkserver (spawn where there is none), never by forking the caller:
+  forking a trainer holding GiBs of tensors costs ~150 ms per fork and copies CUDA state. The
+  forkserver preloads math_verify, so a replacement worker is ready in well under a second.
+- A worker takes items only after it reports ready (imports and math_verify's first-use setup
+  done), so start-up time never counts against an item's bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any
+
+from klear.rewards.registry import as_result, failure_score, ground_truth, load_function, reward_path
+from klear.types import REWARD_FLAGS, RewardResult
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
+    from klear.config import RewardConfig
+
+#: A worker that has not reported ready this long after starting is killed and replaced.
+START_TIMEOUT_S = 120.0
+#: Consecutive worker start failures after which scoring gives up with an error.
+MAX_START_FAILURES = 3
+#: Modules the forkserver imports once, so every worker forked from it starts warm.
+PRELOAD = ["klear.rewards.math", "klear.rewards.registry", "math_verify"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side
+# ---------------------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when its parent goes, so no worker outlives a crashed trainer."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the pipe closing still ends the worker's loop
+
+
+def _worker_main(conn: Connection, cfg: RewardConfig) -> None:
+    """Serve (index, path, response, ground_truth) requests until told to stop or the pipe closes."""
+    os.setsid()  # own process group: the parent's kill reaches everything this worker starts
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    from klear.rewards import math as math_reward_module
+
+    math_reward_module.warm_up()
+    conn.send(("ready", os.getpid()))
+    functions: dict[str, Any] = {}
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            break
+        if msg is None:
+            break
+        index, path, response, truth = msg
+        start = time.perf_counter()
+        try:
+            fn = functions.get(path)
+            if fn is None:
+                fn = functions[path] = load_function(path)
+            result = as_result(fn(response, truth, cfg), path)
+            if not result.seconds:
+                result.seconds = time.perf_counter() - start
+        except BaseException as exc:  # a reward function's failure is the item's, never the worker's
+            result = RewardResult(
+                score=failure_score(path, cfg),
+                correct=False,
+                flags=("error",),
+                seconds=time.perf_counter() - start,
+                detail=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}".strip(),
+            )
+        try:
+            conn.send((index, result))
+        except (BrokenPipeError, OSError):
+            break
+    _close_sandboxes()
+
+
+def _close_sandboxes() -> None:
+    """Stop this worker's sandbox servers, if the code reward started any."""
+    import sys
+
+    sandbox = sys.modules.get("klear.rewards.sandbox")
+    close_all = getattr(sandbox, "close_all", None)
+    if close_all is not None:
+        # the worker is exiting: a failure here must not hide anything, the servers die with its group
+        with contextlib.suppress(Exception):
+            close_all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent side
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+    started: float
+    ready: bool = False
+    item: int | None = None  # index of the item it is working on
+    item_started: float = 0.0
+
+
+@dataclass
+class _Batch:
+    paths: list[str]
+    truths: list[Any]
+    responses: Sequence[str]
+    results: list[RewardResult | None]
+    pending: deque[int] = field(default_factory=deque)
+    progress: Callable[[int, int], None] | None = None
+    done: int = 0
+
+    def finish(self, index: int, result: RewardResult) -> None:
+        self.results[index] = result
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, len(self.results))
+
+
+def _context() -> mp.context.BaseContext:
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _kill(worker: _Worker) -> None:
+    """SIGKILL the worker's process group (it is a session leader), then the worker itself, by PID."""
+    pid = worker.process.pid
+    if pid is not None:
+        for kill, target in ((os.killpg, pid), (os.kill, pid)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(target, signal.SIGKILL)
+    worker.process.join(timeout=5)
+    worker.conn.close()
+
+
+def _shutdown(workers: list[_Worker]) -> None:
+    """Ask every worker to stop, give them a moment to close their sandboxes, then kill what is left."""
+    for w in workers:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            w.conn.send(None)
+    deadline = time.monotonic() + 2.0
+    for w in workers:
+        w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for w in workers:
+        if w.process.is_alive():
+            _kill(w)
+        else:
+            w.conn.close()
+    workers.clear()
+
+
+def reward_metrics(results: Sequence[RewardResult]) -> dict[str, float]:
+    """Mean score, accuracy and a count per flag (``flag/<name>``) over ``results``."""
+    n = len(results)
+    metrics: dict[str, float] = {
+        "items": float(n),
+        "mean_score": sum(r.score for r in results) / n if n else 0.0,
+        "accuracy": sum(r.correct for r in results) / n if n else 0.0,
+    }
+    for flag in REWARD_FLAGS:
+        metrics[f"flag/{flag}"] = float(sum(flag in r.flags for r in results))
+    return metrics
+
+
+class RewardPool:
+    """``cfg.num_workers`` reward worker processes, kept alive across batches; a context manager.
+
+    ``score`` may be called from any thread (one call at a time per pool). After each call,
+    ``last_metrics`` holds :func:`reward_metrics` plus ``worker_restarts`` (workers killed or lost
+    during the call), ``seconds`` and ``items_per_s``.
+    """
+
+    def __init__(self, cfg: RewardConfig, num_workers: int | None = None) -> None:
+        self.cfg = cfg
+        self.num_workers = num_workers or cfg.num_workers
+        self.last_metrics: dict[str, float] = {}
+        self._ctx = _context()
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _shutdown, self._workers)
+        for _ in range(self.num_workers):
+            self._workers.append(self._start_worker())
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _start_worker(self) -> _Worker:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=_worker_main, args=(child_conn, self.cfg), name="klear-reward-worker", daemon=False
+        )
+        process.start()
+        child_conn.close()
+        return _Worker(process=process, conn=parent_conn, started=time.monotonic())
+
+    def _replace(self, worker: _Worker) -> None:
+        _kill(worker)
+        self._workers[self._workers.index(worker)] = self._start_worker()
+
+    def close(self) -> None:
+        """Stop the workers (and their sandboxes). Idempotent."""
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> RewardPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- scoring --------------------------------------------------------------------------------
+
+    def score(
+        self,
+        rows: Sequence[dict[str, Any]],
+        responses: Sequence[str],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[RewardResult]:
+        """Score ``responses[i]`` against ``rows[i]``; results in input order, each within its bound.
+
+        Raises :class:`klear.rewards.registry.RowError` before any work when a row has no reward
+        function or no ground truth. ``progress(done, total)`` is called as items finish.
+        """
+        if len(rows) != len(responses):
+            raise ValueError(f"{len(rows)} rows but {len(responses)} responses")
+        paths = [reward_path(row, self.cfg, i) for i, row in enumerate(rows)]
+        truths = [ground_truth(row, i) for i, row in enumerate(rows)]
+        for i, response in enumerate(responses):
+            if not isinstance(response, str):
+                raise ValueError(f"response {i}: expected a string, got {type(response).__name__}")
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("RewardPool is closed")
+            start = time.monotonic()
+            batch = _Batch(paths, truths, responses, [None] * len(rows), deque(range(len(rows))))
+            batch.progress = progress
+            restarts = self._run(batch)
+            results: list[RewardResult] = [r for r in batch.results if r is not None]
+            assert len(results) == len(rows)
+            seconds = time.monotonic() - start
+            self.last_metrics = {
+                **reward_metrics(results),
+                "worker_restarts": float(restarts),
+                "seconds": seconds,
+                "items_per_s": len(results) / seconds if seconds > 0 else 0.0,
+            }
+            return results
+
+    def _lost(self, batch: _Batch, worker: _Worker, flag: str, detail: str, now: float) -> None:
+        """The worker's current item could not finish: flag it and give it the failure score."""
+        index = worker.item
+        if index is None:
+            return
+        worker.item = None
+        result = RewardResult(
+            score=failure_score(batch.paths[index], self.cfg),
+            correct=False,
+            flags=(flag,),
+            seconds=now - worker.item_started,
+            detail=detail,
+        )
+        batch.finish(index, result)
+
+    def _run(self, batch: _Batch) -> int:
+        """Dispatch loop: hand items to idle ready workers, collect results, enforce every deadline."""
+        bound = self.cfg.item_timeout_s
+        restarts = 0
+        start_failures = 0
+        while batch.done < len(batch.results):
+            now = time.monotonic()
+            # 1. hand one item to each idle, ready worker
+            for w in self._workers:
+                if w.ready and w.item is None and batch.pending:
+                    index = batch.pending.popleft()
+                    try:
+                        w.conn.send((index, batch.paths[index], batch.responses[index], batch.truths[index]))
+                    except (BrokenPipeError, OSError):
+                        batch.pending.appendleft(index)  # it died; its sentinel reports it below
+                        continue
+                    w.item, w.item_started = index, now
+            # 2. sleep until a result, a death, or the nearest deadline
+            deadlines = [
+                (w.item_started + bound) if w.item is not None else (w.started + START_TIMEOUT_S)
+                for w in self._workers
+                if w.item is not None or not w.ready
+            ]
+            timeout = max(0.0, min(deadlines) - now) if deadlines else None
+            waitables: list[Any] = [w.conn for w in self._workers] + [
+                w.process.sentinel for w in self._workers
+            ]
+            ready = set(wait(waitables, timeout=timeout))
+            now = time.monotonic()
+            # 3. results and deaths
+            for w in list(self._workers):
+                if w.conn in ready:
+                    self._drain(batch, w, now)
+                if w.process.sentinel in ready or not w.process.is_alive():
+                    self._drain(batch, w, now)
+                    code = w.process.exitcode
+                    if w.ready:
+                        self._lost(batch, w, "error", f"reward worker died (exit code {code})", now)
+                    else:
+                        start_failures += 1
+                        if start_failures >= MAX_START_FAILURES:
+                            raise RuntimeError(
+                                f"reward workers keep dying on start-up (exit code {code}); "
+                                "run `python -c 'import klear.rewards.math'` to see why"
+                            )
+                    self._replace(w)
+                    restarts += 1
+            # 4. deadlines: kill what is stuck
+            for w in list(self._workers):
+                if w.item is not None and now - w.item_started >= bound:
+                    self._lost(batch, w, "timeout", f"killed after item_timeout_s={bound} s", now)
+                    self._replace(w)
+                    restarts += 1
+                elif not w.ready and now - w.started >= START_TIMEOUT_S:
+                    start_failures += 1
+                    if start_failures >= MAX_START_FAILURES:
+                        raise RuntimeError(f"reward workers did not start within {START_TIMEOUT_S} s")
+                    self._replace(w)
+                    restarts += 1
+        return restarts
+
+    def _drain(self, batch: _Batch, worker: _Worker, now: float) -> None:
+        """Read every message the worker has sent: 'ready' notices and finished items."""
+        while True:
+            try:
+                if worker.conn.closed or not worker.conn.poll():
+                    return
+                msg = worker.conn.recv()
+            except (EOFError, OSError):
+                return
+            if isinstance(msg, tuple) and msg and msg[0] == "ready":
+                worker.ready = True
+                continue
+            index, result = msg
+            if index == worker.item:
+                worker.item = None
+                batch.finish(index, result)
+
+
+def score_batch(
+    rows: Sequence[dict[str, Any]], responses: Sequence[str], cfg: RewardConfig
+) -> list[RewardResult]:
+    """Score one batch with a temporary :class:`RewardPool` (training keeps one pool alive instead)."""
+    with RewardPool(cfg) as pool:
+        return pool.score(rows, responses)
