@@ -1,0 +1,1 @@
+"""Verifiable rewards: math (math_verify), code (sandboxed tests), and the worker pool that scores batches."""
