@@ -72,6 +72,8 @@ class TestCase:
     """One test. kind stdin: ``stdin`` -> ``expected`` (text); call: ``fn_name(*args)`` ->
     ``expected`` (a JSON value); check: HumanEval ``test_code`` defining ``check(candidate)``."""
 
+    __test__ = False  # not a pytest class, despite the name
+
     kind: Literal["stdin", "call", "check"]
     stdin: str = ""
     expected: Any = None
@@ -98,6 +100,8 @@ class TestCase:
 @dataclass(frozen=True)
 class TestSpec:
     """All tests of one problem, and which format they came in (apps | livecodebench | humaneval)."""
+
+    __test__ = False
 
     tests: tuple[TestCase, ...]
     source_format: str
