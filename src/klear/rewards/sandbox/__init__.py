@@ -276,8 +276,10 @@ class Sandbox:
             argv = bwrap_argv(self.cfg, python, self._server_cfg())
         with tempfile.TemporaryFile() as err:
             # close_fds (default) keeps our uid lock and every other fd out of the sandbox.
+            # An empty environment for bwrap itself too: its pid-1 reaper inside the sandbox
+            # keeps bwrap's environment, which a child could read from /proc/1/environ.
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, bufsize=0
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, bufsize=0, env={}
             )
             hello = _read_frame(self._proc.stdout.fileno(), time.monotonic() + self.cfg.startup_timeout_s)
             if hello is None or not hello.get("ready"):
