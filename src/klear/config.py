@@ -226,6 +226,16 @@ class SandboxConfig(Section):
     file_size_mb: int = Field(16, ge=0, description="RLIMIT_FSIZE per test")
     max_processes: int = Field(32, ge=1, description="RLIMIT_NPROC for the test's uid")
     max_output_bytes: int = Field(1 << 20, ge=1024, description="stdout kept per test; more is an error")
+    max_open_files: int = Field(64, ge=8, description="RLIMIT_NOFILE per test")
+    tmpfs_mb: int = Field(64, ge=1, description="size of the sandbox's private /tmp")
+    python: str = Field(
+        "auto", description="interpreter inside the sandbox; auto: a system python3 under /usr if any"
+    )
+    uid_base: int = Field(
+        1_900_000_000, ge=1000, description="first uid of the range test children run under (as root)"
+    )
+    uid_count: int = Field(4096, ge=1, description="uids in the range; one per live sandbox server")
+    startup_timeout_s: float = Field(20.0, gt=0.0, description="time allowed for the server to start")
 
 
 class RewardConfig(Section):

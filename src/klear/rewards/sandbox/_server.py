@@ -1,0 +1,373 @@
+"""The fork server ("zygote") that runs inside the sandbox and forks one child per test.
+
+This file is never imported by Klear: the client reads its text and runs it with
+``python -I -c`` inside bubblewrap, where the Klear checkout is not visible. It
+therefore uses the standard library only and runs on any Python >= 3.9.
+
+Why a fork server: starting a sandbox and an interpreter per test costs ~100 ms of
+CPU (firejail, the reference's way); forking an already-warm interpreter costs a
+few ms. Isolation comes from the one long-lived sandbox around this server, plus
+per-child rlimits, a separate unprivileged uid for children, and a kill of every
+process of that uid after each test.
+
+Protocol on fds 0/1 (moved to private fds at start): frames of a 4-byte big-endian
+length then UTF-8 JSON. The first frame out is ``{"ready": true, ...}``. Each
+request ``{"code", "test", "nonce"}`` gets exactly one reply with the child's
+status, exit code or signal, stdout (capped), stderr tail and the result channel.
+The server never receives expected outputs: the client compares outside the
+sandbox, so a child that reads this process's memory (which it inherits when
+forked) learns nothing that lets it forge a pass on stdin or call-based tests.
+"""
+
+import bisect
+import builtins
+import collections
+import contextlib
+import copy
+import ctypes
+import fractions
+import functools
+import heapq
+import itertools
+import json
+import math
+import operator
+import os
+import random
+import re
+import resource
+import select
+import shutil
+import signal
+import string
+import struct
+import sys
+import time
+import traceback
+import typing
+
+# Modules solutions commonly import, loaded once here so that each forked child finds them warm.
+_WARM = (
+    bisect,
+    collections,
+    copy,
+    fractions,
+    functools,
+    heapq,
+    itertools,
+    math,
+    operator,
+    random,
+    re,
+    string,
+    typing,
+)
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+STDERR_KEEP = 4096
+RESULT_FD = 3
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option, arg):
+    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}) failed: {os.strerror(err)}")
+
+
+def _read_exact(fd, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            return None
+        buf.extend(chunk)
+    return bytes(buf)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _send(fd, obj):
+    payload = json.dumps(obj).encode()
+    _write_all(fd, struct.pack(">I", len(payload)) + payload)
+
+
+def _recv(fd):
+    head = _read_exact(fd, 4)
+    if head is None:
+        return None
+    (n,) = struct.unpack(">I", head)
+    body = _read_exact(fd, n)
+    return None if body is None else json.loads(body)
+
+
+# ------------------------------------------------------------------------------------------
+# The child: becomes the test's uid, limits itself, runs the solution in this warm interpreter
+# ------------------------------------------------------------------------------------------
+
+
+def _find_callable(ns, name):
+    """LeetCode style ``class Solution`` method first, then a top-level function."""
+    cls = ns.get("Solution")
+    if isinstance(cls, type) and hasattr(cls, name):
+        return getattr(cls(), name)
+    if name in ns and callable(ns[name]):
+        return ns[name]
+    raise NameError(f"function {name!r} is not defined by the solution")
+
+
+def _child(cfg, code, test, nonce, fds):
+    fd_in, out_w, err_w, res_w = fds
+    os.setsid()  # own process group: the server kills the whole group afterwards
+    os.dup2(fd_in, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    os.dup2(res_w, RESULT_FD)
+    os.closerange(RESULT_FD + 1, 1 << 16)  # protocol pipes and everything else: gone
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CPU, (cfg["cpu_s"], cfg["cpu_s"] + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (cfg["as_bytes"], cfg["as_bytes"]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (cfg["fsize_bytes"], cfg["fsize_bytes"]))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (cfg["nofile"], cfg["nofile"]))
+    resource.setrlimit(resource.RLIMIT_NPROC, (cfg["nproc"], cfg["nproc"]))
+    uid = cfg["uid"]
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)  # drops every capability the server kept
+    os.chdir(cfg["workdir"])
+    os.umask(0o077)
+
+    sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+    sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+    sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="replace", closefd=False, buffering=1)  # noqa: SIM115
+    sys.argv = ["solution.py"]
+    kind = test["kind"]
+    ns = {"__name__": "__main__" if kind == "stdin" else "solution", "__builtins__": builtins}
+    status = 0
+    try:
+        exec(compile(code, "<solution>", "exec"), ns)
+        if kind == "call":
+            value = _find_callable(ns, test["fn_name"])(*test["args"])
+            record = json.dumps({"value": value})
+            _write_all(RESULT_FD, ("\n" + nonce + " " + record + "\n").encode())
+        elif kind == "check":
+            exec(compile(test["test"], "<test>", "exec"), ns)
+            ns["check"](ns[test["entry_point"]])
+            _write_all(RESULT_FD, ("\n" + nonce + ' {"ok": true}\n').encode())
+    except SystemExit as exc:
+        if exc.code is None or exc.code == 0:
+            status = 0
+        elif isinstance(exc.code, int):
+            status = exc.code & 0xFF
+        else:
+            print(exc.code, file=sys.stderr)
+            status = 1
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    os._exit(status)
+
+
+# ------------------------------------------------------------------------------------------
+# The server side of one test
+# ------------------------------------------------------------------------------------------
+
+
+def _other_pids():
+    """Pids in this pid namespace other than init and this server (cheap: the namespace is tiny)."""
+    me = os.getpid()
+    return [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in (1, me)]
+
+
+def _kill_leftovers(cfg):
+    """Kill every process a test left behind (a daemonised grandchild escapes its group).
+
+    With a separate uid: a short-lived helper becomes that uid and sends SIGKILL to -1,
+    which inside this pid namespace reaches exactly the test's processes, then empties
+    the work directory as that uid; it is only forked when something is left over.
+    Without one (unprivileged bubblewrap): every pid in the namespace but init and this
+    server. Without a sandbox: nothing beyond the process group.
+    """
+    if cfg["isolation"] == "uid":
+        if not _other_pids() and not os.listdir(cfg["workdir"]):
+            return
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                uid = cfg["uid"]
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(-1, signal.SIGKILL)
+                _empty_dir(cfg["workdir"])
+            except BaseException:
+                code = 1
+            os._exit(code)
+        os.waitpid(pid, 0)
+        return
+    if cfg["isolation"] == "pidns":
+        for pid in _other_pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    _empty_dir(cfg["workdir"])
+
+
+def _empty_dir(path):
+    with os.scandir(path) as it:
+        entries = list(it)
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            pass
+
+
+def _reap_all():
+    """Collect zombies re-parented to this server (a subreaper); they count against RLIMIT_NPROC."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def run_test(cfg, code, test, nonce):
+    """Fork a child for one test, feed stdin from memory, collect output within the limits."""
+    fd_in = os.memfd_create("stdin", 0)
+    _write_all(fd_in, test.get("stdin", "").encode())
+    os.lseek(fd_in, 0, os.SEEK_SET)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    res_r, res_w = os.pipe()
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _child(cfg, code, test, nonce, (fd_in, out_w, err_w, res_w))
+        finally:
+            os._exit(70)
+    for fd in (fd_in, out_w, err_w, res_w):
+        os.close(fd)
+    bufs = {out_r: bytearray(), err_r: bytearray(), res_r: bytearray()}
+    caps = {out_r: cfg["max_output"], err_r: STDERR_KEEP, res_r: cfg["max_output"]}
+    for fd in bufs:
+        os.set_blocking(fd, False)
+    pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    for fd in (out_r, err_r, res_r, pidfd):
+        poller.register(fd, select.POLLIN)
+    open_fds = {out_r, err_r, res_r}
+    status = None
+    exited = False
+    deadline = t0 + cfg["timeout_s"]
+
+    def pump(fd):
+        nonlocal status
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        if not data:
+            poller.unregister(fd)
+            open_fds.discard(fd)
+            return
+        buf = bufs[fd]
+        room = caps[fd] - len(buf)
+        if fd == err_r:
+            buf.extend(data[: max(room, 0)])
+        elif len(data) > room:
+            buf.extend(data[:room])
+            status = "output_limit"
+        else:
+            buf.extend(data)
+
+    while status is None and not exited:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            status = "timeout"
+            break
+        for fd, _ev in poller.poll(remaining * 1000):
+            if fd == pidfd:
+                exited = True
+            elif status is None:
+                pump(fd)
+    seconds = time.monotonic() - t0
+    # The server may not signal a child that already became the test uid (no CAP_KILL):
+    # then _kill_leftovers' helper, running as that uid, does it.
+    for kill, target in ((os.kill, pid), (os.killpg, pid)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(target, signal.SIGKILL)
+    _kill_leftovers(cfg)
+    _, wstatus = os.waitpid(pid, 0)
+    # Every writer is dead now; drain what is still buffered in the pipes (bounded).
+    drain_until = time.monotonic() + 0.5
+    while open_fds and status != "output_limit" and time.monotonic() < drain_until:
+        for fd, _ev in poller.poll(50):
+            if fd != pidfd and fd in open_fds:
+                pump(fd)
+    for fd in (out_r, err_r, res_r, pidfd):
+        os.close(fd)
+    _reap_all()
+    reply = {
+        "status": status or "exited",
+        "exit_code": os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None,
+        "signal": os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None,
+        "stdout": bufs[out_r].decode("utf-8", "replace"),
+        "stderr": bufs[err_r].decode("utf-8", "replace"),
+        "result": bufs[res_r].decode("utf-8", "replace"),
+        "seconds": seconds,
+    }
+    return reply
+
+
+def main():
+    cfg = json.loads(sys.argv[1])
+    _prctl(PR_SET_DUMPABLE, 0)  # children (same or other uid) cannot ptrace or read our /proc files
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if cfg["isolation"] != "none":
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    proto_in, proto_out = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    os.makedirs(cfg["workdir"], exist_ok=True)
+    _send(proto_out, {"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]})
+    while True:
+        req = _recv(proto_in)
+        if req is None:
+            return
+        try:
+            reply = run_test(cfg, req["code"], req["test"], req["nonce"])
+        except Exception as exc:  # a server-side failure is reported, never mistaken for a verdict
+            reply = {"status": "server_error", "detail": f"{type(exc).__name__}: {exc}"}
+        _send(proto_out, reply)
+
+
+if __name__ == "__main__":
+    main()
