@@ -30,7 +30,10 @@ def test_loads_jsonl_and_json(tmp_path):
     ("bad", "needle"),
     [
         ("{not json", "line 2: invalid JSON"),
-        ({k: v for k, v in ROW.items() if k != "reward_model"}, "line 2: field 'reward_model': Field required"),
+        (
+            {k: v for k, v in ROW.items() if k != "reward_model"},
+            "line 2: field 'reward_model': Field required",
+        ),
         ({**ROW, "prompt": [{"role": "robot", "content": "x"}]}, "line 2: field 'prompt.0.role'"),
         ({**ROW, "prompt": []}, "line 2: field 'prompt'"),
         ([1, 2], "line 2: expected an object, got list"),

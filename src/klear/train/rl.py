@@ -111,7 +111,6 @@ class PromptStream:
 def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: bool = True) -> RLResult:
     """Run RL as configured; ``init_model`` overrides ``model.path`` (the demo passes its SFT checkpoint)."""
     from klear.rewards.pool import RewardPool, reward_metrics
-
     from klear.rollout import SamplingParams, backend_class
     from klear.train.setup import (
         build_optimizer,
