@@ -16,6 +16,10 @@ from klear import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
+    "demo": (
+        "klear.demo_cli",
+        "the whole pipeline on the built-in tiny task: SFT, GPPO RL, held-out accuracy",
+    ),
     "config": ("klear.config_cli", "validate a recipe with overrides and print the resolved config"),
     "rl": ("klear.train.rl_cli", "reinforcement learning (GPPO) on verifiable rewards"),
     "reward": (
