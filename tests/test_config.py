@@ -142,3 +142,9 @@ def test_saved_config_round_trips(tmp_path):
     assert path.name == "config.yaml" and not list((tmp_path / "run").glob(".config.yaml.*"))
     again = load_config(RLConfig, path)
     assert again == cfg
+
+
+def test_dotted_path_must_import_at_load():
+    assert "cannot import it" in _error(["loss.type=nowhere.module:fn"])
+    cfg = load_config(RLConfig, DEMO, ["loss.type=tests.algo.custom_loss:constant_loss"])
+    assert cfg.loss.type == "tests.algo.custom_loss:constant_loss"

@@ -33,16 +33,17 @@ class Section(BaseModel):
 
 
 def _check_registry_name(value: str, registry_module: str, registry_name: str) -> str:
-    """Accept a registered name or a dotted ``package.module:function`` path to user code."""
+    """Accept a registered name or an importable ``package.module:function`` path to user code."""
     import importlib
 
+    from klear.registry import resolve
+
     registry = getattr(importlib.import_module(registry_module), registry_name)
-    if value in registry or ":" in value:
-        return value
-    allowed = ", ".join(sorted(registry))
-    raise ValueError(
-        f"unknown {registry_name} entry {value!r}; allowed: {allowed}, or a dotted path 'pkg.module:function'"
-    )
+    try:
+        resolve(value, registry, f"{registry_name} entry")
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+    return value
 
 
 # ---------------------------------------------------------------------------------------------

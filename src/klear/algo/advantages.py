@@ -8,12 +8,13 @@ one -- carries no relative signal and gets exactly 0, never NaN.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+from klear.registry import resolve
 
 if TYPE_CHECKING:
     from klear.config import AdvantageConfig
@@ -104,14 +105,7 @@ ADVANTAGES: dict[str, AdvantageFn] = {
 
 def resolve_advantage(name: str) -> AdvantageFn:
     """A registered estimator by name, or user code given as ``'pkg.module:function'``."""
-    if name in ADVANTAGES:
-        return ADVANTAGES[name]
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        return getattr(importlib.import_module(module), attr)
-    raise KeyError(
-        f"unknown advantage {name!r}; allowed: {', '.join(sorted(ADVANTAGES))} or 'pkg.module:function'"
-    )
+    return resolve(name, ADVANTAGES, "advantage")
 
 
 def compute_advantages(

@@ -31,7 +31,6 @@ term and computes the metrics -- the same for every loss.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -40,6 +39,7 @@ import torch
 from torch import Tensor
 
 from klear.algo.aggregate import Normaliser, aggregate, masked_mean
+from klear.registry import resolve
 
 if TYPE_CHECKING:
     from klear.config import LossConfig
@@ -188,12 +188,7 @@ LOSSES: dict[str, LossFn] = {
 
 def resolve_loss(name: str) -> LossFn:
     """A registered loss by name, or user code given as ``'pkg.module:function'``."""
-    if name in LOSSES:
-        return LOSSES[name]
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        return getattr(importlib.import_module(module), attr)
-    raise KeyError(f"unknown loss {name!r}; allowed: {', '.join(sorted(LOSSES))} or 'pkg.module:function'")
+    return resolve(name, LOSSES, "loss")
 
 
 def policy_loss(
