@@ -263,3 +263,18 @@ def test_score_batch_one_shot_and_closed_pool(cfg: RewardConfig) -> None:
     pool.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         pool.score([math_row("1")], ["x"])
+
+
+def test_interrupted_batch_leaves_no_stale_work_behind(pool: RewardPool) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop_at_first(done: int, total: int) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        pool.score([toy_row("a")] * 3, ["sleep:1.0", "ok:a", "ok:a"], progress=stop_at_first)
+    # the abandoned 1 s item must neither answer for this batch's item 0 nor delay item 1
+    results = pool.score([toy_row("1.5"), toy_row("b")], ["sleep:1.5", "ok:b"])
+    assert [(r.answer, r.correct, r.flags) for r in results] == [("1.5", True, ()), ("b", True, ())]
+    assert pool.last_metrics["flag/timeout"] == 0

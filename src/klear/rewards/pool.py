@@ -34,7 +34,7 @@ import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
@@ -136,7 +136,51 @@ class _Worker:
     started: float
     ready: bool = False
     item: int | None = None  # index of the item it is working on
+    group: Any = None  # prompt group of its last item (see _Queue)
     item_started: float = 0.0
+
+
+class _Queue:
+    """Pending items grouped by prompt, so a worker keeps taking the samples of the prompt it is on.
+
+    The n samples of one prompt share a ground truth and often the same answer; when they go to the
+    same worker, its (gold, answer) cache and parsed ground truth are reused instead of recomputed
+    in every worker. An idle worker takes, in order: more of its last group; the oldest group no
+    other worker is on; else it helps with the largest remaining group (no worker waits while items
+    are pending).
+    """
+
+    def __init__(self, keys: list[Any]) -> None:
+        self.keys = keys
+        self.groups: dict[Any, deque[int]] = {}
+        for index, key in enumerate(keys):
+            self.groups.setdefault(key, deque()).append(index)
+        self.order: deque[Any] = deque(self.groups)
+        self.size = len(keys)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _pop(self, key: Any) -> int:
+        self.size -= 1
+        return self.groups[key].popleft()
+
+    def take(self, last_key: Any, busy_keys: set[Any]) -> int:
+        if self.groups.get(last_key):
+            return self._pop(last_key)
+        while self.order and not self.groups[self.order[0]]:
+            self.order.popleft()
+        for key in self.order:
+            if self.groups[key] and key not in busy_keys:
+                return self._pop(key)
+        return self._pop(max(self.order, key=lambda k: len(self.groups[k])))
+
+    def put_back(self, index: int) -> None:
+        key = self.keys[index]
+        if not self.groups[key]:
+            self.order.appendleft(key)
+        self.groups[key].appendleft(index)
+        self.size += 1
 
 
 @dataclass
@@ -145,7 +189,7 @@ class _Batch:
     truths: list[Any]
     responses: Sequence[str]
     results: list[RewardResult | None]
-    pending: deque[int] = field(default_factory=deque)
+    pending: _Queue
     progress: Callable[[int, int], None] | None = None
     done: int = 0
 
@@ -239,6 +283,36 @@ class RewardPool:
         _kill(worker)
         self._workers[self._workers.index(worker)] = self._start_worker()
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """PIDs of the current workers (for monitoring memory or CPU from outside)."""
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Block until every worker has finished starting (imports, warm-up); raise after ``timeout``.
+
+        Optional: ``score`` only hands items to ready workers anyway. Useful to start the pool early
+        and pay the start-up before the first batch is timed.
+        """
+        deadline = time.monotonic() + timeout
+        while not all(w.ready for w in self._workers):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"reward workers not ready after {timeout} s")
+            starting = [w for w in self._workers if not w.ready]
+            wait([w.conn for w in starting] + [w.process.sentinel for w in starting], timeout=left)
+            for w in starting:
+                self._drain_ready(w)
+                if not w.ready and not w.process.is_alive():
+                    raise RuntimeError(f"reward worker died on start-up (exit code {w.process.exitcode})")
+
+    def _drain_ready(self, worker: _Worker) -> None:
+        """Read the start-up notice of a worker that has no item yet."""
+        with contextlib.suppress(EOFError, OSError):
+            while not worker.ready and worker.conn.poll():
+                msg = worker.conn.recv()
+                worker.ready = isinstance(msg, tuple) and bool(msg) and msg[0] == "ready"
+
     def close(self) -> None:
         """Stop the workers (and their sandboxes). Idempotent."""
         self._closed = True
@@ -274,9 +348,17 @@ class RewardPool:
             if self._closed:
                 raise RuntimeError("RewardPool is closed")
             start = time.monotonic()
-            batch = _Batch(paths, truths, responses, [None] * len(rows), deque(range(len(rows))))
+            groups = [
+                (path, truth if isinstance(truth, (str, int, float)) else id(truth))
+                for path, truth in zip(paths, truths, strict=True)
+            ]
+            batch = _Batch(paths, truths, responses, [None] * len(rows), _Queue(groups))
             batch.progress = progress
-            restarts = self._run(batch)
+            try:
+                restarts = self._run(batch)
+            except BaseException:
+                self._abandon_busy()
+                raise
             results: list[RewardResult] = [r for r in batch.results if r is not None]
             assert len(results) == len(rows)
             seconds = time.monotonic() - start
@@ -287,6 +369,13 @@ class RewardPool:
                 "items_per_s": len(results) / seconds if seconds > 0 else 0.0,
             }
             return results
+
+    def _abandon_busy(self) -> None:
+        """After an interrupted batch: replace workers still on an item, so no stale result leaks
+        into the next batch and no next item waits behind an abandoned one."""
+        for w in list(self._workers):
+            if w.item is not None:
+                self._replace(w)
 
     def _lost(self, batch: _Batch, worker: _Worker, flag: str, detail: str, now: float) -> None:
         """The worker's current item could not finish: flag it and give it the failure score."""
@@ -313,13 +402,14 @@ class RewardPool:
             # 1. hand one item to each idle, ready worker
             for w in self._workers:
                 if w.ready and w.item is None and batch.pending:
-                    index = batch.pending.popleft()
+                    busy = {v.group for v in self._workers if v.item is not None}
+                    index = batch.pending.take(w.group, busy)
                     try:
                         w.conn.send((index, batch.paths[index], batch.responses[index], batch.truths[index]))
                     except (BrokenPipeError, OSError):
-                        batch.pending.appendleft(index)  # it died; its sentinel reports it below
+                        batch.pending.put_back(index)  # it died; its sentinel reports it below
                         continue
-                    w.item, w.item_started = index, now
+                    w.item, w.item_started, w.group = index, now, batch.pending.keys[index]
             # 2. sleep until a result, a death, or the nearest deadline
             deadlines = [
                 (w.item_started + bound) if w.item is not None else (w.started + START_TIMEOUT_S)
