@@ -44,6 +44,14 @@ def test_last_boxed(text: str, expected: str | None) -> None:
     assert last_boxed(text) == expected
 
 
+def test_many_unclosed_boxes_cost_linear_time() -> None:
+    text = "\\boxed{" * 20000 + "x" * 100_000  # a degenerate, repetitive response
+    start = time.monotonic()
+    assert last_boxed(text) is None
+    assert last_boxed("\\boxed{1}" + text) == "1"
+    assert time.monotonic() - start < 1.0
+
+
 def test_answer_region() -> None:
     assert answer_region("<think>a</think>b</think>c") == "c"  # after the LAST </think>
     assert answer_region("<think>still thinking") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import textwrap
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from klear.config import RewardConfig
-from klear.rewards.pool import RewardPool, reward_metrics, score_batch
+from klear.rewards.pool import RewardPool, _Queue, reward_metrics, score_batch
 from klear.rewards.registry import REWARDS, RowError, failure_score, reward_path
 from klear.types import RewardResult
 
@@ -278,3 +279,36 @@ def test_interrupted_batch_leaves_no_stale_work_behind(pool: RewardPool) -> None
     results = pool.score([toy_row("1.5"), toy_row("b")], ["sleep:1.5", "ok:b"])
     assert [(r.answer, r.correct, r.flags) for r in results] == [("1.5", True, ()), ("b", True, ())]
     assert pool.last_metrics["flag/timeout"] == 0
+
+
+def test_queue_keeps_a_workers_group_and_never_idles() -> None:
+    q = _Queue(["a", "a", "a", "b", "b", "c"])
+    assert q.take(None, set()) == 0  # oldest group
+    assert q.take(None, {"a"}) == 3  # another worker: the oldest group nobody is on
+    assert q.take("a", {"a", "b"}) == 1  # stays on its group
+    q.put_back(1)  # e.g. its worker died before receiving it
+    assert q.take("b", {"a", "b"}) == 4
+    assert q.take("b", {"a"}) == 5  # its group is done: next free group
+    assert q.take(None, {"a"}) == 1  # every group busy or done: help with what is left
+    assert q.take(None, set()) == 2
+    assert len(q) == 0
+
+
+def test_first_pool_of_a_process_created_inside_a_thread() -> None:
+    script = textwrap.dedent(
+        """
+        import threading
+        from klear.config import RewardConfig
+        from klear.rewards.pool import score_batch
+        row = {"ability": "math", "reward_model": {"ground_truth": "x+1"}}
+        out = []
+        t = threading.Thread(target=lambda: out.append(score_batch([row], ["<think>.</think>\\\\boxed{1+x}"],
+                             RewardConfig(num_workers=1))))
+        t.start(); t.join(60)
+        print(out[0][0].correct, out[0][0].flags)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=90)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True ()"
