@@ -239,6 +239,8 @@ def test_custom_paths_are_validated() -> None:
 
     with pytest.raises(ValidationError, match="dotted path"):
         RewardConfig(custom={"toy": "not a path"})
+    with pytest.raises(ValidationError, match=r"verify_timeout_s = 3\.0 must be below"):
+        RewardConfig(item_timeout_s=2.0)
 
 
 def test_reward_metrics_counts() -> None:
