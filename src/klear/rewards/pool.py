@@ -20,6 +20,8 @@ Why processes, and how they are bounded:
   forkserver preloads math_verify, so a replacement worker is ready in well under a second.
 - A worker takes items only after it reports ready (imports and math_verify's first-use setup
   done), so start-up time never counts against an item's bound.
+- Items go one at a time to idle workers, and a worker keeps taking the samples of the prompt it
+  is on (same ground truth), so its (gold, answer) cache sees the repeats of a GRPO group.
 """
 
 from __future__ import annotations
