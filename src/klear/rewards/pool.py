@@ -9,7 +9,7 @@ Why processes, and how they are bounded:
 - math_verify's own timeout is a signal alarm, which cannot run off a main thread; code rewards run
   untrusted programs. Each worker runs reward functions on its own main thread, one item at a time,
   with its own inner timeouts (``math.verify_timeout_s``, the sandbox's per-test limits).
-- The parent is the hard bound: an item still running ``item_timeout_s`` after it was handed over
+- The parent is the hard bound: an item still running ``item_timeout_s`` after it started
   gets its worker killed -- SIGKILL to the worker's process group (each worker is a session leader,
   so anything it started goes too), by PID -- replaced, and the item flagged ``timeout``. A worker
   that dies (``os._exit``, segfault, OOM kill) is replaced and its item flagged ``error``. The parent
@@ -20,8 +20,10 @@ Why processes, and how they are bounded:
   forkserver preloads math_verify, so a replacement worker is ready in well under a second.
 - A worker takes items only after it reports ready (imports and math_verify's first-use setup
   done), so start-up time never counts against an item's bound.
-- Items go one at a time to idle workers, and a worker keeps taking the samples of the prompt it
-  is on (same ground truth), so its (gold, answer) cache sees the repeats of a GRPO group.
+- Items go in small chunks to idle workers only (so a send never waits on a busy worker); each
+  result comes back on its own and starts the clock of the next item, so the bound stays per item;
+  a killed worker's unstarted items go back to the queue. A worker keeps taking the samples of the
+  prompt it is on (same ground truth), so its (gold, answer) cache sees the repeats of a GRPO group.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +54,9 @@ if TYPE_CHECKING:
 START_TIMEOUT_S = 120.0
 #: Consecutive worker start failures after which scoring gives up with an error.
 MAX_START_FAILURES = 3
+#: Most items handed to a worker in one message (fewer round trips for cheap items; shrinks to 1
+#: near the end of a batch so no worker idles while another holds a backlog).
+MAX_CHUNK = 8
 #: Modules the forkserver imports once, so every worker forked from it starts warm.
 PRELOAD = ["klear.rewards.math", "klear.rewards.registry", "math_verify"]
 
@@ -73,8 +78,34 @@ def _die_with_parent() -> None:
         pass  # not Linux: the pipe closing still ends the worker's loop
 
 
+def _score_one(
+    functions: dict[str, Any], path: str, response: str, truth: Any, cfg: RewardConfig
+) -> RewardResult:
+    """Run one reward function; its failure is the item's (flag ``error``), never the worker's."""
+    start = time.perf_counter()
+    try:
+        fn = functions.get(path)
+        if fn is None:
+            fn = functions[path] = load_function(path)
+        result = as_result(fn(response, truth, cfg), path)
+        if not result.seconds:
+            result.seconds = time.perf_counter() - start
+        return result
+    except BaseException as exc:
+        return RewardResult(
+            score=failure_score(path, cfg),
+            correct=False,
+            flags=("error",),
+            seconds=time.perf_counter() - start,
+            detail=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}".strip(),
+        )
+
+
 def _worker_main(conn: Connection, cfg: RewardConfig) -> None:
-    """Serve (index, path, response, ground_truth) requests until told to stop or the pipe closes."""
+    """Serve chunks of (index, path, response, ground_truth) until told to stop or the pipe closes.
+
+    Each item's result is sent as soon as it is ready: the parent times items one by one.
+    """
     os.setsid()  # own process group: the parent's kill reaches everything this worker starts
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -90,25 +121,9 @@ def _worker_main(conn: Connection, cfg: RewardConfig) -> None:
             break
         if msg is None:
             break
-        index, path, response, truth = msg
-        start = time.perf_counter()
         try:
-            fn = functions.get(path)
-            if fn is None:
-                fn = functions[path] = load_function(path)
-            result = as_result(fn(response, truth, cfg), path)
-            if not result.seconds:
-                result.seconds = time.perf_counter() - start
-        except BaseException as exc:  # a reward function's failure is the item's, never the worker's
-            result = RewardResult(
-                score=failure_score(path, cfg),
-                correct=False,
-                flags=("error",),
-                seconds=time.perf_counter() - start,
-                detail=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}".strip(),
-            )
-        try:
-            conn.send((index, result))
+            for index, path, response, truth in msg:
+                conn.send((index, _score_one(functions, path, response, truth, cfg)))
         except (BrokenPipeError, OSError):
             break
     _close_sandboxes()
@@ -137,9 +152,9 @@ class _Worker:
     conn: Connection
     started: float
     ready: bool = False
-    item: int | None = None  # index of the item it is working on
+    items: deque[int] = field(default_factory=deque)  # handed over, not yet answered; head is running
     group: Any = None  # prompt group of its last item (see _Queue)
-    item_started: float = 0.0
+    item_started: float = 0.0  # when the head item started (its chunk arrived or the previous answered)
 
 
 class _Queue:
@@ -376,15 +391,17 @@ class RewardPool:
         """After an interrupted batch: replace workers still on an item, so no stale result leaks
         into the next batch and no next item waits behind an abandoned one."""
         for w in list(self._workers):
-            if w.item is not None:
+            if w.items:
                 self._replace(w)
 
     def _lost(self, batch: _Batch, worker: _Worker, flag: str, detail: str, now: float) -> None:
-        """The worker's current item could not finish: flag it and give it the failure score."""
-        index = worker.item
-        if index is None:
+        """The worker's current item could not finish: flag it and give it the failure score; the
+        rest of its chunk, never started, goes back to the queue."""
+        if not worker.items:
             return
-        worker.item = None
+        index = worker.items.popleft()
+        while worker.items:
+            batch.pending.put_back(worker.items.pop())
         result = RewardResult(
             score=failure_score(batch.paths[index], self.cfg),
             correct=False,
@@ -401,22 +418,32 @@ class RewardPool:
         start_failures = 0
         while batch.done < len(batch.results):
             now = time.monotonic()
-            # 1. hand one item to each idle, ready worker
+            # 1. hand a chunk to each idle, ready worker (only idle ones: a send never blocks on a busy one)
             for w in self._workers:
-                if w.ready and w.item is None and batch.pending:
-                    busy = {v.group for v in self._workers if v.item is not None}
-                    index = batch.pending.take(w.group, busy)
+                if w.ready and not w.items and batch.pending:
+                    busy = {v.group for v in self._workers if v.items}
+                    size = max(1, min(MAX_CHUNK, len(batch.pending) // (2 * len(self._workers))))
+                    chunk = []
+                    for _ in range(size):
+                        if not batch.pending:
+                            break
+                        chunk.append(batch.pending.take(w.group, busy))
+                        w.group = batch.pending.keys[chunk[-1]]
                     try:
-                        w.conn.send((index, batch.paths[index], batch.responses[index], batch.truths[index]))
+                        w.conn.send([(i, batch.paths[i], batch.responses[i], batch.truths[i]) for i in chunk])
                     except (BrokenPipeError, OSError):
-                        batch.pending.put_back(index)  # it died; its sentinel reports it below
+                        for i in reversed(chunk):  # it died; its sentinel reports it below
+                            batch.pending.put_back(i)
                         continue
-                    w.item, w.item_started, w.group = index, now, batch.pending.keys[index]
+                    w.items.extend(chunk)
+                    w.item_started = now
+            if not batch.pending and not any(w.items for w in self._workers):
+                raise RuntimeError(f"reward pool lost track of {len(batch.results) - batch.done} item(s)")
             # 2. sleep until a result, a death, or the nearest deadline
             deadlines = [
-                (w.item_started + bound) if w.item is not None else (w.started + START_TIMEOUT_S)
+                (w.item_started + bound) if w.items else (w.started + START_TIMEOUT_S)
                 for w in self._workers
-                if w.item is not None or not w.ready
+                if w.items or not w.ready
             ]
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
             waitables: list[Any] = [w.conn for w in self._workers] + [
@@ -444,7 +471,7 @@ class RewardPool:
                     restarts += 1
             # 4. deadlines: kill what is stuck
             for w in list(self._workers):
-                if w.item is not None and now - w.item_started >= bound:
+                if w.items and now - w.item_started >= bound:
                     self._lost(batch, w, "timeout", f"killed after item_timeout_s={bound} s", now)
                     self._replace(w)
                     restarts += 1
@@ -469,8 +496,9 @@ class RewardPool:
                 worker.ready = True
                 continue
             index, result = msg
-            if index == worker.item:
-                worker.item = None
+            if worker.items and index == worker.items[0]:
+                worker.items.popleft()
+                worker.item_started = now  # the next item of the chunk starts now
                 batch.finish(index, result)
 
 
