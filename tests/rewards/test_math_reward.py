@@ -12,7 +12,8 @@ from klear.config import RewardConfig
 from klear.rewards import math as mr
 from klear.rewards.math import answer_region, fast_equal, judge, last_boxed, math_reward, normalize_gold
 
-CFG = RewardConfig()
+# A generous inner timeout: these tables test verdicts, not speed, and CI machines can be loaded.
+CFG = RewardConfig(math={"verify_timeout_s": 30.0}, item_timeout_s=60.0)
 
 
 def solved(answer: str) -> str:
