@@ -268,7 +268,8 @@ def reward_metrics(results: Sequence[RewardResult]) -> dict[str, float]:
 class RewardPool:
     """``cfg.num_workers`` reward worker processes, kept alive across batches; a context manager.
 
-    ``score`` may be called from any thread (one call at a time per pool). After each call,
+    ``score`` may be called from any thread (concurrent calls on one pool run one after the
+    other). After each call,
     ``last_metrics`` holds :func:`reward_metrics` plus ``worker_restarts`` (workers killed or lost
     during the call), ``seconds`` and ``items_per_s``.
     """
