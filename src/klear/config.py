@@ -253,8 +253,8 @@ class RewardConfig(Section):
         None,
         description=(
             "score of an item the pool killed (timeout) or lost (worker crash, exception); "
-            "null: the wrong-answer score of the row's reward (math.negative; code: -1 signed, 0 otherwise; "
-            "custom: 0)"
+            "null: the lowest ordinary score of the row's reward (math.negative; code: -1 with the signed "
+            "soft mapping, else 0; custom functions: 0)"
         ),
     )
     math: MathRewardConfig = Field(default_factory=MathRewardConfig)
@@ -271,6 +271,16 @@ class RewardConfig(Section):
                     f"reward.custom.{source} = {path!r}: expected a dotted path 'pkg.module:function'"
                 )
         return v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RewardConfig:
+        if self.math.verify_timeout_s >= self.item_timeout_s:
+            raise ValueError(
+                f"reward.math.verify_timeout_s = {self.math.verify_timeout_s} must be below "
+                f"reward.item_timeout_s = {self.item_timeout_s}: the inner timeout flags a slow answer "
+                "cheaply; the pool's hard kill (which restarts the worker) is the last resort"
+            )
+        return self
 
 
 class DynamicSamplingConfig(Section):

@@ -12,7 +12,8 @@ from klear.config import RewardConfig
 from klear.rewards import math as mr
 from klear.rewards.math import answer_region, fast_equal, judge, last_boxed, math_reward, normalize_gold
 
-CFG = RewardConfig()
+# A generous inner timeout: these tables test verdicts, not speed, and CI machines can be loaded.
+CFG = RewardConfig(math={"verify_timeout_s": 30.0}, item_timeout_s=60.0)
 
 
 def solved(answer: str) -> str:
@@ -42,6 +43,14 @@ def solved(answer: str) -> str:
 )
 def test_last_boxed(text: str, expected: str | None) -> None:
     assert last_boxed(text) == expected
+
+
+def test_many_unclosed_boxes_cost_linear_time() -> None:
+    text = "\\boxed{" * 20000 + "x" * 100_000  # a degenerate, repetitive response
+    start = time.monotonic()
+    assert last_boxed(text) is None
+    assert last_boxed("\\boxed{1}" + text) == "1"
+    assert time.monotonic() - start < 1.0
 
 
 def test_answer_region() -> None:

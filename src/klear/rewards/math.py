@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 
 THINK_START = "<think>"
 THINK_END = "</think>"
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
+_BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE = re.compile(r"\\[{}]|[{}]")
 
 
 class VerifyTimeout(BaseException):
@@ -79,23 +80,22 @@ def answer_region(response: str) -> str | None:
     return response
 
 
-def _braced(text: str, open_at: int) -> str | None:
-    """Content of the brace group opening at ``text[open_at] == '{'``; None if never closed."""
-    depth = 0
-    i = open_at
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\" and i + 1 < len(text) and text[i + 1] in "{}":
-            i += 2  # an escaped brace is text (sets: \{1, 2\})
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_at + 1 : i]
-        i += 1
-    return None
+def _matching_braces(text: str, start: int) -> dict[int, int]:
+    """Position of each ``{`` at or after ``start`` -> position of its ``}`` (unclosed ones absent).
+
+    One pass over the brace characters only, rather than one scan per candidate box: a degenerate
+    response with thousands of unclosed ``\\boxed{`` must not cost quadratic time. Escaped
+    ``\\{``/``\\}`` are text (sets: ``\\{1, 2\\}``), not nesting.
+    """
+    matches: dict[int, int] = {}
+    stack: list[int] = []
+    for m in _BRACE.finditer(text, start):
+        token = m.group()
+        if token == "{":
+            stack.append(m.start())
+        elif token == "}" and stack:
+            matches[stack.pop()] = m.start()
+    return matches
 
 
 def last_boxed(text: str) -> str | None:
@@ -105,14 +105,14 @@ def last_boxed(text: str) -> str | None:
     never closed (text cut off inside it) is skipped in favour of the previous complete one. The
     brace-less ``\\boxed 5`` form is not an answer here.
     """
-    starts: list[int] = []
-    for cmd in _BOX_COMMANDS:
-        for m in re.finditer(re.escape(cmd) + r"\s*\{", text):
-            starts.append(m.end() - 1)
-    for open_at in sorted(starts, reverse=True):
-        content = _braced(text, open_at)
-        if content is not None:
-            return content.strip()
+    starts = [m.end() - 1 for m in _BOX_START.finditer(text)]
+    if not starts:
+        return None
+    matches = _matching_braces(text, starts[0])
+    for open_at in reversed(starts):
+        close_at = matches.get(open_at)
+        if close_at is not None:
+            return text[open_at + 1 : close_at].strip()
     return None
 
 
@@ -160,8 +160,8 @@ def fast_equal(gold: str, answer: str) -> bool | None:
     against math_verify itself): equal rationals are equal; different integers are different;
     other rationals only when far apart (math_verify compares floats after rounding).
     """
-    g = _rational(gold.replace(" ", ""))
-    a = _rational(answer.replace(" ", ""))
+    g = _rational(gold.strip())
+    a = _rational(answer.strip())
     if g is None or a is None:
         return None
     (gv, g_int), (av, a_int) = g, a

@@ -9,7 +9,7 @@ Why processes, and how they are bounded:
 - math_verify's own timeout is a signal alarm, which cannot run off a main thread; code rewards run
   untrusted programs. Each worker runs reward functions on its own main thread, one item at a time,
   with its own inner timeouts (``math.verify_timeout_s``, the sandbox's per-test limits).
-- The parent is the hard bound: an item still running ``item_timeout_s`` after it was handed over
+- The parent is the hard bound: an item still running ``item_timeout_s`` after it started
   gets its worker killed -- SIGKILL to the worker's process group (each worker is a session leader,
   so anything it started goes too), by PID -- replaced, and the item flagged ``timeout``. A worker
   that dies (``os._exit``, segfault, OOM kill) is replaced and its item flagged ``error``. The parent
@@ -20,6 +20,10 @@ Why processes, and how they are bounded:
   forkserver preloads math_verify, so a replacement worker is ready in well under a second.
 - A worker takes items only after it reports ready (imports and math_verify's first-use setup
   done), so start-up time never counts against an item's bound.
+- Items go in small chunks to idle workers only (so a send never waits on a busy worker); each
+  result comes back on its own and starts the clock of the next item, so the bound stays per item;
+  a killed worker's unstarted items go back to the queue. A worker keeps taking the samples of the
+  prompt it is on (same ground truth), so its (gold, answer) cache sees the repeats of a GRPO group.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ if TYPE_CHECKING:
 START_TIMEOUT_S = 120.0
 #: Consecutive worker start failures after which scoring gives up with an error.
 MAX_START_FAILURES = 3
+#: Most items handed to a worker in one message (fewer round trips for cheap items; shrinks to 1
+#: near the end of a batch so no worker idles while another holds a backlog).
+MAX_CHUNK = 8
 #: Modules the forkserver imports once, so every worker forked from it starts warm.
 PRELOAD = ["klear.rewards.math", "klear.rewards.registry", "math_verify"]
 
@@ -71,8 +78,34 @@ def _die_with_parent() -> None:
         pass  # not Linux: the pipe closing still ends the worker's loop
 
 
+def _score_one(
+    functions: dict[str, Any], path: str, response: str, truth: Any, cfg: RewardConfig
+) -> RewardResult:
+    """Run one reward function; its failure is the item's (flag ``error``), never the worker's."""
+    start = time.perf_counter()
+    try:
+        fn = functions.get(path)
+        if fn is None:
+            fn = functions[path] = load_function(path)
+        result = as_result(fn(response, truth, cfg), path)
+        if not result.seconds:
+            result.seconds = time.perf_counter() - start
+        return result
+    except BaseException as exc:
+        return RewardResult(
+            score=failure_score(path, cfg),
+            correct=False,
+            flags=("error",),
+            seconds=time.perf_counter() - start,
+            detail=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}".strip(),
+        )
+
+
 def _worker_main(conn: Connection, cfg: RewardConfig) -> None:
-    """Serve (index, path, response, ground_truth) requests until told to stop or the pipe closes."""
+    """Serve chunks of (index, path, response, ground_truth) until told to stop or the pipe closes.
+
+    Each item's result is sent as soon as it is ready: the parent times items one by one.
+    """
     os.setsid()  # own process group: the parent's kill reaches everything this worker starts
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -88,25 +121,9 @@ def _worker_main(conn: Connection, cfg: RewardConfig) -> None:
             break
         if msg is None:
             break
-        index, path, response, truth = msg
-        start = time.perf_counter()
         try:
-            fn = functions.get(path)
-            if fn is None:
-                fn = functions[path] = load_function(path)
-            result = as_result(fn(response, truth, cfg), path)
-            if not result.seconds:
-                result.seconds = time.perf_counter() - start
-        except BaseException as exc:  # a reward function's failure is the item's, never the worker's
-            result = RewardResult(
-                score=failure_score(path, cfg),
-                correct=False,
-                flags=("error",),
-                seconds=time.perf_counter() - start,
-                detail=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}".strip(),
-            )
-        try:
-            conn.send((index, result))
+            for index, path, response, truth in msg:
+                conn.send((index, _score_one(functions, path, response, truth, cfg)))
         except (BrokenPipeError, OSError):
             break
     _close_sandboxes()
@@ -135,8 +152,52 @@ class _Worker:
     conn: Connection
     started: float
     ready: bool = False
-    item: int | None = None  # index of the item it is working on
-    item_started: float = 0.0
+    items: deque[int] = field(default_factory=deque)  # handed over, not yet answered; head is running
+    group: Any = None  # prompt group of its last item (see _Queue)
+    item_started: float = 0.0  # when the head item started (its chunk arrived or the previous answered)
+
+
+class _Queue:
+    """Pending items grouped by prompt, so a worker keeps taking the samples of the prompt it is on.
+
+    The n samples of one prompt share a ground truth and often the same answer; when they go to the
+    same worker, its (gold, answer) cache and parsed ground truth are reused instead of recomputed
+    in every worker. An idle worker takes, in order: more of its last group; the oldest group no
+    other worker is on; else it helps with the largest remaining group (no worker waits while items
+    are pending).
+    """
+
+    def __init__(self, keys: list[Any]) -> None:
+        self.keys = keys
+        self.groups: dict[Any, deque[int]] = {}
+        for index, key in enumerate(keys):
+            self.groups.setdefault(key, deque()).append(index)
+        self.order: deque[Any] = deque(self.groups)
+        self.size = len(keys)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _pop(self, key: Any) -> int:
+        self.size -= 1
+        return self.groups[key].popleft()
+
+    def take(self, last_key: Any, busy_keys: set[Any]) -> int:
+        if self.groups.get(last_key):
+            return self._pop(last_key)
+        while self.order and not self.groups[self.order[0]]:
+            self.order.popleft()
+        for key in self.order:
+            if self.groups[key] and key not in busy_keys:
+                return self._pop(key)
+        return self._pop(max(self.order, key=lambda k: len(self.groups[k])))
+
+    def put_back(self, index: int) -> None:
+        key = self.keys[index]
+        if not self.groups[key]:
+            self.order.appendleft(key)
+        self.groups[key].appendleft(index)
+        self.size += 1
 
 
 @dataclass
@@ -145,7 +206,7 @@ class _Batch:
     truths: list[Any]
     responses: Sequence[str]
     results: list[RewardResult | None]
-    pending: deque[int] = field(default_factory=deque)
+    pending: _Queue
     progress: Callable[[int, int], None] | None = None
     done: int = 0
 
@@ -207,7 +268,8 @@ def reward_metrics(results: Sequence[RewardResult]) -> dict[str, float]:
 class RewardPool:
     """``cfg.num_workers`` reward worker processes, kept alive across batches; a context manager.
 
-    ``score`` may be called from any thread (one call at a time per pool). After each call,
+    ``score`` may be called from any thread (concurrent calls on one pool run one after the
+    other). After each call,
     ``last_metrics`` holds :func:`reward_metrics` plus ``worker_restarts`` (workers killed or lost
     during the call), ``seconds`` and ``items_per_s``.
     """
@@ -238,6 +300,36 @@ class RewardPool:
     def _replace(self, worker: _Worker) -> None:
         _kill(worker)
         self._workers[self._workers.index(worker)] = self._start_worker()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """PIDs of the current workers (for monitoring memory or CPU from outside)."""
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Block until every worker has finished starting (imports, warm-up); raise after ``timeout``.
+
+        Optional: ``score`` only hands items to ready workers anyway. Useful to start the pool early
+        and pay the start-up before the first batch is timed.
+        """
+        deadline = time.monotonic() + timeout
+        while not all(w.ready for w in self._workers):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"reward workers not ready after {timeout} s")
+            starting = [w for w in self._workers if not w.ready]
+            wait([w.conn for w in starting] + [w.process.sentinel for w in starting], timeout=left)
+            for w in starting:
+                self._drain_ready(w)
+                if not w.ready and not w.process.is_alive():
+                    raise RuntimeError(f"reward worker died on start-up (exit code {w.process.exitcode})")
+
+    def _drain_ready(self, worker: _Worker) -> None:
+        """Read the start-up notice of a worker that has no item yet."""
+        with contextlib.suppress(EOFError, OSError):
+            while not worker.ready and worker.conn.poll():
+                msg = worker.conn.recv()
+                worker.ready = isinstance(msg, tuple) and bool(msg) and msg[0] == "ready"
 
     def close(self) -> None:
         """Stop the workers (and their sandboxes). Idempotent."""
@@ -274,9 +366,17 @@ class RewardPool:
             if self._closed:
                 raise RuntimeError("RewardPool is closed")
             start = time.monotonic()
-            batch = _Batch(paths, truths, responses, [None] * len(rows), deque(range(len(rows))))
+            groups = [
+                (path, truth if isinstance(truth, (str, int, float)) else id(truth))
+                for path, truth in zip(paths, truths, strict=True)
+            ]
+            batch = _Batch(paths, truths, responses, [None] * len(rows), _Queue(groups))
             batch.progress = progress
-            restarts = self._run(batch)
+            try:
+                restarts = self._run(batch)
+            except BaseException:
+                self._abandon_busy()
+                raise
             results: list[RewardResult] = [r for r in batch.results if r is not None]
             assert len(results) == len(rows)
             seconds = time.monotonic() - start
@@ -288,12 +388,21 @@ class RewardPool:
             }
             return results
 
+    def _abandon_busy(self) -> None:
+        """After an interrupted batch: replace workers still on an item, so no stale result leaks
+        into the next batch and no next item waits behind an abandoned one."""
+        for w in list(self._workers):
+            if w.items:
+                self._replace(w)
+
     def _lost(self, batch: _Batch, worker: _Worker, flag: str, detail: str, now: float) -> None:
-        """The worker's current item could not finish: flag it and give it the failure score."""
-        index = worker.item
-        if index is None:
+        """The worker's current item could not finish: flag it and give it the failure score; the
+        rest of its chunk, never started, goes back to the queue."""
+        if not worker.items:
             return
-        worker.item = None
+        index = worker.items.popleft()
+        while worker.items:
+            batch.pending.put_back(worker.items.pop())
         result = RewardResult(
             score=failure_score(batch.paths[index], self.cfg),
             correct=False,
@@ -310,21 +419,32 @@ class RewardPool:
         start_failures = 0
         while batch.done < len(batch.results):
             now = time.monotonic()
-            # 1. hand one item to each idle, ready worker
+            # 1. hand a chunk to each idle, ready worker (only idle ones: a send never blocks on a busy one)
             for w in self._workers:
-                if w.ready and w.item is None and batch.pending:
-                    index = batch.pending.popleft()
+                if w.ready and not w.items and batch.pending:
+                    busy = {v.group for v in self._workers if v.items}
+                    size = max(1, min(MAX_CHUNK, len(batch.pending) // (2 * len(self._workers))))
+                    chunk = []
+                    for _ in range(size):
+                        if not batch.pending:
+                            break
+                        chunk.append(batch.pending.take(w.group, busy))
+                        w.group = batch.pending.keys[chunk[-1]]
                     try:
-                        w.conn.send((index, batch.paths[index], batch.responses[index], batch.truths[index]))
+                        w.conn.send([(i, batch.paths[i], batch.responses[i], batch.truths[i]) for i in chunk])
                     except (BrokenPipeError, OSError):
-                        batch.pending.appendleft(index)  # it died; its sentinel reports it below
+                        for i in reversed(chunk):  # it died; its sentinel reports it below
+                            batch.pending.put_back(i)
                         continue
-                    w.item, w.item_started = index, now
+                    w.items.extend(chunk)
+                    w.item_started = now
+            if not batch.pending and not any(w.items for w in self._workers):
+                raise RuntimeError(f"reward pool lost track of {len(batch.results) - batch.done} item(s)")
             # 2. sleep until a result, a death, or the nearest deadline
             deadlines = [
-                (w.item_started + bound) if w.item is not None else (w.started + START_TIMEOUT_S)
+                (w.item_started + bound) if w.items else (w.started + START_TIMEOUT_S)
                 for w in self._workers
-                if w.item is not None or not w.ready
+                if w.items or not w.ready
             ]
             timeout = max(0.0, min(deadlines) - now) if deadlines else None
             waitables: list[Any] = [w.conn for w in self._workers] + [
@@ -352,7 +472,7 @@ class RewardPool:
                     restarts += 1
             # 4. deadlines: kill what is stuck
             for w in list(self._workers):
-                if w.item is not None and now - w.item_started >= bound:
+                if w.items and now - w.item_started >= bound:
                     self._lost(batch, w, "timeout", f"killed after item_timeout_s={bound} s", now)
                     self._replace(w)
                     restarts += 1
@@ -377,8 +497,9 @@ class RewardPool:
                 worker.ready = True
                 continue
             index, result = msg
-            if index == worker.item:
-                worker.item = None
+            if worker.items and index == worker.items[0]:
+                worker.items.popleft()
+                worker.item_started = now  # the next item of the chunk starts now
                 batch.finish(index, result)
 
 
