@@ -344,8 +344,26 @@ def run_test(cfg, code, test, nonce):
     return reply
 
 
+def _check_placement(cfg):
+    """Refuse to run where the cleanup after each test could touch anything but test processes.
+
+    The cleanup kills processes (by uid, or every pid of the namespace) and empties the
+    work directory; that is only safe inside the sandbox (we are then a child of
+    bubblewrap's pid 1), or, unsandboxed, in a private directory the client made.
+    """
+    if cfg["isolation"] == "none":
+        if not os.path.basename(cfg["workdir"]).startswith("klear-nosandbox-"):
+            sys.exit(f"klear sandbox server: refusing workdir {cfg['workdir']!r} without a sandbox")
+        return
+    with open("/proc/1/comm") as f:
+        init = f.read().strip()
+    if os.getppid() != 1 or init != "bwrap":
+        sys.exit("klear sandbox server: isolation needs bubblewrap's pid namespace; refusing to start")
+
+
 def main():
     cfg = json.loads(sys.argv[1])
+    _check_placement(cfg)
     _prctl(PR_SET_DUMPABLE, 0)  # children (same or other uid) cannot ptrace or read our /proc files
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
