@@ -12,7 +12,7 @@ Every way runs the same stdin program (parse a line, compute, print) through the
 number of parallel workers (one per core), and every output is checked, so a fast wrong
 runner cannot win. Peak memory (RSS) of the bench, a worker and a sandbox server is printed.
 
-Run: ``PYTHONPATH=src python bench/rewards_code.py [--tests 2000]``. ``bench_code(n)`` returns
+Run: ``PYTHONPATH=src python bench/rewards_code.py [--tests 3000]``. ``bench_code(n)`` returns
 the figures as a dict for ``bench/rewards.py``.
 """
 
@@ -30,7 +30,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-PROGRAM = "import sys\nnums = list(map(int, sys.stdin.read().split()))\nprint(sum(x * x for x in nums) % 1000003)\n"
+PROGRAM = (
+    "import sys\nnums = list(map(int, sys.stdin.read().split()))\nprint(sum(x * x for x in nums) % 1000003)\n"
+)
 TESTS_PER_PROBLEM = 16
 #: The reference's firejail command (code-r1 ``firejail_exec``, used by Klear-Reasoner's code reward).
 FIREJAIL_FLAGS = [
@@ -55,28 +57,49 @@ def _problem(k: int) -> dict:
     return {"inputs": inputs, "outputs": outputs}
 
 
-def _descendants_peak_rss_mb(root_pid: int) -> float:
-    """Largest VmHWM among ``root_pid`` and its descendants (the sandbox server lives there)."""
-    parents: dict[int, int] = {}
-    hwm: dict[int, int] = {}
+def _process_tree(root_pid: int) -> dict[int, list[str]]:
+    """``/proc/<pid>/stat`` fields of ``root_pid`` and all its descendants (the sandbox lives there)."""
+    stats: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        parents[int(entry.name)] = int(fields.get("PPid", "0").strip())
-        hwm[int(entry.name)] = int(fields.get("VmHWM", "0 kB").split()[0])
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
     tree, frontier = {root_pid}, [root_pid]
     while frontier:
         p = frontier.pop()
-        for child, parent in parents.items():
-            if parent == p and child not in tree:
+        for child, fields in stats.items():
+            if int(fields[1]) == p and child not in tree:  # fields[1] is the parent pid
                 tree.add(child)
                 frontier.append(child)
-    return max((hwm.get(p, 0) for p in tree), default=0) / 1024
+    return {p: stats[p] for p in tree if p in stats}
+
+
+def _tree_cpu_s(root_pid: int) -> float:
+    """CPU seconds of a process tree: each live process's own time plus its reaped children's."""
+    tick = os.sysconf("SC_CLK_TCK")
+    # After the ")" of the command: utime, stime, cutime, cstime are fields 11..14.
+    return sum(sum(int(f) for f in fields[11:15]) for fields in _process_tree(root_pid).values()) / tick
+
+
+def _tree_peak_rss_mb(root_pid: int) -> float:
+    """Largest peak RSS (VmHWM) in the tree: the sandbox server, normally."""
+    peak = 0
+    for pid in _process_tree(root_pid):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peak = max(peak, int(line.split()[1]))
+    return peak / 1024
+
+
+def _self_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _sandbox_worker(mode: str, n_tests: int, barrier, queue) -> None:
@@ -91,7 +114,7 @@ def _sandbox_worker(mode: str, n_tests: int, barrier, queue) -> None:
     box = get_sandbox(cfg.sandbox)
     warm = code_reward(response, problems[0], cfg)  # start the server outside the timed part
     assert warm.score == 1.0, warm.detail
-    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = _tree_cpu_s(box.pid) + _self_cpu_s()
     barrier.wait()
     t0 = time.perf_counter()
     done = passed = 0
@@ -102,18 +125,16 @@ def _sandbox_worker(mode: str, n_tests: int, barrier, queue) -> None:
         passed += res.passed
         k += 1
     elapsed = time.perf_counter() - t0
-    server_mb = _descendants_peak_rss_mb(box.pid)
-    close_all()  # reaps the server, so its CPU shows up in RUSAGE_CHILDREN
-    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    child_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
-    self_ru = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = _tree_cpu_s(box.pid) + _self_cpu_s() - cpu0  # the worker, the server and every test child
+    server_mb = _tree_peak_rss_mb(box.pid)
+    close_all()
     queue.put(
         {
             "tests": done,
             "passed": passed,
             "seconds": elapsed,
-            "cpu_s": child_cpu + self_ru.ru_utime + self_ru.ru_stime,
-            "worker_mb": self_ru.ru_maxrss / 1024,
+            "cpu_s": cpu,
+            "worker_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "server_mb": server_mb,
         }
     )
@@ -123,7 +144,8 @@ def _run_sandbox(mode: str, n_tests: int, workers: int) -> dict:
     ctx = mp.get_context("spawn")  # never fork the bench (or a trainer) to make a worker
     barrier, queue = ctx.Barrier(workers), ctx.Queue()
     procs = [
-        ctx.Process(target=_sandbox_worker, args=(mode, n_tests // workers, barrier, queue)) for _ in range(workers)
+        ctx.Process(target=_sandbox_worker, args=(mode, n_tests // workers, barrier, queue))
+        for _ in range(workers)
     ]
     for p in procs:
         p.start()
@@ -171,14 +193,28 @@ def _run_firejail(n_tests: int, workers: int, timeout_flag: bool) -> dict:
     }
 
 
-def bench_code(n_tests: int = 2000, firejail_tests: int | None = None, workers: int | None = None) -> dict:
-    """Measure every way of running tests; return the figures and ratios (None where not measured)."""
+def bench_code(
+    n_tests: int = 3000, firejail_tests: int | None = None, workers: int | None = None, rounds: int = 3
+) -> dict:
+    """Measure every way of running tests; return the figures and ratios (None where not measured).
+
+    n_tests: tests per fork-server way, over all rounds and workers; firejail_tests: tests
+    for firejail without --timeout (default n_tests / 50); the --timeout variant runs
+    two per worker (it sleeps ~2 s per test).
+    """
     workers = workers or os.cpu_count() or 1
     out: dict = {"workers": workers, "program": "stdin: sum of squares of 50 ints"}
-    out["ours"] = _run_sandbox("bwrap", n_tests, workers)
-    out["bare"] = _run_sandbox("none", n_tests, workers)
+    # Alternate the two fork servers over a few rounds and keep each one's best round: other
+    # load on the machine only ever slows a round down, and alternating spreads it evenly.
+    runs: dict[str, list[dict]] = {"ours": [], "bare": []}
+    for _ in range(rounds):
+        runs["ours"].append(_run_sandbox("bwrap", n_tests // rounds, workers))
+        runs["bare"].append(_run_sandbox("none", n_tests // rounds, workers))
+    for name, rs in runs.items():
+        out[name] = max(rs, key=lambda r: r["tests_per_s"])
+        out[name]["rounds_tests_per_s"] = [round(r["tests_per_s"], 1) for r in rs]
     if shutil.which("firejail"):
-        n_fj = firejail_tests or max(4 * workers, n_tests // 50)
+        n_fj = firejail_tests or max(4 * workers, n_tests // 50)  # ~100 ms of CPU each
         out["firejail"] = _run_firejail(n_fj, workers, timeout_flag=False)
         out["firejail_timeout"] = _run_firejail(2 * workers, workers, timeout_flag=True)
     else:
@@ -206,6 +242,7 @@ def _print(fig: dict) -> None:
         print(
             f"  {name:44s} {r['tests_per_s']:8.1f} tests/s  {r['cpu_ms_per_test']:7.1f} ms CPU/test"
             f"  ({r['passed']}/{r['tests']} correct)"
+            + (f"  rounds {r['rounds_tests_per_s']}" if "rounds_tests_per_s" in r else "")
         )
     if fig["ratio_vs_firejail"] is not None:
         ok = "ok" if fig["ratio_vs_firejail"] >= 15 else "BELOW TARGET"
@@ -223,12 +260,13 @@ def _print(fig: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tests", type=int, default=2000, help="tests per sandbox way (split over workers)")
+    parser.add_argument("--tests", type=int, default=3000, help="tests per fork-server way (all rounds)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--firejail-tests", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
-    fig = bench_code(args.tests, args.firejail_tests, args.workers)
+    fig = bench_code(args.tests, args.firejail_tests, args.workers, args.rounds)
     _print(fig)
     if args.json:
         print(json.dumps(fig, indent=2))

@@ -27,6 +27,7 @@ import copy
 import ctypes
 import fractions
 import functools
+import gc
 import heapq
 import itertools
 import json
@@ -190,10 +191,24 @@ def _child(cfg, code, test, nonce, fds):
 # ------------------------------------------------------------------------------------------
 
 
-def _other_pids():
-    """Pids in this pid namespace other than init and this server (cheap: the namespace is tiny)."""
+def _other_pids(live_only=False):
+    """Pids in this pid namespace other than init and this server (cheap: the namespace is tiny).
+
+    live_only skips zombies: they run nothing, and _reap_all collects them after each test.
+    """
     me = os.getpid()
-    return [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in (1, me)]
+    pids = [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in (1, me)]
+    if live_only:
+        pids = [p for p in pids if _state(p) not in ("Z", "")]
+    return pids
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
 
 
 def _kill_leftovers(cfg):
@@ -206,7 +221,7 @@ def _kill_leftovers(cfg):
     server. Without a sandbox: nothing beyond the process group.
     """
     if cfg["isolation"] == "uid":
-        if not _other_pids() and not os.listdir(cfg["workdir"]):
+        if not _other_pids(live_only=True) and not os.listdir(cfg["workdir"]):
             return
         pid = os.fork()
         if pid == 0:
@@ -316,13 +331,16 @@ def run_test(cfg, code, test, nonce):
             elif status is None:
                 pump(fd)
     seconds = time.monotonic() - t0
+    if exited:  # reap first, so that a clean test leaves nothing for _kill_leftovers to do
+        _, wstatus = os.waitpid(pid, 0)
     # The server may not signal a child that already became the test uid (no CAP_KILL):
     # then _kill_leftovers' helper, running as that uid, does it.
     for kill, target in ((os.kill, pid), (os.killpg, pid)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             kill(target, signal.SIGKILL)
     _kill_leftovers(cfg)
-    _, wstatus = os.waitpid(pid, 0)
+    if not exited:
+        _, wstatus = os.waitpid(pid, 0)
     # Every writer is dead now; drain what is still buffered in the pipes (bounded).
     drain_until = time.monotonic() + 0.5
     while open_fds and status != "output_limit" and time.monotonic() < drain_until:
@@ -375,6 +393,10 @@ def main():
     os.dup2(null, 1)
     os.close(null)
     os.makedirs(cfg["workdir"], exist_ok=True)
+    # Zygote trick: move every object alive now out of the collector's reach, so that a
+    # collection in a child does not walk (and so copy-on-write copy) the inherited heap.
+    gc.collect()
+    gc.freeze()
     _send(proto_out, {"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]})
     while True:
         req = _recv(proto_in)
