@@ -478,3 +478,124 @@ def test_mode_none_runs_but_warns_loudly(cfg, caplog):
         res = code_reward(wrap(SUM_OK), SUM_GT, unsafe)
     assert res.score == 1.0
     assert any("WITHOUT isolation" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------------------------------
+# The unprivileged mode (Klear not run as root): one uid, a user namespace per server.
+# Run from root through setpriv as 'nobody', so CI (root) covers it too.
+# ------------------------------------------------------------------------------------------
+
+NOBODY = 65534
+
+
+def _tree_comms(root_pid: int) -> list[str]:
+    """Command names of ``root_pid``'s live descendants (host view)."""
+    procs = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                comm, rest = (entry / "stat").read_text().rsplit(")", 1)
+            except OSError:
+                continue
+            state, ppid = rest.split()[:2]
+            if state != "Z":
+                procs[int(entry.name)] = (int(ppid), comm.split("(", 1)[1])
+    tree, frontier, names = {root_pid}, [root_pid], []
+    while frontier:
+        p = frontier.pop()
+        for child, (ppid, comm) in procs.items():
+            if ppid == p and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+                names.append(comm)
+    return sorted(names)
+
+
+@pytest.fixture(scope="module")
+def unpriv(cfg):
+    if not IS_ROOT or sandbox_mod.shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to start a sandbox as an unprivileged user")
+    launcher = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+    box = Sandbox(cfg.sandbox, privileged=False, launcher=launcher)
+    try:
+        box.start()
+    except SandboxUnavailable as exc:
+        pytest.skip(f"unprivileged user namespaces are not available here: {exc}")
+    yield box
+    box.close()
+
+
+def _sum_ok(box: Sandbox) -> None:
+    for stdin, want in (("1 2\n", "3"), ("10 -5\n", "5")):
+        out = run(box, SUM_OK, stdin)
+        assert (out.status, out.exit_code, out.stdout.strip()) == ("exited", 0, want)
+    assert _tree_comms(box.pid).count("python3") == 1, "a test process outlived its test"
+
+
+def test_unprivileged_runs_as_the_callers_uid_without_capabilities(unpriv):
+    out = run(
+        unpriv,
+        "import os\nprint(os.getuid(), open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n",
+    )
+    assert out.stdout.split() == [str(NOBODY), "0000000000000000"]
+    _sum_ok(unpriv)
+
+
+@pytest.mark.parametrize(
+    ("attack", "status"),
+    [
+        ("while True:\n    pass\n", "timeout"),
+        (
+            "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+            "timeout",
+        ),
+        ("x = bytearray(8 * 1024**3)\n", "exited"),
+        ("while True:\n    print('x' * 100000)\n", "output_limit"),
+    ],
+    ids=["infinite_loop", "fork_bomb", "memory_bomb", "huge_output"],
+)
+def test_unprivileged_limits_hold(unpriv, attack, status):
+    out = run(unpriv, attack)
+    assert out.status == status and (status != "exited" or out.exit_code == 1)
+    _sum_ok(unpriv)
+
+
+def test_unprivileged_daemonised_grandchild_is_killed(unpriv):
+    attack = (
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        time.sleep(60)\n    os._exit(0)\nprint(3)\n"
+    )
+    run(unpriv, attack)
+    _sum_ok(unpriv)
+
+
+def test_unprivileged_server_proc_files_and_environment_are_private(unpriv, monkeypatch):
+    attack = (
+        "import os\nppid = os.getppid()\nleaks = []\n"
+        "for name in ['environ', 'mem', 'maps', 'fd']:\n"
+        "    try:\n"
+        "        os.listdir(f'/proc/{ppid}/fd') if name == 'fd' else open(f'/proc/{ppid}/{name}', 'rb').read(16)\n"
+        "        leaks.append(name)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "envs = []\n"
+        "for pid in os.listdir('/proc'):\n"
+        "    if pid.isdigit():\n"
+        "        try:\n"
+        "            envs.append(open(f'/proc/{pid}/environ', 'rb').read().decode('latin-1'))\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "print(leaks, 'HOME=/root' in ''.join(envs) or 'KLEAR_' in ''.join(envs))\n"
+    )
+    out = run(unpriv, attack)
+    assert out.stdout.strip() == "[] False"
+    _sum_ok(unpriv)
+
+
+def test_unprivileged_a_solution_killing_the_server_gets_a_flagged_restart(unpriv, cfg):
+    before = unpriv.restarts
+    out = run(
+        unpriv, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nimport time\ntime.sleep(5)\n"
+    )
+    assert out.status == "sandbox_restart" and unpriv.restarts == before + 1
+    _sum_ok(unpriv)

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,12 +128,15 @@ def _system_mounts() -> list[str]:
     return args
 
 
-def bwrap_argv(cfg: SandboxConfig, python: str, server_cfg: dict[str, Any]) -> list[str]:
+def bwrap_argv(cfg: SandboxConfig, python: str, server_cfg: dict[str, Any], privileged: bool) -> list[str]:
     """The full command that starts the server inside bubblewrap.
 
-    Running as root, bubblewrap makes no user namespace, keeps only CAP_SETUID/SETGID for
-    the server (to drop children to their own uid) and drops every other capability;
-    unprivileged, it maps the caller's uid in a user namespace of its own.
+    privileged (we are root): bubblewrap makes no user namespace, keeps only
+    CAP_SETUID/SETGID for the server (to drop children to their own uid) and drops every
+    other capability. Why not a user namespace as root: its processes would count as
+    root's outside, and root is exempt from RLIMIT_NPROC. Unprivileged: bubblewrap maps
+    the caller's uid in a user namespace of its own, which also gives the namespace its
+    own RLIMIT_NPROC count; children then share the server's uid.
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -141,7 +145,7 @@ def bwrap_argv(cfg: SandboxConfig, python: str, server_cfg: dict[str, Any]) -> l
         )
     argv = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc"]
     argv += ["--unshare-uts", "--hostname", "sandbox", "--unshare-cgroup-try"]
-    if os.geteuid() == 0:
+    if privileged:
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         argv += ["--unshare-user"]
@@ -212,10 +216,17 @@ def _read_frame(fd: int, deadline: float) -> dict[str, Any] | None:
 
 
 class Sandbox:
-    """A client of one fork server. Not thread-safe across calls; a lock serialises them."""
+    """A client of one fork server; a lock serialises calls from several threads.
 
-    def __init__(self, cfg: SandboxConfig):
+    privileged: start as root (children get a uid of their own); default: whether we are
+    root. launcher: a command prefix for bwrap (e.g. ``setpriv --reuid=...`` to run the
+    sandbox as an unprivileged user from a root process, as the tests of that mode do).
+    """
+
+    def __init__(self, cfg: SandboxConfig, *, privileged: bool | None = None, launcher: Sequence[str] = ()):
         self.cfg = cfg
+        self.privileged = os.geteuid() == 0 if privileged is None else privileged
+        self.launcher = list(launcher)
         self.restarts = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._uid_fd: int | None = None
@@ -271,9 +282,9 @@ class Sandbox:
                 self._workdir = tempfile.mkdtemp(prefix="klear-nosandbox-")
             argv = [python, "-I", "-B", "-c", _SERVER_SOURCE, json.dumps(self._server_cfg())]
         else:
-            if os.geteuid() == 0 and self._uid is None:
+            if self.privileged and self._uid is None:
                 self._uid, self._uid_fd = _lock_uid(self.cfg)
-            argv = bwrap_argv(self.cfg, python, self._server_cfg())
+            argv = self.launcher + bwrap_argv(self.cfg, python, self._server_cfg(), self.privileged)
         with tempfile.TemporaryFile() as err:
             # close_fds (default) keeps our uid lock and every other fd out of the sandbox.
             # An empty environment for bwrap itself too: its pid-1 reaper inside the sandbox
