@@ -599,3 +599,41 @@ def test_unprivileged_a_solution_killing_the_server_gets_a_flagged_restart(unpri
     )
     assert out.status == "sandbox_restart" and unpriv.restarts == before + 1
     _sum_ok(unpriv)
+
+
+def test_a_server_dead_between_tests_is_replaced_without_blame(cfg):
+    box = Sandbox(cfg.sandbox)
+    try:
+        box.start()
+        old = box.pid
+        os.kill(old, signal.SIGKILL)  # our own child (bwrap)
+        assert wait_until(lambda: box._proc.poll() is not None)
+        out = run(box, SUM_OK, "1 2\n")
+        assert (out.status, out.stdout.strip(), box.restarts) == ("exited", "3", 0) and box.pid != old
+    finally:
+        box.close()
+
+
+def test_an_interpreter_outside_usr_is_mounted_alone_and_read_only(cfg):
+    exe = Path(sys.executable).resolve()
+    if str(exe).startswith("/usr/"):
+        pytest.skip("the test interpreter is a system one")
+    box = Sandbox(cfg.sandbox.model_copy(update={"python": str(exe)}))
+    try:
+        prefix = exe.parent.parent
+        probe = (
+            "import os, sys\nprint(sys.version.split()[0])\n"
+            f"print(sorted(os.listdir({str(prefix.parent)!r})))\n"
+            "try:\n"
+            f"    open({str(prefix / 'klear_x')!r}, 'w')\n"
+            "    print('wrote')\n"
+            "except OSError:\n"
+            "    print('read-only')\n"
+            "import decimal\nprint(decimal.Decimal(1) / 4)\n"  # a module the server did not preload
+        )
+        out = run(box, probe)
+        assert out.stdout.split() == [sys.version.split()[0], repr([prefix.name]), "read-only", "0.25"], (
+            out.stderr
+        )
+    finally:
+        box.close()

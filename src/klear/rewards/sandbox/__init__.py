@@ -110,7 +110,13 @@ def _python_mounts(python: str) -> list[str]:
     if real.startswith("/usr/"):
         return []
     prefix = os.path.dirname(os.path.dirname(real))  # <prefix>/bin/python3.X -> <prefix>
-    return ["--ro-bind", prefix, prefix]
+    # Create the parents ourselves, world-traversable: bubblewrap would copy their host modes
+    # (a 0700 /root), and children under their own uid could then not import from the prefix.
+    args: list[str] = []
+    parents = Path(prefix).parents
+    for parent in reversed(parents[:-1]):  # outermost first, skipping "/"
+        args += ["--perms", "0755", "--dir", str(parent)]
+    return [*args, "--ro-bind", prefix, prefix]
 
 
 def _system_mounts() -> list[str]:
@@ -270,8 +276,13 @@ class Sandbox:
 
     def start(self) -> None:
         """Start the server (idempotent); raise SandboxUnavailable when it cannot run here."""
-        if self._proc is not None and self._proc.poll() is None:
-            return
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                return
+            # It died between tests (e.g. bwrap's --die-with-parent fired because the thread
+            # that started it exited): start a new one without blaming the next test.
+            log.warning("code sandbox server exited between tests; starting a new one")
+            self._kill()
         python = _choose_python(self.cfg)
         if self.cfg.mode == "none":
             log.warning(
