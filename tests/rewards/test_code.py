@@ -241,6 +241,12 @@ def test_runtime_error_detail_names_the_exception(cfg):
 
 
 @needs_bwrap
+def test_runtime_error_is_named_even_after_a_flood_of_stderr(cfg):
+    res = code_reward(wrap("import sys\nsys.stderr.write('noise ' * 100000)\nprint(1 / 0)\n"), SUM_GT, cfg)
+    assert res.passed == 0 and "ZeroDivisionError" in res.detail
+
+
+@needs_bwrap
 def test_signed_and_hard_mappings(cfg):
     partial = wrap("a, b = map(int, input().split())\nprint(a + b if a < 5 else 0)\n")
     signed = cfg.model_copy(update={"code": CodeRewardConfig(soft_mapping="signed", max_tests=None)})

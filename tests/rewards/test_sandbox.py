@@ -637,3 +637,17 @@ def test_an_interpreter_outside_usr_is_mounted_alone_and_read_only(cfg):
         )
     finally:
         box.close()
+
+
+def test_unprivileged_scratch_files_do_not_reach_the_next_test(unpriv):
+    attack = (
+        "for p in ['/tmp/poison', '/dev/shm/poison']:\n"
+        "    try:\n"
+        "        open(p, 'w').write('x')\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    run(unpriv, attack)
+    out = run(unpriv, "import os\nprint([os.listdir(d) for d in ('/tmp', '/dev/shm') if os.path.isdir(d)])\n")
+    assert out.stdout.strip() in ("[[], []]", "[[]]")
+    _sum_ok(unpriv)

@@ -221,7 +221,7 @@ def _kill_leftovers(cfg):
     server. Without a sandbox: nothing beyond the process group.
     """
     if cfg["isolation"] == "uid":
-        if not _other_pids(live_only=True) and not os.listdir(cfg["workdir"]):
+        if not _other_pids(live_only=True) and not any(_has_entries(d) for d in _scratch_dirs(cfg)):
             return
         pid = os.fork()
         if pid == 0:
@@ -233,7 +233,8 @@ def _kill_leftovers(cfg):
                 os.setresuid(uid, uid, uid)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(-1, signal.SIGKILL)
-                _empty_dir(cfg["workdir"])
+                for d in _scratch_dirs(cfg):
+                    _empty_dir(d)
             except BaseException:
                 code = 1
             os._exit(code)
@@ -243,12 +244,30 @@ def _kill_leftovers(cfg):
         for pid in _other_pids():
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-    _empty_dir(cfg["workdir"])
+    for d in _scratch_dirs(cfg):
+        _empty_dir(d)
+
+
+def _scratch_dirs(cfg):
+    """Where a test can leave files for the next one: the work directory, and in the sandbox /dev/shm."""
+    if cfg["isolation"] == "none":
+        return [cfg["workdir"]]
+    return [cfg["workdir"]] + (["/dev/shm"] if os.path.isdir("/dev/shm") else [])
+
+
+def _has_entries(path):
+    try:
+        return bool(os.listdir(path))
+    except OSError:
+        return False
 
 
 def _empty_dir(path):
-    with os.scandir(path) as it:
-        entries = list(it)
+    try:
+        with os.scandir(path) as it:
+            entries = list(it)
+    except OSError:
+        return
     for entry in entries:
         try:
             if entry.is_dir(follow_symlinks=False):
@@ -312,8 +331,9 @@ def run_test(cfg, code, test, nonce):
             return
         buf = bufs[fd]
         room = caps[fd] - len(buf)
-        if fd == err_r:
-            buf.extend(data[: max(room, 0)])
+        if fd == err_r:  # keep the tail: a traceback ends with the line that matters
+            buf.extend(data)
+            del buf[: max(len(buf) - caps[fd], 0)]
         elif len(data) > room:
             buf.extend(data[:room])
             status = "output_limit"
