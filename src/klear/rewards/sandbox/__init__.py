@@ -1,24 +1,33 @@
 """Run untrusted code: one fork server per reward worker, inside one long-lived bubblewrap sandbox.
 
-Why this shape (measured, see DESIGN.md): a sandbox plus a fresh interpreter per test
-(firejail, the reference's way) costs ~100 ms of CPU per test; forking a warm
-interpreter that already lives inside a sandbox costs ~5 ms, with the same isolation.
+Why this shape (measured, see DESIGN.md and bench/rewards_code.py): a sandbox plus a
+fresh interpreter per test (firejail, the reference's way) costs ~100 ms of CPU per
+test; forking a warm interpreter that already lives inside a sandbox costs a few ms,
+with the same isolation.
 
 The sandbox (bubblewrap): no network, a read-only view of the system directories
 only (no project checkout, no /root, no /home, no /etc/shadow), a private /tmp, a
-fresh /proc of its own pid namespace, an empty environment. Children run under a
-uid of their own (one per server, so concurrent servers never share RLIMIT_NPROC
-counts or kill each other's processes), with CPU, address-space, file-size,
-open-file and process rlimits, a float wall-clock timeout, an output cap, and a
-kill of every process of that uid after each test. The server is non-dumpable, so
-a child cannot read its memory or /proc files.
+fresh /proc of its own pid namespace, an empty environment (bwrap itself is started
+with none, since its pid 1 keeps it). Each child gets CPU, address-space, file-size,
+open-file and process rlimits, a float wall-clock timeout and an output cap; after
+each test every process it left behind is killed and the scratch directories are
+emptied. The server is non-dumpable, so a child cannot read its memory or /proc files.
+
+Two modes, chosen by whether we are root:
+
+- root: no user namespace (its processes would count as root's, which is exempt from
+  RLIMIT_NPROC); children switch to a uid of their own, one per live server on the
+  machine (so concurrent servers never share RLIMIT_NPROC counts), and cannot signal
+  the server at all.
+- unprivileged: a user namespace per server maps the caller's uid; children share the
+  server's uid, so a child can kill the server: the client restarts it.
 
 Lifecycle: :func:`get_sandbox` starts a server lazily in the calling process (by
 exec of ``bwrap``, never by forking this possibly large process) and reuses it;
 :func:`close_all` stops every server of this process. ``bwrap --die-with-parent``
-ties the sandbox to this process: when a pool kills a stuck worker, its sandbox
-dies with it. A server that dies mid-test is restarted and that test is reported
-as ``sandbox_restart``.
+ties the sandbox to the thread that started it: when a pool kills a stuck worker,
+its sandbox dies with it. A server that dies mid-test is restarted and that test is
+reported as ``sandbox_restart``; one found dead between tests is replaced silently.
 """
 
 from __future__ import annotations
