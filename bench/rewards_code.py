@@ -194,7 +194,7 @@ def _run_firejail(n_tests: int, workers: int, timeout_flag: bool) -> dict:
 
 
 def bench_code(
-    n_tests: int = 3000, firejail_tests: int | None = None, workers: int | None = None, rounds: int = 3
+    n_tests: int = 3000, firejail_tests: int | None = None, workers: int | None = None, rounds: int = 5
 ) -> dict:
     """Measure every way of running tests; return the figures and ratios (None where not measured).
 
@@ -226,6 +226,7 @@ def bench_code(
         ours / out["firejail_timeout"]["tests_per_s"] if out["firejail_timeout"] else None
     )
     out["bare_over_ours"] = out["bare"]["tests_per_s"] / ours
+    out["cpu_ours_over_bare"] = out["ours"]["cpu_ms_per_test"] / out["bare"]["cpu_ms_per_test"]
     out["bench_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -252,6 +253,7 @@ def _print(fig: dict) -> None:
         print(f"  {fig['note']}")
     ok = "ok" if fig["bare_over_ours"] <= 1.5 else "BELOW TARGET"
     print(f"  bare / ours:                {fig['bare_over_ours']:7.2f}x  (target <= 1.5x: {ok})")
+    print(f"  CPU per test, ours / bare:  {fig['cpu_ours_over_bare']:7.2f}x  (the cost of isolation itself)")
     print(
         f"  peak RSS: bench {fig['bench_peak_mb']:.0f} MB, worker {fig['ours']['worker_peak_mb']:.0f} MB, "
         f"sandbox server {fig['ours']['server_peak_mb']:.0f} MB"
@@ -261,7 +263,7 @@ def _print(fig: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tests", type=int, default=3000, help="tests per fork-server way (all rounds)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--firejail-tests", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
