@@ -10,7 +10,8 @@ the issue sets targets for:
 
 Every way runs the same stdin program (parse a line, compute, print) through the same
 number of parallel workers (one per core), and every output is checked, so a fast wrong
-runner cannot win. Peak memory (RSS) of the bench, a worker and a sandbox server is printed.
+runner cannot win. Ours and the bare server alternate response by response inside each
+worker, so that load from elsewhere on a shared machine falls on both alike. Peak memory (RSS) of the bench, a worker and a sandbox server is printed.
 
 Run: ``PYTHONPATH=src python bench/rewards_code.py [--tests 3000]``. ``bench_code(n)`` returns
 the figures as a dict for ``bench/rewards.py``.
@@ -102,65 +103,76 @@ def _self_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _sandbox_worker(mode: str, n_tests: int, barrier, queue) -> None:
-    """One reward worker: its own sandbox server, ``n_tests`` tests through code_reward."""
+def _sandbox_worker(n_tests: int, barrier, queue) -> None:
+    """One reward worker with two servers, ours and a bare one, alternating response by response.
+
+    Interleaving at this grain means both see the same load from the rest of the machine
+    (a shared machine's load swings over seconds), so their ratio is fair; each one's
+    tests/s is its tests over the wall time spent in its own calls.
+    """
     from klear.config import CodeRewardConfig, RewardConfig, SandboxConfig
     from klear.rewards.code import code_reward
     from klear.rewards.sandbox import close_all, get_sandbox
 
-    cfg = RewardConfig(code=CodeRewardConfig(max_tests=None), sandbox=SandboxConfig(mode=mode))
+    cfgs = {
+        mode: RewardConfig(code=CodeRewardConfig(max_tests=None), sandbox=SandboxConfig(mode=mode))
+        for mode in WAYS
+    }
     response = f"<think>.</think>\n```python\n{PROGRAM}```"
     problems = [_problem(k) for k in range(8)]
-    box = get_sandbox(cfg.sandbox)
-    warm = code_reward(response, problems[0], cfg)  # start the server outside the timed part
-    assert warm.score == 1.0, warm.detail
-    cpu0 = _tree_cpu_s(box.pid) + _self_cpu_s()
+    boxes = {mode: get_sandbox(cfg.sandbox) for mode, cfg in cfgs.items()}
+    for cfg in cfgs.values():  # start the servers outside the timed part
+        warm = code_reward(response, problems[0], cfg)
+        assert warm.score == 1.0, warm.detail
+    stats = {mode: {"tests": 0, "passed": 0, "seconds": 0.0, "cpu_s": 0.0} for mode in WAYS}
+    tree0 = {mode: _tree_cpu_s(box.pid) for mode, box in boxes.items()}
     barrier.wait()
-    t0 = time.perf_counter()
-    done = passed = 0
     k = 0
-    while done < n_tests:
-        res = code_reward(response, problems[k % len(problems)], cfg)
-        done += res.total
-        passed += res.passed
+    while stats[WAYS[0]]["tests"] < n_tests:
+        order = WAYS if k % 2 == 0 else WAYS[::-1]
+        for mode in order:
+            c0, t0 = _self_cpu_s(), time.perf_counter()
+            res = code_reward(response, problems[k % len(problems)], cfgs[mode])
+            st = stats[mode]
+            st["seconds"] += time.perf_counter() - t0
+            st["cpu_s"] += _self_cpu_s() - c0
+            st["tests"] += res.total
+            st["passed"] += res.passed
         k += 1
-    elapsed = time.perf_counter() - t0
-    cpu = _tree_cpu_s(box.pid) + _self_cpu_s() - cpu0  # the worker, the server and every test child
-    server_mb = _tree_peak_rss_mb(box.pid)
+    for mode, box in boxes.items():  # the server and every test child
+        stats[mode]["cpu_s"] += _tree_cpu_s(box.pid) - tree0[mode]
+        stats[mode]["server_mb"] = _tree_peak_rss_mb(box.pid)
     close_all()
-    queue.put(
-        {
-            "tests": done,
-            "passed": passed,
-            "seconds": elapsed,
-            "cpu_s": cpu,
-            "worker_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "server_mb": server_mb,
-        }
-    )
+    queue.put({"ways": stats, "worker_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
-def _run_sandbox(mode: str, n_tests: int, workers: int) -> dict:
+WAYS = ("bwrap", "none")
+
+
+def _run_sandboxes(n_tests: int, workers: int) -> dict[str, dict]:
     ctx = mp.get_context("spawn")  # never fork the bench (or a trainer) to make a worker
     barrier, queue = ctx.Barrier(workers), ctx.Queue()
     procs = [
-        ctx.Process(target=_sandbox_worker, args=(mode, n_tests // workers, barrier, queue))
-        for _ in range(workers)
+        ctx.Process(target=_sandbox_worker, args=(n_tests // workers, barrier, queue)) for _ in range(workers)
     ]
     for p in procs:
         p.start()
     results = [queue.get(timeout=600) for _ in procs]
     for p in procs:
         p.join()
-    tests = sum(r["tests"] for r in results)
-    return {
-        "tests": tests,
-        "passed": sum(r["passed"] for r in results),
-        "tests_per_s": tests / max(r["seconds"] for r in results),
-        "cpu_ms_per_test": 1000 * sum(r["cpu_s"] for r in results) / tests,
-        "worker_peak_mb": max(r["worker_mb"] for r in results),
-        "server_peak_mb": max(r["server_mb"] for r in results),
-    }
+    out = {}
+    for mode in WAYS:
+        rs = [r["ways"][mode] for r in results]
+        tests = sum(r["tests"] for r in rs)
+        out[mode] = {
+            "tests": tests,
+            "passed": sum(r["passed"] for r in rs),
+            "tests_per_s": sum(r["tests"] / r["seconds"] for r in rs),  # workers run in parallel
+            "cpu_ms_per_test": 1000 * sum(r["cpu_s"] for r in rs) / tests,
+            "worker_peak_mb": max(r["worker_mb"] for r in results),
+            "server_peak_mb": max(r["server_mb"] for r in rs),
+        }
+    return out
 
 
 def _run_firejail(n_tests: int, workers: int, timeout_flag: bool) -> dict:
@@ -193,26 +205,24 @@ def _run_firejail(n_tests: int, workers: int, timeout_flag: bool) -> dict:
     }
 
 
-def bench_code(
-    n_tests: int = 3000, firejail_tests: int | None = None, workers: int | None = None, rounds: int = 5
-) -> dict:
+def bench_code(n_tests: int = 3000, firejail_tests: int | None = None, workers: int | None = None) -> dict:
     """Measure every way of running tests; return the figures and ratios (None where not measured).
 
-    n_tests: tests per fork-server way, over all rounds and workers; firejail_tests: tests
+    n_tests: tests per fork-server way, over all workers; firejail_tests: tests
     for firejail without --timeout (default n_tests / 50); the --timeout variant runs
     two per worker (it sleeps ~2 s per test).
     """
     workers = workers or os.cpu_count() or 1
     out: dict = {"workers": workers, "program": "stdin: sum of squares of 50 ints"}
-    # Alternate the two fork servers over a few rounds and keep each one's best round: other
-    # load on the machine only ever slows a round down, and alternating spreads it evenly.
-    runs: dict[str, list[dict]] = {"ours": [], "bare": []}
-    for _ in range(rounds):
-        runs["ours"].append(_run_sandbox("bwrap", n_tests // rounds, workers))
-        runs["bare"].append(_run_sandbox("none", n_tests // rounds, workers))
-    for name, rs in runs.items():
-        out[name] = max(rs, key=lambda r: r["tests_per_s"])
-        out[name]["rounds_tests_per_s"] = [round(r["tests_per_s"], 1) for r in rs]
+    ways = _run_sandboxes(n_tests, workers)
+    out["ours"], out["bare"] = ways["bwrap"], ways["none"]
+    # One worker alone: per-test latency, which contention from the rest of the machine
+    # disturbs far less than throughput across workers.
+    solo = _run_sandboxes(max(n_tests // 4, 16), 1)
+    out["latency_ms"] = {
+        "ours": 1000 / solo["bwrap"]["tests_per_s"],
+        "bare": 1000 / solo["none"]["tests_per_s"],
+    }
     if shutil.which("firejail"):
         n_fj = firejail_tests or max(4 * workers, n_tests // 50)  # ~100 ms of CPU each
         out["firejail"] = _run_firejail(n_fj, workers, timeout_flag=False)
@@ -243,7 +253,6 @@ def _print(fig: dict) -> None:
         print(
             f"  {name:44s} {r['tests_per_s']:8.1f} tests/s  {r['cpu_ms_per_test']:7.1f} ms CPU/test"
             f"  ({r['passed']}/{r['tests']} correct)"
-            + (f"  rounds {r['rounds_tests_per_s']}" if "rounds_tests_per_s" in r else "")
         )
     if fig["ratio_vs_firejail"] is not None:
         ok = "ok" if fig["ratio_vs_firejail"] >= 15 else "BELOW TARGET"
@@ -254,6 +263,11 @@ def _print(fig: dict) -> None:
     ok = "ok" if fig["bare_over_ours"] <= 1.5 else "BELOW TARGET"
     print(f"  bare / ours:                {fig['bare_over_ours']:7.2f}x  (target <= 1.5x: {ok})")
     print(f"  CPU per test, ours / bare:  {fig['cpu_ours_over_bare']:7.2f}x  (the cost of isolation itself)")
+    lat = fig["latency_ms"]
+    print(
+        f"  latency per test, 1 worker: ours {lat['ours']:.2f} ms, bare {lat['bare']:.2f} ms "
+        f"({lat['ours'] / lat['bare']:.2f}x)"
+    )
     print(
         f"  peak RSS: bench {fig['bench_peak_mb']:.0f} MB, worker {fig['ours']['worker_peak_mb']:.0f} MB, "
         f"sandbox server {fig['ours']['server_peak_mb']:.0f} MB"
@@ -262,13 +276,12 @@ def _print(fig: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tests", type=int, default=3000, help="tests per fork-server way (all rounds)")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tests", type=int, default=3000, help="tests per fork-server way (all workers)")
     parser.add_argument("--firejail-tests", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
-    fig = bench_code(args.tests, args.firejail_tests, args.workers, args.rounds)
+    fig = bench_code(args.tests, args.firejail_tests, args.workers)
     _print(fig)
     if args.json:
         print(json.dumps(fig, indent=2))
