@@ -125,16 +125,16 @@ def test_hang_is_a_flagged_timeout_within_the_bound(cfg, box, attack):
     res = code_reward(wrap(attack), ONE_GT, cfg)
     elapsed = time.monotonic() - t0
     assert (res.passed, res.score, res.flags) == (0, 0.0, ("timeout",))
-    assert 1.0 <= elapsed < 2.5
+    assert 1.0 <= elapsed < 4.0  # the 1 s limit plus start-up and clean-up, on a busy machine
     assert_still_correct(cfg, box)
 
 
 def test_cpu_rlimit_stops_a_loop_before_the_wall_clock(cfg):
-    tight = cfg.model_copy(update={"sandbox": SandboxConfig(test_timeout_s=8.0, cpu_time_s=1)})
-    t0 = time.monotonic()
+    tight = cfg.model_copy(update={"sandbox": SandboxConfig(test_timeout_s=30.0, cpu_time_s=1)})
+    out = run(get_sandbox(tight.sandbox), "while True:\n    pass\n")
+    assert (out.status, out.signal) == ("exited", signal.SIGXCPU)  # the rlimit, not the wall clock
     res = code_reward(wrap("while True:\n    pass\n"), ONE_GT, tight)
     assert res.flags == ("timeout",) and res.passed == 0
-    assert time.monotonic() - t0 < 4.0
     assert_still_correct(tight)
 
 
@@ -225,10 +225,13 @@ def test_dead_server_is_restarted_and_the_test_flagged(cfg, box):
     ["x = bytearray(8 * 1024**3)\nprint(3)\n", "xs = []\nwhile True:\n    xs.append(' ' * 10**7)\n"],
     ids=["one_big_allocation", "growing_list"],
 )
-def test_memory_bomb_fails_with_memory_error(cfg, box, attack):
-    res = code_reward(wrap(attack), ONE_GT, cfg)
+def test_memory_bomb_fails_with_memory_error(cfg, attack):
+    # A longer wall clock than elsewhere: filling 512 MB can take a while on a busy machine,
+    # and this test is about the address-space limit, not the timeout.
+    roomy = cfg.model_copy(update={"sandbox": cfg.sandbox.model_copy(update={"test_timeout_s": 8.0})})
+    res = code_reward(wrap(attack), ONE_GT, roomy)
     assert res.passed == 0 and "MemoryError" in res.detail
-    assert_still_correct(cfg, box)
+    assert_still_correct(roomy, get_sandbox(roomy.sandbox))
 
 
 @pytest.mark.parametrize(
@@ -237,11 +240,9 @@ def test_memory_bomb_fails_with_memory_error(cfg, box, attack):
     ids=["endless", "single_huge_write"],
 )
 def test_huge_output_is_capped(cfg, box, attack):
-    t0 = time.monotonic()
     out = run(box, attack)
-    assert out.status == "output_limit"
+    assert out.status == "output_limit"  # stopped at the cap, not at the timeout
     assert len(out.stdout) <= cfg.sandbox.max_output_bytes
-    assert time.monotonic() - t0 < 1.0  # stopped at the cap, not at the timeout
     assert code_reward(wrap(attack), ONE_GT, cfg).passed == 0
     assert_still_correct(cfg, box)
 

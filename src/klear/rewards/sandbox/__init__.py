@@ -40,6 +40,7 @@ import logging
 import os
 import select
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -80,6 +81,8 @@ class TestRun:
     restarted), ``server_error`` (the server failed to run it).
     result: the raw side channel (fd 3) on which the harness reports call results.
     """
+
+    __test__ = False  # not a pytest class, despite the name
 
     status: str
     exit_code: int | None = None
@@ -184,8 +187,14 @@ def _lock_uid(cfg: SandboxConfig) -> tuple[int, int]:
     The lock dies with this process, so a killed worker's uid becomes free again.
     Returns (uid, lock fd).
     """
-    lock_dir = Path(tempfile.gettempdir()) / "klear-sandbox-uids"
+    # Root only gets here: prefer /run (root's own) over a world-writable /tmp, and refuse a
+    # lock directory someone else planted (a symlink, or not ours).
+    base = "/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()
+    lock_dir = Path(base) / "klear-sandbox-uids"
     lock_dir.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(lock_dir)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise SandboxUnavailable(f"{lock_dir} is not a directory owned by us; remove it")
     start = os.getpid() % cfg.uid_count
     for k in range(cfg.uid_count):
         uid = cfg.uid_base + (start + k) % cfg.uid_count
@@ -249,6 +258,7 @@ class Sandbox:
         self._workdir: str | None = None
         self._lock = threading.Lock()
         self._owner_pid = os.getpid()
+        self.python_version: str | None = None  # of the interpreter inside, once started
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -323,7 +333,7 @@ class Sandbox:
                     "`--security-opt seccomp=unconfined --cap-add SYS_ADMIN` or enable unprivileged user "
                     f"namespaces; {INSTALL_HINT}"
                 )
-        self._server_pid = hello.get("pid")
+        self.python_version = hello.get("python")
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
