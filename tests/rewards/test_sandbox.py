@@ -652,3 +652,10 @@ def test_unprivileged_scratch_files_do_not_reach_the_next_test(unpriv):
     out = run(unpriv, "import os\nprint([os.listdir(d) for d in ('/tmp', '/dev/shm') if os.path.isdir(d)])\n")
     assert out.stdout.strip() in ("[[], []]", "[[]]")
     _sum_ok(unpriv)
+
+
+def test_a_sandbox_that_cannot_start_says_why(cfg):
+    broken = Sandbox(cfg.sandbox.model_copy(update={"python": "/usr/bin/no-such-python3"}))
+    with pytest.raises(SandboxUnavailable, match=r"failed to start .*no-such-python3"):
+        broken.start()
+    broken.close()
