@@ -230,7 +230,9 @@ class SandboxConfig(Section):
     max_open_files: int = Field(64, ge=8, description="RLIMIT_NOFILE per test")
     tmpfs_mb: int = Field(64, ge=1, description="size of the sandbox's private /tmp")
     python: str = Field(
-        "auto", description="interpreter inside the sandbox; auto: a system python3 under /usr if any"
+        "auto",
+        description="interpreter inside the sandbox; auto: a system python3 under /usr if any (stdlib only); "
+        "a path outside /usr (e.g. the training env's, for numpy) has its prefix mounted read-only",
     )
     uid_base: int = Field(
         1_900_000_000, ge=1000, description="first uid of the range test children run under (as root)"

@@ -241,6 +241,12 @@ def test_runtime_error_detail_names_the_exception(cfg):
 
 
 @needs_bwrap
+def test_runtime_error_is_named_even_after_a_flood_of_stderr(cfg):
+    res = code_reward(wrap("import sys\nsys.stderr.write('noise ' * 100000)\nprint(1 / 0)\n"), SUM_GT, cfg)
+    assert res.passed == 0 and "ZeroDivisionError" in res.detail
+
+
+@needs_bwrap
 def test_signed_and_hard_mappings(cfg):
     partial = wrap("a, b = map(int, input().split())\nprint(a + b if a < 5 else 0)\n")
     signed = cfg.model_copy(update={"code": CodeRewardConfig(soft_mapping="signed", max_tests=None)})
@@ -333,3 +339,13 @@ def test_missing_answer_scores_the_mapping_minimum(cfg):
 def test_bad_ground_truth_is_flagged_error(cfg):
     res = code_reward(wrap(SUM_OK), "{broken", cfg)
     assert res.flags == ("error",) and "bad ground truth" in res.detail and res.score == 0.0
+
+
+@needs_bwrap
+def test_tests_that_cannot_finish_within_the_item_bound_are_not_started(cfg):
+    # 1 s per test, item bound 3.5 s: the budget for starting a test is 3.5 - 1 - 1 = 1.5 s.
+    tight = cfg.model_copy(update={"item_timeout_s": 3.5})
+    gt = {"inputs": [f"{i}\n" for i in range(6)], "outputs": ["0\n"] * 6}
+    res = code_reward(wrap("while True:\n    pass\n"), gt, tight)
+    assert (res.passed, res.total, res.flags) == (0, 6, ("timeout",))
+    assert "not_run" in res.detail and res.seconds < 3.5  # inside the item bound

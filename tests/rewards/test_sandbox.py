@@ -125,16 +125,16 @@ def test_hang_is_a_flagged_timeout_within_the_bound(cfg, box, attack):
     res = code_reward(wrap(attack), ONE_GT, cfg)
     elapsed = time.monotonic() - t0
     assert (res.passed, res.score, res.flags) == (0, 0.0, ("timeout",))
-    assert 1.0 <= elapsed < 2.5
+    assert 1.0 <= elapsed < 4.0  # the 1 s limit plus start-up and clean-up, on a busy machine
     assert_still_correct(cfg, box)
 
 
 def test_cpu_rlimit_stops_a_loop_before_the_wall_clock(cfg):
-    tight = cfg.model_copy(update={"sandbox": SandboxConfig(test_timeout_s=8.0, cpu_time_s=1)})
-    t0 = time.monotonic()
+    tight = cfg.model_copy(update={"sandbox": SandboxConfig(test_timeout_s=30.0, cpu_time_s=1)})
+    out = run(get_sandbox(tight.sandbox), "while True:\n    pass\n")
+    assert (out.status, out.signal) == ("exited", signal.SIGXCPU)  # the rlimit, not the wall clock
     res = code_reward(wrap("while True:\n    pass\n"), ONE_GT, tight)
     assert res.flags == ("timeout",) and res.passed == 0
-    assert time.monotonic() - t0 < 4.0
     assert_still_correct(tight)
 
 
@@ -225,10 +225,13 @@ def test_dead_server_is_restarted_and_the_test_flagged(cfg, box):
     ["x = bytearray(8 * 1024**3)\nprint(3)\n", "xs = []\nwhile True:\n    xs.append(' ' * 10**7)\n"],
     ids=["one_big_allocation", "growing_list"],
 )
-def test_memory_bomb_fails_with_memory_error(cfg, box, attack):
-    res = code_reward(wrap(attack), ONE_GT, cfg)
+def test_memory_bomb_fails_with_memory_error(cfg, attack):
+    # A longer wall clock than elsewhere: filling 512 MB can take a while on a busy machine,
+    # and this test is about the address-space limit, not the timeout.
+    roomy = cfg.model_copy(update={"sandbox": cfg.sandbox.model_copy(update={"test_timeout_s": 8.0})})
+    res = code_reward(wrap(attack), ONE_GT, roomy)
     assert res.passed == 0 and "MemoryError" in res.detail
-    assert_still_correct(cfg, box)
+    assert_still_correct(roomy, get_sandbox(roomy.sandbox))
 
 
 @pytest.mark.parametrize(
@@ -237,11 +240,9 @@ def test_memory_bomb_fails_with_memory_error(cfg, box, attack):
     ids=["endless", "single_huge_write"],
 )
 def test_huge_output_is_capped(cfg, box, attack):
-    t0 = time.monotonic()
     out = run(box, attack)
-    assert out.status == "output_limit"
+    assert out.status == "output_limit"  # stopped at the cap, not at the timeout
     assert len(out.stdout) <= cfg.sandbox.max_output_bytes
-    assert time.monotonic() - t0 < 1.0  # stopped at the cap, not at the timeout
     assert code_reward(wrap(attack), ONE_GT, cfg).passed == 0
     assert_still_correct(cfg, box)
 
@@ -478,3 +479,183 @@ def test_mode_none_runs_but_warns_loudly(cfg, caplog):
         res = code_reward(wrap(SUM_OK), SUM_GT, unsafe)
     assert res.score == 1.0
     assert any("WITHOUT isolation" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------------------------------
+# The unprivileged mode (Klear not run as root): one uid, a user namespace per server.
+# Run from root through setpriv as 'nobody', so CI (root) covers it too.
+# ------------------------------------------------------------------------------------------
+
+NOBODY = 65534
+
+
+def _tree_comms(root_pid: int) -> list[str]:
+    """Command names of ``root_pid``'s live descendants (host view)."""
+    procs = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                comm, rest = (entry / "stat").read_text().rsplit(")", 1)
+            except OSError:
+                continue
+            state, ppid = rest.split()[:2]
+            if state != "Z":
+                procs[int(entry.name)] = (int(ppid), comm.split("(", 1)[1])
+    tree, frontier, names = {root_pid}, [root_pid], []
+    while frontier:
+        p = frontier.pop()
+        for child, (ppid, comm) in procs.items():
+            if ppid == p and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+                names.append(comm)
+    return sorted(names)
+
+
+@pytest.fixture(scope="module")
+def unpriv(cfg):
+    if not IS_ROOT or sandbox_mod.shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to start a sandbox as an unprivileged user")
+    launcher = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+    box = Sandbox(cfg.sandbox, privileged=False, launcher=launcher)
+    try:
+        box.start()
+    except SandboxUnavailable as exc:
+        pytest.skip(f"unprivileged user namespaces are not available here: {exc}")
+    yield box
+    box.close()
+
+
+def _sum_ok(box: Sandbox) -> None:
+    for stdin, want in (("1 2\n", "3"), ("10 -5\n", "5")):
+        out = run(box, SUM_OK, stdin)
+        assert (out.status, out.exit_code, out.stdout.strip()) == ("exited", 0, want)
+    assert _tree_comms(box.pid).count("python3") == 1, "a test process outlived its test"
+
+
+def test_unprivileged_runs_as_the_callers_uid_without_capabilities(unpriv):
+    out = run(
+        unpriv,
+        "import os\nprint(os.getuid(), open('/proc/self/status').read().split('CapEff:')[1].split()[0])\n",
+    )
+    assert out.stdout.split() == [str(NOBODY), "0000000000000000"]
+    _sum_ok(unpriv)
+
+
+@pytest.mark.parametrize(
+    ("attack", "status"),
+    [
+        ("while True:\n    pass\n", "timeout"),
+        (
+            "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+            "timeout",
+        ),
+        ("x = bytearray(8 * 1024**3)\n", "exited"),
+        ("while True:\n    print('x' * 100000)\n", "output_limit"),
+    ],
+    ids=["infinite_loop", "fork_bomb", "memory_bomb", "huge_output"],
+)
+def test_unprivileged_limits_hold(unpriv, attack, status):
+    out = run(unpriv, attack)
+    assert out.status == status and (status != "exited" or out.exit_code == 1)
+    _sum_ok(unpriv)
+
+
+def test_unprivileged_daemonised_grandchild_is_killed(unpriv):
+    attack = (
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        time.sleep(60)\n    os._exit(0)\nprint(3)\n"
+    )
+    run(unpriv, attack)
+    _sum_ok(unpriv)
+
+
+def test_unprivileged_server_proc_files_and_environment_are_private(unpriv, monkeypatch):
+    attack = (
+        "import os\nppid = os.getppid()\nleaks = []\n"
+        "for name in ['environ', 'mem', 'maps', 'fd']:\n"
+        "    try:\n"
+        "        os.listdir(f'/proc/{ppid}/fd') if name == 'fd' else open(f'/proc/{ppid}/{name}', 'rb').read(16)\n"
+        "        leaks.append(name)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "envs = []\n"
+        "for pid in os.listdir('/proc'):\n"
+        "    if pid.isdigit():\n"
+        "        try:\n"
+        "            envs.append(open(f'/proc/{pid}/environ', 'rb').read().decode('latin-1'))\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "print(leaks, 'HOME=/root' in ''.join(envs) or 'KLEAR_' in ''.join(envs))\n"
+    )
+    out = run(unpriv, attack)
+    assert out.stdout.strip() == "[] False"
+    _sum_ok(unpriv)
+
+
+def test_unprivileged_a_solution_killing_the_server_gets_a_flagged_restart(unpriv, cfg):
+    before = unpriv.restarts
+    out = run(
+        unpriv, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nimport time\ntime.sleep(5)\n"
+    )
+    assert out.status == "sandbox_restart" and unpriv.restarts == before + 1
+    _sum_ok(unpriv)
+
+
+def test_a_server_dead_between_tests_is_replaced_without_blame(cfg):
+    box = Sandbox(cfg.sandbox)
+    try:
+        box.start()
+        old = box.pid
+        os.kill(old, signal.SIGKILL)  # our own child (bwrap)
+        assert wait_until(lambda: box._proc.poll() is not None)
+        out = run(box, SUM_OK, "1 2\n")
+        assert (out.status, out.stdout.strip(), box.restarts) == ("exited", "3", 0) and box.pid != old
+    finally:
+        box.close()
+
+
+def test_an_interpreter_outside_usr_is_mounted_alone_and_read_only(cfg):
+    exe = Path(sys.executable).resolve()
+    if str(exe).startswith("/usr/"):
+        pytest.skip("the test interpreter is a system one")
+    box = Sandbox(cfg.sandbox.model_copy(update={"python": str(exe)}))
+    try:
+        prefix = exe.parent.parent
+        probe = (
+            "import os, sys\nprint(sys.version.split()[0])\n"
+            f"print(sorted(os.listdir({str(prefix.parent)!r})))\n"
+            "try:\n"
+            f"    open({str(prefix / 'klear_x')!r}, 'w')\n"
+            "    print('wrote')\n"
+            "except OSError:\n"
+            "    print('read-only')\n"
+            "import decimal\nprint(decimal.Decimal(1) / 4)\n"  # a module the server did not preload
+        )
+        out = run(box, probe)
+        assert out.stdout.split() == [sys.version.split()[0], repr([prefix.name]), "read-only", "0.25"], (
+            out.stderr
+        )
+    finally:
+        box.close()
+
+
+def test_unprivileged_scratch_files_do_not_reach_the_next_test(unpriv):
+    attack = (
+        "for p in ['/tmp/poison', '/dev/shm/poison']:\n"
+        "    try:\n"
+        "        open(p, 'w').write('x')\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    run(unpriv, attack)
+    out = run(unpriv, "import os\nprint([os.listdir(d) for d in ('/tmp', '/dev/shm') if os.path.isdir(d)])\n")
+    assert out.stdout.strip() in ("[[], []]", "[[]]")
+    _sum_ok(unpriv)
+
+
+def test_a_sandbox_that_cannot_start_says_why(cfg):
+    broken = Sandbox(cfg.sandbox.model_copy(update={"python": "/usr/bin/no-such-python3"}))
+    with pytest.raises(SandboxUnavailable, match=r"failed to start .*no-such-python3"):
+        broken.start()
+    broken.close()

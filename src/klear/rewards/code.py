@@ -329,7 +329,8 @@ def code_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
     """Score one response: extract the program, run the selected tests, map the pass rate.
 
     Runs in a reward worker process; the sandbox server of that process is started on
-    first use and reused. Raises SandboxUnavailable only when no sandbox can run on this
+    first use and reused. Tests that could not finish within ``cfg.item_timeout_s`` (many
+    tests timing out) are not started: they count as failed and the result is flagged. Raises SandboxUnavailable only when no sandbox can run on this
     machine at all (a setup error); everything about the response itself is a result.
     """
     t0 = time.monotonic()
@@ -362,7 +363,14 @@ def code_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
     tests = select_tests(spec, ccfg)
     box = get_sandbox(cfg.sandbox)
     passed, flags, counts, first_error = 0, [], {}, None
+    # Stay inside the pool's hard bound per item: past it the pool kills this worker (and its
+    # sandbox). Tests that would start too late to finish in time are counted failed, flagged.
+    budget = cfg.item_timeout_s - cfg.sandbox.test_timeout_s - 1.0
     for i, test in enumerate(tests):
+        if i and time.monotonic() - t0 > budget:
+            counts["not_run"] = len(tests) - i
+            flags.append("timeout")
+            break
         nonce = secrets.token_hex(8)
         try:
             run = box.run(code, test.payload(), nonce)

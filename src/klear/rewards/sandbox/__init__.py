@@ -1,24 +1,33 @@
 """Run untrusted code: one fork server per reward worker, inside one long-lived bubblewrap sandbox.
 
-Why this shape (measured, see DESIGN.md): a sandbox plus a fresh interpreter per test
-(firejail, the reference's way) costs ~100 ms of CPU per test; forking a warm
-interpreter that already lives inside a sandbox costs ~5 ms, with the same isolation.
+Why this shape (measured, see DESIGN.md and bench/rewards_code.py): a sandbox plus a
+fresh interpreter per test (firejail, the reference's way) costs ~100 ms of CPU per
+test; forking a warm interpreter that already lives inside a sandbox costs a few ms,
+with the same isolation.
 
 The sandbox (bubblewrap): no network, a read-only view of the system directories
 only (no project checkout, no /root, no /home, no /etc/shadow), a private /tmp, a
-fresh /proc of its own pid namespace, an empty environment. Children run under a
-uid of their own (one per server, so concurrent servers never share RLIMIT_NPROC
-counts or kill each other's processes), with CPU, address-space, file-size,
-open-file and process rlimits, a float wall-clock timeout, an output cap, and a
-kill of every process of that uid after each test. The server is non-dumpable, so
-a child cannot read its memory or /proc files.
+fresh /proc of its own pid namespace, an empty environment (bwrap itself is started
+with none, since its pid 1 keeps it). Each child gets CPU, address-space, file-size,
+open-file and process rlimits, a float wall-clock timeout and an output cap; after
+each test every process it left behind is killed and the scratch directories are
+emptied. The server is non-dumpable, so a child cannot read its memory or /proc files.
+
+Two modes, chosen by whether we are root:
+
+- root: no user namespace (its processes would count as root's, which is exempt from
+  RLIMIT_NPROC); children switch to a uid of their own, one per live server on the
+  machine (so concurrent servers never share RLIMIT_NPROC counts), and cannot signal
+  the server at all.
+- unprivileged: a user namespace per server maps the caller's uid; children share the
+  server's uid, so a child can kill the server: the client restarts it.
 
 Lifecycle: :func:`get_sandbox` starts a server lazily in the calling process (by
 exec of ``bwrap``, never by forking this possibly large process) and reuses it;
 :func:`close_all` stops every server of this process. ``bwrap --die-with-parent``
-ties the sandbox to this process: when a pool kills a stuck worker, its sandbox
-dies with it. A server that dies mid-test is restarted and that test is reported
-as ``sandbox_restart``.
+ties the sandbox to the thread that started it: when a pool kills a stuck worker,
+its sandbox dies with it. A server that dies mid-test is restarted and that test is
+reported as ``sandbox_restart``; one found dead between tests is replaced silently.
 """
 
 from __future__ import annotations
@@ -31,12 +40,14 @@ import logging
 import os
 import select
 import shutil
+import stat
 import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +81,8 @@ class TestRun:
     restarted), ``server_error`` (the server failed to run it).
     result: the raw side channel (fd 3) on which the harness reports call results.
     """
+
+    __test__ = False  # not a pytest class, despite the name
 
     status: str
     exit_code: int | None = None
@@ -109,7 +122,13 @@ def _python_mounts(python: str) -> list[str]:
     if real.startswith("/usr/"):
         return []
     prefix = os.path.dirname(os.path.dirname(real))  # <prefix>/bin/python3.X -> <prefix>
-    return ["--ro-bind", prefix, prefix]
+    # Create the parents ourselves, world-traversable: bubblewrap would copy their host modes
+    # (a 0700 /root), and children under their own uid could then not import from the prefix.
+    args: list[str] = []
+    parents = Path(prefix).parents
+    for parent in reversed(parents[:-1]):  # outermost first, skipping "/"
+        args += ["--perms", "0755", "--dir", str(parent)]
+    return [*args, "--ro-bind", prefix, prefix]
 
 
 def _system_mounts() -> list[str]:
@@ -127,12 +146,15 @@ def _system_mounts() -> list[str]:
     return args
 
 
-def bwrap_argv(cfg: SandboxConfig, python: str, server_cfg: dict[str, Any]) -> list[str]:
+def bwrap_argv(cfg: SandboxConfig, python: str, server_cfg: dict[str, Any], privileged: bool) -> list[str]:
     """The full command that starts the server inside bubblewrap.
 
-    Running as root, bubblewrap makes no user namespace, keeps only CAP_SETUID/SETGID for
-    the server (to drop children to their own uid) and drops every other capability;
-    unprivileged, it maps the caller's uid in a user namespace of its own.
+    privileged (we are root): bubblewrap makes no user namespace, keeps only
+    CAP_SETUID/SETGID for the server (to drop children to their own uid) and drops every
+    other capability. Why not a user namespace as root: its processes would count as
+    root's outside, and root is exempt from RLIMIT_NPROC. Unprivileged: bubblewrap maps
+    the caller's uid in a user namespace of its own, which also gives the namespace its
+    own RLIMIT_NPROC count; children then share the server's uid.
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -141,7 +163,7 @@ def bwrap_argv(cfg: SandboxConfig, python: str, server_cfg: dict[str, Any]) -> l
         )
     argv = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc"]
     argv += ["--unshare-uts", "--hostname", "sandbox", "--unshare-cgroup-try"]
-    if os.geteuid() == 0:
+    if privileged:
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         argv += ["--unshare-user"]
@@ -165,8 +187,14 @@ def _lock_uid(cfg: SandboxConfig) -> tuple[int, int]:
     The lock dies with this process, so a killed worker's uid becomes free again.
     Returns (uid, lock fd).
     """
-    lock_dir = Path(tempfile.gettempdir()) / "klear-sandbox-uids"
+    # Root only gets here: prefer /run (root's own) over a world-writable /tmp, and refuse a
+    # lock directory someone else planted (a symlink, or not ours).
+    base = "/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()
+    lock_dir = Path(base) / "klear-sandbox-uids"
     lock_dir.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(lock_dir)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise SandboxUnavailable(f"{lock_dir} is not a directory owned by us; remove it")
     start = os.getpid() % cfg.uid_count
     for k in range(cfg.uid_count):
         uid = cfg.uid_base + (start + k) % cfg.uid_count
@@ -212,10 +240,17 @@ def _read_frame(fd: int, deadline: float) -> dict[str, Any] | None:
 
 
 class Sandbox:
-    """A client of one fork server. Not thread-safe across calls; a lock serialises them."""
+    """A client of one fork server; a lock serialises calls from several threads.
 
-    def __init__(self, cfg: SandboxConfig):
+    privileged: start as root (children get a uid of their own); default: whether we are
+    root. launcher: a command prefix for bwrap (e.g. ``setpriv --reuid=...`` to run the
+    sandbox as an unprivileged user from a root process, as the tests of that mode do).
+    """
+
+    def __init__(self, cfg: SandboxConfig, *, privileged: bool | None = None, launcher: Sequence[str] = ()):
         self.cfg = cfg
+        self.privileged = os.geteuid() == 0 if privileged is None else privileged
+        self.launcher = list(launcher)
         self.restarts = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._uid_fd: int | None = None
@@ -223,6 +258,7 @@ class Sandbox:
         self._workdir: str | None = None
         self._lock = threading.Lock()
         self._owner_pid = os.getpid()
+        self.python_version: str | None = None  # of the interpreter inside, once started
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -259,8 +295,13 @@ class Sandbox:
 
     def start(self) -> None:
         """Start the server (idempotent); raise SandboxUnavailable when it cannot run here."""
-        if self._proc is not None and self._proc.poll() is None:
-            return
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                return
+            # It died between tests (e.g. bwrap's --die-with-parent fired because the thread
+            # that started it exited): start a new one without blaming the next test.
+            log.warning("code sandbox server exited between tests; starting a new one")
+            self._kill()
         python = _choose_python(self.cfg)
         if self.cfg.mode == "none":
             log.warning(
@@ -271,9 +312,9 @@ class Sandbox:
                 self._workdir = tempfile.mkdtemp(prefix="klear-nosandbox-")
             argv = [python, "-I", "-B", "-c", _SERVER_SOURCE, json.dumps(self._server_cfg())]
         else:
-            if os.geteuid() == 0 and self._uid is None:
+            if self.privileged and self._uid is None:
                 self._uid, self._uid_fd = _lock_uid(self.cfg)
-            argv = bwrap_argv(self.cfg, python, self._server_cfg())
+            argv = self.launcher + bwrap_argv(self.cfg, python, self._server_cfg(), self.privileged)
         with tempfile.TemporaryFile() as err:
             # close_fds (default) keeps our uid lock and every other fd out of the sandbox.
             # An empty environment for bwrap itself too: its pid-1 reaper inside the sandbox
@@ -292,7 +333,7 @@ class Sandbox:
                     "`--security-opt seccomp=unconfined --cap-add SYS_ADMIN` or enable unprivileged user "
                     f"namespaces; {INSTALL_HINT}"
                 )
-        self._server_pid = hello.get("pid")
+        self.python_version = hello.get("python")
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None

@@ -27,6 +27,7 @@ import copy
 import ctypes
 import fractions
 import functools
+import gc
 import heapq
 import itertools
 import json
@@ -190,10 +191,24 @@ def _child(cfg, code, test, nonce, fds):
 # ------------------------------------------------------------------------------------------
 
 
-def _other_pids():
-    """Pids in this pid namespace other than init and this server (cheap: the namespace is tiny)."""
+def _other_pids(live_only=False):
+    """Pids in this pid namespace other than init and this server (cheap: the namespace is tiny).
+
+    live_only skips zombies: they run nothing, and _reap_all collects them after each test.
+    """
     me = os.getpid()
-    return [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in (1, me)]
+    pids = [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in (1, me)]
+    if live_only:
+        pids = [p for p in pids if _state(p) not in ("Z", "")]
+    return pids
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
 
 
 def _kill_leftovers(cfg):
@@ -206,7 +221,7 @@ def _kill_leftovers(cfg):
     server. Without a sandbox: nothing beyond the process group.
     """
     if cfg["isolation"] == "uid":
-        if not _other_pids() and not os.listdir(cfg["workdir"]):
+        if not _other_pids(live_only=True) and not any(_has_entries(d) for d in _scratch_dirs(cfg)):
             return
         pid = os.fork()
         if pid == 0:
@@ -218,7 +233,8 @@ def _kill_leftovers(cfg):
                 os.setresuid(uid, uid, uid)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(-1, signal.SIGKILL)
-                _empty_dir(cfg["workdir"])
+                for d in _scratch_dirs(cfg):
+                    _empty_dir(d)
             except BaseException:
                 code = 1
             os._exit(code)
@@ -228,12 +244,30 @@ def _kill_leftovers(cfg):
         for pid in _other_pids():
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-    _empty_dir(cfg["workdir"])
+    for d in _scratch_dirs(cfg):
+        _empty_dir(d)
+
+
+def _scratch_dirs(cfg):
+    """Where a test can leave files for the next one: the work directory, and in the sandbox /dev/shm."""
+    if cfg["isolation"] == "none":
+        return [cfg["workdir"]]
+    return [cfg["workdir"]] + (["/dev/shm"] if os.path.isdir("/dev/shm") else [])
+
+
+def _has_entries(path):
+    try:
+        return bool(os.listdir(path))
+    except OSError:
+        return False
 
 
 def _empty_dir(path):
-    with os.scandir(path) as it:
-        entries = list(it)
+    try:
+        with os.scandir(path) as it:
+            entries = list(it)
+    except OSError:
+        return
     for entry in entries:
         try:
             if entry.is_dir(follow_symlinks=False):
@@ -297,8 +331,9 @@ def run_test(cfg, code, test, nonce):
             return
         buf = bufs[fd]
         room = caps[fd] - len(buf)
-        if fd == err_r:
-            buf.extend(data[: max(room, 0)])
+        if fd == err_r:  # keep the tail: a traceback ends with the line that matters
+            buf.extend(data)
+            del buf[: max(len(buf) - caps[fd], 0)]
         elif len(data) > room:
             buf.extend(data[:room])
             status = "output_limit"
@@ -316,13 +351,16 @@ def run_test(cfg, code, test, nonce):
             elif status is None:
                 pump(fd)
     seconds = time.monotonic() - t0
+    if exited:  # reap first, so that a clean test leaves nothing for _kill_leftovers to do
+        _, wstatus = os.waitpid(pid, 0)
     # The server may not signal a child that already became the test uid (no CAP_KILL):
     # then _kill_leftovers' helper, running as that uid, does it.
     for kill, target in ((os.kill, pid), (os.killpg, pid)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             kill(target, signal.SIGKILL)
     _kill_leftovers(cfg)
-    _, wstatus = os.waitpid(pid, 0)
+    if not exited:
+        _, wstatus = os.waitpid(pid, 0)
     # Every writer is dead now; drain what is still buffered in the pipes (bounded).
     drain_until = time.monotonic() + 0.5
     while open_fds and status != "output_limit" and time.monotonic() < drain_until:
@@ -344,8 +382,26 @@ def run_test(cfg, code, test, nonce):
     return reply
 
 
+def _check_placement(cfg):
+    """Refuse to run where the cleanup after each test could touch anything but test processes.
+
+    The cleanup kills processes (by uid, or every pid of the namespace) and empties the
+    work directory; that is only safe inside the sandbox (we are then a child of
+    bubblewrap's pid 1), or, unsandboxed, in a private directory the client made.
+    """
+    if cfg["isolation"] == "none":
+        if not os.path.basename(cfg["workdir"]).startswith("klear-nosandbox-"):
+            sys.exit(f"klear sandbox server: refusing workdir {cfg['workdir']!r} without a sandbox")
+        return
+    with open("/proc/1/comm") as f:
+        init = f.read().strip()
+    if os.getppid() != 1 or init != "bwrap":
+        sys.exit("klear sandbox server: isolation needs bubblewrap's pid namespace; refusing to start")
+
+
 def main():
     cfg = json.loads(sys.argv[1])
+    _check_placement(cfg)
     _prctl(PR_SET_DUMPABLE, 0)  # children (same or other uid) cannot ptrace or read our /proc files
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
@@ -357,6 +413,10 @@ def main():
     os.dup2(null, 1)
     os.close(null)
     os.makedirs(cfg["workdir"], exist_ok=True)
+    # Zygote trick: move every object alive now out of the collector's reach, so that a
+    # collection in a child does not walk (and so copy-on-write copy) the inherited heap.
+    gc.collect()
+    gc.freeze()
     _send(proto_out, {"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]})
     while True:
         req = _recv(proto_in)
