@@ -200,7 +200,9 @@ def _run(args: argparse.Namespace) -> int:
         eval_reward_config,
         load_backend,
         model_description,
+        prepare_run_dir,
         run_eval,
+        run_identity,
     )
     from klear.rewards.pool import RewardPool
 
@@ -228,6 +230,7 @@ def _run(args: argparse.Namespace) -> int:
         "answer_key": args.answer_key,
         "id_key": args.id_key,
     }
+    prepare_run_dir(out, run_identity(name, settings, identity), args.restart)  # before the slow load
     start = time.monotonic()
     backend = load_backend(
         args.backend,

@@ -394,8 +394,22 @@ def write_outputs(
 ProgressFn = Callable[[int, int], None]
 
 
-def _check_run_file(out_dir: Path, identity: Mapping[str, Any], restart: bool) -> None:
-    """Refuse to resume a directory that holds samples drawn with other settings."""
+def run_identity(
+    benchmark: str, settings: GenerationSettings, identity: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Everything a run's samples depend on: the benchmark, the caller's identity (model ...) and the settings."""
+    return {"benchmark": benchmark, **(identity or {}), **settings.to_dict()}
+
+
+def prepare_run_dir(out_dir: str | os.PathLike[str], identity: Mapping[str, Any], restart: bool) -> None:
+    """Refuse to resume a directory that holds samples drawn with other settings; record the settings.
+
+    The CLI calls this before loading the model, so a mismatch costs nothing;
+    :func:`run_eval` calls it again (it is idempotent).
+    restart: delete the samples already there instead.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     run_path, samples_path = out_dir / RUN_FILE, out_dir / SAMPLES_FILE
     if restart:
         samples_path.unlink(missing_ok=True)
@@ -451,8 +465,7 @@ def run_eval(
     if not problems:
         raise EvalError(f"{benchmark}: no problems to evaluate")
     rows = {p.id: problem_row(p) for p in problems}  # fails early on a problem without a reference
-    full_identity = {"benchmark": benchmark, **(identity or {}), **settings.to_dict()}
-    _check_run_file(out, full_identity, restart)
+    prepare_run_dir(out, run_identity(benchmark, settings, identity), restart)
 
     # 1. Resume: keep problems whose n samples are on disk; rewrite the file if anything was dropped.
     samples_path = out / SAMPLES_FILE
