@@ -243,8 +243,17 @@ def _run(args: argparse.Namespace) -> int:
     )
     load_seconds = time.monotonic() - start
     try:
+        described = model_description(backend, args.model, args.backend)
+        max_positions = described.get("max_position_embeddings")
+        if isinstance(max_positions, int) and args.max_new_tokens >= max_positions:
+            print(
+                f"klear: warning: --max-new-tokens {args.max_new_tokens} reaches the model's "
+                f"max_position_embeddings {max_positions}; long responses will run past the positions "
+                "it was trained on (for the paper's 64K setting pass --yarn-factor 2.5 --yarn-original 32768)",
+                file=sys.stderr,
+            )
         meta = {
-            "model": model_description(backend, args.model, args.backend),
+            "model": described,
             "config": {
                 "benchmark": str(args.benchmark),
                 "limit": args.limit,

@@ -593,6 +593,8 @@ def read_generations(
     errors: list[str] = []
     with open(p, encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
+            if len(errors) >= max_errors:
+                break
             if not line.strip():
                 continue
             where = f"{p}:{lineno}"
@@ -626,8 +628,6 @@ def read_generations(
                 for response in responses:
                     slot[max(slot, default=-1) + 1] = response
             lines.setdefault(problem.id, []).append(lineno)
-            if len(errors) >= max_errors:
-                break
     _raise_if(errors, p, max_errors)
 
     missing = [prob.id for prob in problems if prob.id not in slots]
@@ -677,7 +677,13 @@ def _generation_problem(
         by_id_problem = by_id.get(str(raw_id).strip())
         if by_id_problem is None:
             examples = ", ".join(repr(k) for k in list(by_id)[:3])
-            return None, f"unknown problem id {raw_id!r} (the benchmark's ids look like {examples}, ...)"
+            hint = ""
+            if str(raw_id).strip().isdigit() and raw_index is None:
+                hint = "; to name problems by 0-based row position, use 'index'"
+            return (
+                None,
+                f"unknown problem id {raw_id!r} (the benchmark's ids look like {examples}, ...){hint}",
+            )
     if raw_index is not None:
         if isinstance(raw_index, bool) or not isinstance(raw_index, int):
             return None, f"field 'index' should be an integer, got {raw_index!r}"
@@ -720,7 +726,7 @@ def _line_list(numbers: Sequence[int]) -> str:
 
 def _raise_if(errors: Sequence[str], path: Path, max_errors: int) -> None:
     if errors:
-        more = f"\n(stopped after {max_errors} errors)" if len(errors) >= max_errors else ""
+        more = f"\n(stopped reading at {max_errors} errors)" if len(errors) >= max_errors else ""
         raise EvalError(f"{len(errors)} problem(s) in generations file {path}:\n" + "\n".join(errors) + more)
 
 
