@@ -411,6 +411,9 @@ def prepare_run_dir(out_dir: str | os.PathLike[str], identity: Mapping[str, Any]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_path, samples_path = out_dir / RUN_FILE, out_dir / SAMPLES_FILE
+    identity = json.loads(
+        json.dumps(dict(identity))
+    )  # compared with what run.json read back: tuples as lists
     if restart:
         samples_path.unlink(missing_ok=True)
     elif run_path.exists():
@@ -458,6 +461,7 @@ def run_eval(
     meta: extra entries for ``summary.json`` (model, config ...).
     restart: discard samples already in ``out_dir`` instead of resuming.
     progress(done, total): called with problems finished (resumed ones count as done).
+    ``summary.json``'s seconds are this call's; samples taken from disk cost none.
     """
     start = time.monotonic()
     out = Path(out_dir)
