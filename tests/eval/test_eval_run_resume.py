@@ -222,3 +222,12 @@ def test_generations_accumulate_by_sample_index(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(EvalError, match=r"problem 'p0' \(lines 1, 2\) is missing sample\(s\) \[0, 2\]"):
         read_generations(path, PROBLEMS[:2])
+
+
+def test_unknown_backend_and_missing_model_are_clear_errors(tmp_path):
+    from klear.eval.runner import load_backend
+
+    with pytest.raises(EvalError, match="--backend nope: rollout backend 'nope' is not available"):
+        load_backend("nope", tmp_path)
+    with pytest.raises(EvalError, match="does not exist"):
+        load_backend("hf", tmp_path / "missing")

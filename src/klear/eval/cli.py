@@ -275,6 +275,13 @@ def _run(args: argparse.Namespace) -> int:
                 restart=args.restart,
                 progress=bar,
             )
+    except KeyboardInterrupt:
+        print(
+            f"klear: finished problems are saved in {out / 'samples.jsonl'}; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        raise
     finally:
         close = getattr(backend, "close", None)
         if callable(close):

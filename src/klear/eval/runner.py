@@ -798,7 +798,10 @@ def load_backend(
     """
     from klear.rollout import backend_class
 
-    cls = backend_class(name)
+    try:
+        cls = backend_class(name)
+    except (ValueError, ImportError, AttributeError) as err:
+        raise EvalError(f"--backend {name}: {err}") from None
     path = Path(model_dir)
     if not path.is_dir():
         raise EvalError(f"model directory {str(path)!r} does not exist")
