@@ -305,6 +305,7 @@ def _score(args: argparse.Namespace) -> int:
     name, problems = _problems(args)
     generations = read_generations(args.generations, problems)
     meta = {
+        "model": None,  # unknown: the generations came from elsewhere
         "config": {
             "benchmark": str(args.benchmark),
             "limit": args.limit,
