@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -64,7 +65,14 @@ def _sampling(p: argparse.ArgumentParser, what: str) -> None:
     g.add_argument("--save-generations", metavar="FILE", help="also write the sampled responses and rewards")
     g.add_argument("--report", metavar="FILE", help="statistics as JSON (default: KEPT.report.json)")
     g.add_argument("--config", metavar="RECIPE", help=f"RL recipe whose 'reward' section scores {what}")
-    g.add_argument("overrides", nargs="*", help="dotted overrides, e.g. reward.num_workers=4")
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted config override, repeatable, e.g. --set reward.num_workers=4",
+    )
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -221,8 +229,8 @@ def percentiles(values: list[int]) -> dict[str, float]:
         return {}
     ordered = sorted(values)
 
-    def rank(q: float) -> float:
-        return float(ordered[min(len(ordered) - 1, max(0, -(-len(ordered) * q // 100) - 1))])  # type: ignore[index]
+    def rank(q: int) -> float:
+        return float(ordered[max(0, math.ceil(len(ordered) * q / 100) - 1)])
 
     return {"p50": rank(50), "p90": rank(90), "p99": rank(99), "max": float(ordered[-1])}
 
@@ -245,9 +253,11 @@ def summarize_file(path: str, kind: str, tokenizer: Any = None, progress: bool =
     def size(turns: list[dict[str, str]], generation_prompt: bool) -> int:
         if tokenizer is None:
             return sum(len(t["content"]) for t in turns)
-        if getattr(tokenizer, "chat_template", None):
-            ids = tokenizer.apply_chat_template(turns, tokenize=True, add_generation_prompt=generation_prompt)
-            return len(ids["input_ids"] if isinstance(ids, dict) else ids)
+        if getattr(tokenizer, "chat_template", None):  # as the rollout backend encodes a prompt
+            text = tokenizer.apply_chat_template(
+                turns, tokenize=False, add_generation_prompt=generation_prompt
+            )
+            return len(tokenizer.encode(text, add_special_tokens=False))
         return len(tokenizer.encode("\n".join(t["content"] for t in turns), add_special_tokens=False))
 
     n = 0
@@ -627,14 +637,15 @@ def run_sft_select(args: argparse.Namespace) -> int:
                     {
                         **row_features(row, hasher, args.easy_pass_rate, args.unknown_is_hard),
                         "row_digest": digest(row.to_dict())[:32],
+                        "where": where,
                     },
                 )
-                for _, row in chunk
+                for where, row in chunk
             ],
             work_dir=work / "features",
             params=params,
             shard_size=args.shard_size,
-            key_of=lambda item: item[1].to_dict(),
+            key_of=lambda item: [item[0], item[1].to_dict()],
             progress=lambda n: bar.advance(task, n),
             stats=stats,
         ):
@@ -688,7 +699,11 @@ def run_sft_select(args: argparse.Namespace) -> int:
                 if reason is None:
                     out.write("kept", row.to_dict())
                 else:
-                    out.write("dropped", {**row.to_dict(), "selection": {"reason": reason}})
+                    info: dict[str, Any] = {"reason": reason}
+                    if i in sel.duplicate_of:
+                        rep, similarity = sel.duplicate_of[i]
+                        info.update(duplicate_of=features[rep]["where"], similarity=round(similarity, 4))
+                    out.write("dropped", {**row.to_dict(), "selection": info})
                 bar.advance(task)
     finish_work_dir(work, args.keep_work)
 

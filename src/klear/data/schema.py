@@ -320,7 +320,8 @@ def write_rows(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
         items = [_parquet_safe(r) for r in records]
         count = len(items)
         try:
-            table = pa.Table.from_pylist(items)
+            # pa.array infers the struct type from every row (from_pylist would use the first only)
+            table = pa.Table.from_struct_array(pa.array(items)) if items else pa.table({})
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise DataError(
                 f"{path}: rows do not fit one parquet schema ({exc}); write .jsonl instead"

@@ -227,6 +227,7 @@ class Selection:
     """Per-row decisions (None: kept) and per-source counts for the report."""
 
     reasons: list[str | None]
+    duplicate_of: dict[int, tuple[int, float]]  # row -> (the row it duplicates, estimated Jaccard)
     ranked: list[str]
     selected: list[str]
     per_source: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -256,16 +257,18 @@ def select(
     order = sorted((i for i, r in enumerate(reasons) if r is None), key=lambda i: (rank_of[sources[i]], i))
     seen_exact: dict[str, int] = {}  # digest -> representative row
     kept_per: dict[int, int] = {}  # representative -> rows kept
+    duplicate_of: dict[int, tuple[int, float]] = {}
     buckets: dict[tuple[int, tuple[int, ...]], list[int]] = {}
     for i in order:
         f = features[i]
         rep = seen_exact.get(f["exact"])
-        kind = "duplicate_exact"
+        kind, similarity = "duplicate_exact", 1.0
         if rep is None and near:
             sig = f["sig"]
             candidates = sorted({j for key in hasher.band_keys(sig) for j in buckets.get(key, ())})
             for j in candidates:
-                if hasher.similarity(sig, features[j]["sig"]) >= near_threshold:
+                similarity = hasher.similarity(sig, features[j]["sig"])
+                if similarity >= near_threshold:
                     rep, kind = j, "duplicate_near"
                     break
         if rep is None:
@@ -279,6 +282,7 @@ def select(
             kept_per[rep] += 1
         else:
             reasons[i] = kind
+            duplicate_of[i] = (rep, similarity)
     per_source: dict[str, dict[str, int]] = {}
     for i, f in enumerate(features):
         counts = per_source.setdefault(
@@ -291,4 +295,6 @@ def select(
                 counts["kept_unverified_or_wrong_hard"] += 1
         else:
             counts[reasons[i]] = counts.get(reasons[i], 0) + 1  # type: ignore[index]
-    return Selection(reasons=reasons, ranked=ranked, selected=selected, per_source=per_source)
+    return Selection(
+        reasons=reasons, duplicate_of=duplicate_of, ranked=ranked, selected=selected, per_source=per_source
+    )
