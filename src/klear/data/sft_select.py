@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from klear.data.schema import DataError, SFTRow
 from klear.data.shards import digest
 
@@ -69,6 +67,8 @@ class MinHasher:
             raise ValueError(f"num_perm {num_perm} must be a multiple of bands {bands}")
         import random
 
+        import numpy as np  # here, not at module level: `klear --help` imports this module
+
         rng = random.Random(f"minhash:{seed}")
         self.num_perm, self.bands, self.rows = num_perm, bands, num_perm // bands
         self.shingle = shingle
@@ -77,6 +77,8 @@ class MinHasher:
 
     def signature(self, text: str) -> list[int]:
         import hashlib
+
+        import numpy as np
 
         hashed = np.array(
             [
