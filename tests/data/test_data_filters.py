@@ -324,3 +324,34 @@ def test_filter_math_samples_from_a_model_directory(tmp_path, klear, math_rows):
     assert len(load_rl_rows(dropped)) == 3 and all(
         r.extra_info["pass_rate"] == 0.0 for r in load_rl_rows(dropped)
     )
+
+
+def test_setting_errors_fail_before_any_work(tmp_path, klear, math_rows):
+    gens = write_jsonl(tmp_path / "g.jsonl", MATH_GENERATIONS)
+    k = tmp_path / "k.jsonl"
+    code, _, err = klear("filter-math", math_rows, "--kept", k, "--dropped", k, "--generations", gens)
+    assert code == 2 and "the same file is named for two outputs" in err
+    code, _, err = klear(
+        "filter-math", math_rows, "--kept", k, "--dropped", tmp_path / "d.csv", "--generations", gens
+    )
+    assert code == 2 and "d.csv: unsupported output type '.csv'" in err
+    code, _, err = klear(
+        "filter-math",
+        math_rows,
+        "--kept",
+        k,
+        "--dropped",
+        tmp_path / "d.jsonl",
+        "--model",
+        tmp_path,
+        "--temperature",
+        "-1",
+    )
+    assert code == 2 and "temperature = -1.0: must be >= 0" in err
+    code, _, err = klear(
+        "filter-tests", math_rows, "--kept", k, "--dropped", tmp_path / "d.jsonl", "--generations", gens
+    )
+    assert (
+        code == 2 and f"{math_rows}: line 1: field 'ability': filter-tests needs code rows, got 'math'" in err
+    )
+    assert not k.exists()

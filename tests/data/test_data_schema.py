@@ -112,3 +112,9 @@ def test_write_rows_is_atomic_and_checks_suffix(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl"]  # no temp file left
     with pytest.raises(DataError, match="unsupported output type"):
         write_rows(tmp_path / "o.csv", [RL])
+
+
+def test_parquet_stores_nested_empty_objects(tmp_path):
+    rows = [{**RL, "extra_info": {"filter": {"flags": {}, "k": 2}}}] * 2
+    write_rows(tmp_path / "n.parquet", rows)
+    assert load_rl_rows(tmp_path / "n.parquet")[0].extra_info == {"filter": {"flags": None, "k": 2}}

@@ -193,8 +193,12 @@ def _located_rows(path: str, kind: str) -> list[tuple[str, Any]]:
 
 
 def _check_outputs(*paths: str | None) -> None:
+    """Fail before any work on an output type we cannot write, or one file named for two outputs."""
     from klear.data.schema import SUFFIXES, DataError
 
+    given = [Path(p).resolve() for p in paths if p is not None]
+    if len(set(given)) != len(given):
+        raise DataError(f"the same file is named for two outputs: {', '.join(str(p) for p in paths if p)}")
     for p in paths:
         if p is not None and Path(p).suffix.lower() not in SUFFIXES:
             raise DataError(f"{p}: unsupported output type {Path(p).suffix!r}; use .jsonl, .json or .parquet")
@@ -436,6 +440,7 @@ class _Lazy:
 
 def run_filter(args: argparse.Namespace) -> int:
     from klear.data.filters import Summary, backend_generator, filter_shard, load_generations, prompt_key
+    from klear.data.schema import DataError
     from klear.data.shards import (
         AtomicOutputs,
         ShardStats,
@@ -458,9 +463,16 @@ def run_filter(args: argparse.Namespace) -> int:
     generations = load_generations(args.generations) if args.generations else None
     k = args.k if args.k is not None else (None if generations is not None else 16)
     if k is not None and k < 1:
-        from klear.data.schema import DataError
-
         raise DataError(f"--k {k}: must be >= 1")
+    if generations is None:  # bad sampling settings fail now, not after the model has loaded
+        from klear.rollout import SamplingParams
+
+        try:
+            SamplingParams(
+                n=k or 1, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens
+            )
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
     source: Any = (
         ["generations", digest(sorted(generations.items()))]
         if generations is not None

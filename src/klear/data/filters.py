@@ -162,6 +162,10 @@ def filter_shard(
     num_tests: list[int | None] = []
     for where, row in rows:
         if mode == "code":
+            if row.ability != "code":
+                raise DataError(
+                    f"{where}: field 'ability': filter-tests needs code rows, got {row.ability!r}"
+                )
             try:
                 num_tests.append(code_tests(row.reward_model.ground_truth))
             except ValueError as exc:
@@ -234,7 +238,7 @@ class Summary:
             self.reasons[info["reason"]] = self.reasons.get(info["reason"], 0) + 1
         if "pass_rate" in info:
             self.histogram[round(info["pass_rate"] * 10)] += 1
-        for flag, n in info.get("flags", {}).items():
+        for flag, n in (info.get("flags") or {}).items():
             self.flags[flag] = self.flags.get(flag, 0) + n
 
     def to_dict(self) -> dict[str, Any]:

@@ -279,18 +279,24 @@ def write_text_atomic(path: str | Path, chunks: Iterable[str]) -> None:
         raise
 
 
+def _empty_structs_to_null(value: Any) -> Any:
+    """``{}`` anywhere inside a value -> None (parquet cannot store a struct without fields)."""
+    if isinstance(value, dict):
+        return {k: _empty_structs_to_null(v) for k, v in value.items()} if value else None
+    if isinstance(value, list):
+        return [_empty_structs_to_null(v) for v in value]
+    return value
+
+
 def _parquet_safe(record: dict[str, Any]) -> dict[str, Any]:
-    """Make a row storable in a typed column: a non-string ground truth as JSON text (the code
-    reward and the math verifier both read that), an empty struct as null (parquet cannot store a
-    struct without fields; reading maps it back to ``{}``)."""
+    """Make a row storable in typed columns: a non-string ground truth as JSON text (the code
+    reward and the math verifier both read that), an empty struct as null (reading maps a null
+    ``extra_info`` back to ``{}``)."""
     out = dict(record)
     spec = out.get("reward_model")
     if isinstance(spec, dict) and not isinstance(spec.get("ground_truth"), str | None):
         out["reward_model"] = {**spec, "ground_truth": json.dumps(spec["ground_truth"], ensure_ascii=False)}
-    for key, value in out.items():
-        if isinstance(value, dict) and not value:
-            out[key] = None
-    return out
+    return {k: _empty_structs_to_null(v) for k, v in out.items()}
 
 
 def write_rows(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
@@ -322,7 +328,7 @@ def write_rows(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
         try:
             # pa.array infers the struct type from every row (from_pylist would use the first only)
             table = pa.Table.from_struct_array(pa.array(items)) if items else pa.table({})
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
             raise DataError(
                 f"{path}: rows do not fit one parquet schema ({exc}); write .jsonl instead"
             ) from None
@@ -330,6 +336,11 @@ def write_rows(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
         try:
             pq.write_table(table, tmp)
             os.replace(tmp, path)
+        except pa.ArrowException as exc:
+            tmp.unlink(missing_ok=True)
+            raise DataError(
+                f"{path}: cannot write these rows as parquet ({exc}); write .jsonl instead"
+            ) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
