@@ -16,6 +16,7 @@ bad input or settings, 1 when `validate` finds invalid rows.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -364,7 +365,7 @@ def run_convert(args: argparse.Namespace) -> int:
                     items,
                     lambda chunk, _i: convert_shard(chunk, fm, src.stem),
                     work_dir=work,
-                    params=["convert", fm.__dict__, src.stem],
+                    params=["convert", dataclasses.asdict(fm), src.stem],
                     shard_size=args.shard_size,
                     key_of=lambda item: [item[1], item[2]],
                     progress=lambda n: bar.advance(task, n),
@@ -445,7 +446,6 @@ def run_filter(args: argparse.Namespace) -> int:
         AtomicOutputs,
         ShardStats,
         default_work_dir,
-        digest,
         finish_work_dir,
         progress_bar,
         run_sharded,
@@ -474,7 +474,7 @@ def run_filter(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise DataError(str(exc)) from None
     source: Any = (
-        ["generations", digest(sorted(generations.items()))]
+        ["generations"]  # each row's own responses are part of its shard key (key_of)
         if generations is not None
         else [
             "model",
@@ -530,12 +530,9 @@ def run_filter(args: argparse.Namespace) -> int:
         )
 
     def key_of(item: tuple[str, Any]) -> Any:
+        """A row's result depends on the row and its responses, not on its line number."""
         row = item[1].to_dict()
-        return (
-            [item[0], row]
-            if generations is None
-            else [item[0], row, generations.get(prompt_key(item[1].prompt))]
-        )
+        return [row] if generations is None else [row, generations.get(prompt_key(item[1].prompt))]
 
     work = Path(args.work_dir) if args.work_dir else default_work_dir(args.kept)
     stats, summary = ShardStats(), Summary()
