@@ -1,6 +1,6 @@
 """The paper's curation filters for RL prompts: sample k responses, score them, keep or drop the prompt.
 
-- **Code** (:func:`decide_code`, paper Sec. 3.2 data): a prompt is kept when it has at least
+- **Code** (:func:`decide_code`, the paper's code RL data): a prompt is kept when it has at least
   ``min_tests`` tests (16) and a strong model's k samples pass *all* of them more than
   ``threshold`` (0.5) of the time. Bad test cases turn right programs into negatives; a prompt the
   strong model rarely passes is more likely to have wrong tests than to be hard. A prompt with too

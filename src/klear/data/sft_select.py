@@ -1,7 +1,7 @@
 """SFT data selection as the paper found it works: few high-quality sources, correctness by difficulty,
 no duplicate prompts.
 
-1. **Sources** (paper Sec. 3.1): training on the top one or two highest-quality sources beats
+1. **Sources** (the paper's SFT data study): training on the top one or two highest-quality sources beats
    mixing many. Each source gets a quality score -- from a file, or measured by a command the user
    names (for example: fine-tune on a sample of the source and print the benchmark score) -- and
    only the top ``top_k`` sources are kept (ties broken by name, so the choice is deterministic).
