@@ -135,8 +135,11 @@ def test_quality_measured_by_a_command_once_per_source(tmp_path, klear):
     assert sorted(log.read_text().split("\n")[:-1]) == ["A 5", "B 3", "C 1"]
     report = json.loads((tmp_path / "o.report.json").read_text())
     assert [s["source"] for s in report["sources"] if s["selected"]] == ["B", "C"]
-    assert klear(*args)[0] == 0  # cached in the work directory: not measured again
+    assert report["shards"] == {"total": 1, "computed": 1, "reused": 0}
+    assert klear(*args)[0] == 0  # cached in the work directory: not measured again, features reused
     assert len(log.read_text().splitlines()) == 3
+    report = json.loads((tmp_path / "o.report.json").read_text())
+    assert report["shards"] == {"total": 1, "computed": 0, "reused": 1}
 
 
 def test_quality_errors(tmp_path, klear):

@@ -658,7 +658,7 @@ def run_sft_select(args: argparse.Namespace) -> int:
             progress=lambda n: bar.advance(task, n),
             stats=stats,
         ):
-            features.extend(f for _, f in routed)
+            features.extend({**f, "sig": hasher.compact(f["sig"])} for _, f in routed)
     if not features:
         raise DataError(f"{', '.join(args.inputs)}: no rows")
 

@@ -56,7 +56,7 @@ def shingles(text: str, n: int) -> list[str]:
 class MinHasher:
     """MinHash signatures over character shingles, with LSH banding for candidate pairs.
 
-    Hashes: each shingle -> a 32-bit digest (blake2b, stable across runs and machines), then
+    Hashes: each shingle -> its CRC-32 (fast, and stable across runs and machines), then
     ``num_perm`` multiply-shift hashes ``(a*x + b) mod 2**64 >> 32`` with (a, b) drawn from
     ``random.Random(seed)``. The fraction of equal signature slots estimates the Jaccard
     similarity of the shingle sets (standard error about sqrt(J(1-J)/num_perm)).
@@ -76,27 +76,34 @@ class MinHasher:
         self.b = np.array([rng.getrandbits(64) for _ in range(num_perm)], dtype=np.uint64)
 
     def signature(self, text: str) -> list[int]:
-        import hashlib
+        import zlib
 
         import numpy as np
 
-        hashed = np.array(
-            [
-                int.from_bytes(hashlib.blake2b(s.encode(), digest_size=4).digest(), "little")
-                for s in shingles(text, self.shingle)
-            ],
-            dtype=np.uint64,
-        )
+        hashed = np.array([zlib.crc32(s.encode()) for s in shingles(text, self.shingle)], dtype=np.uint64)
         with np.errstate(over="ignore"):
             values = (self.a[:, None] * hashed[None, :] + self.b[:, None]) >> np.uint64(32)
         return values.min(axis=1).astype(np.int64).tolist()
 
-    def band_keys(self, sig: Sequence[int]) -> list[tuple[int, tuple[int, ...]]]:
-        return [(b, tuple(sig[b * self.rows : (b + 1) * self.rows])) for b in range(self.bands)]
+    @staticmethod
+    def compact(sig: Sequence[int]) -> Any:
+        """A signature as a uint32 array (every value is < 2**32): ~4x smaller than a list of ints,
+        which is what lets selection hold one signature per row of a large SFT set in memory."""
+        import numpy as np
+
+        return np.asarray(sig, dtype=np.uint32)
+
+    def band_keys(self, sig: Any) -> list[tuple[int, bytes]]:
+        """LSH buckets: rows sharing any band (``rows`` consecutive values) are candidate pairs."""
+        sig = self.compact(sig)
+        return [(b, sig[b * self.rows : (b + 1) * self.rows].tobytes()) for b in range(self.bands)]
 
     @staticmethod
-    def similarity(a: Sequence[int], b: Sequence[int]) -> float:
-        return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
+    def similarity(a: Any, b: Any) -> float:
+        """Estimated Jaccard similarity: the fraction of equal signature values."""
+        import numpy as np
+
+        return float(np.mean(np.asarray(a) == np.asarray(b)))
 
 
 def correctness_verdict(
@@ -257,27 +264,29 @@ def select(
             reasons[i] = f["verdict"]
     # visit survivors best source first, then in input order; the first of a prompt is its representative
     order = sorted((i for i, r in enumerate(reasons) if r is None), key=lambda i: (rank_of[sources[i]], i))
+    import numpy as np
+
+    sigs = np.stack([hasher.compact(f["sig"]) for f in features]) if near and features else None
     seen_exact: dict[str, int] = {}  # digest -> representative row
     kept_per: dict[int, int] = {}  # representative -> rows kept
     duplicate_of: dict[int, tuple[int, float]] = {}
-    buckets: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+    buckets: dict[tuple[int, bytes], list[int]] = {}
     for i in order:
         f = features[i]
         rep = seen_exact.get(f["exact"])
         kind, similarity = "duplicate_exact", 1.0
         if rep is None and near:
-            sig = f["sig"]
-            candidates = sorted({j for key in hasher.band_keys(sig) for j in buckets.get(key, ())})
-            for j in candidates:
-                similarity = hasher.similarity(sig, features[j]["sig"])
-                if similarity >= near_threshold:
-                    rep, kind = j, "duplicate_near"
-                    break
+            candidates = sorted({j for key in hasher.band_keys(sigs[i]) for j in buckets.get(key, ())})
+            if candidates:  # all candidates at once: popular buckets must not cost a Python loop each
+                sims = (sigs[candidates] == sigs[i]).mean(axis=1)
+                hits = np.flatnonzero(sims >= near_threshold)
+                if len(hits):
+                    rep, kind, similarity = candidates[hits[0]], "duplicate_near", float(sims[hits[0]])
         if rep is None:
             seen_exact[f["exact"]] = i
             kept_per[i] = 1
             if near:
-                for key in hasher.band_keys(f["sig"]):
+                for key in hasher.band_keys(sigs[i]):
                     buckets.setdefault(key, []).append(i)
             continue
         if kept_per[rep] < per_prompt:
