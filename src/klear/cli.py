@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("klear.config_cli", "validate a recipe with overrides and print the resolved config"),
     "rl": ("klear.train.rl_cli", "reinforcement learning (GPPO) on verifiable rewards"),
     "eval": ("klear.eval.cli", "avg@k / pass@k / maj@k on a benchmark; re-score generations"),
+    "data": ("klear.data.cli", "validate, convert and curate data (filter-tests, filter-math, sft-select)"),
     "reward": (
         "klear.rewards.cli",
         "score responses offline with the reward pool (math, code, user functions)",

@@ -1,0 +1,782 @@
+"""Prepare data: validate, convert, and curate it the way the paper did.
+
+  klear data validate FILE [--kind rl|sft] [--tokenizer DIR]
+  klear data convert RAW.jsonl --output rl.jsonl --shape qa|messages|code [--question-key K ...]
+  klear data filter-tests code.jsonl --kept kept.jsonl --dropped dropped.jsonl (--model DIR | --generations G)
+  klear data filter-math math.jsonl --kept kept.jsonl --dropped dropped.jsonl (--model DIR | --generations G)
+  klear data sft-select a.jsonl b.jsonl --output sft.jsonl (--quality Q.json | --quality-command CMD) --top-k 2
+
+Every command streams its input through resumable shards (a work directory OUTPUT.work beside the
+output; a rerun skips the shards already finished, and the directory is removed after success
+unless --keep-work), writes each output whole or not at all (temp file + rename), is deterministic
+for a given --seed, and reports bad input as FILE: line N: field 'F': problem. Exit status 2 on
+bad input or settings, 1 when `validate` finds invalid rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+MAX_REPORTED_ERRORS = 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser, shard_size: int) -> None:
+    g = p.add_argument_group("run control")
+    g.add_argument("--seed", type=int, default=0, help="seed for sampling and hashing (default 0)")
+    g.add_argument(
+        "--shard-size", type=int, default=shard_size, help=f"items per shard (default {shard_size})"
+    )
+    g.add_argument(
+        "--work-dir", help="where finished shards are kept (default: OUTPUT.work beside the output)"
+    )
+    g.add_argument("--keep-work", action="store_true", help="keep the work directory after success")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _sampling(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group("responses (exactly one of --model, --generations)")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", metavar="DIR", help="sample responses from this local HF model directory")
+    src.add_argument(
+        "--generations",
+        metavar="FILE",
+        help="read responses: records with 'prompt' and 'responses' (list) or 'response' (one string)",
+    )
+    g.add_argument(
+        "--k", type=int, help="responses per prompt (default 16 with --model; all given with --generations)"
+    )
+    g.add_argument("--backend", default="hf", help="rollout backend for --model (default hf)")
+    g.add_argument("--device", help="device for --model (default: the backend's, cpu for hf)")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--max-new-tokens", type=int, default=4096)
+    g.add_argument("--batch-size", type=int, help="max sequences per forward pass (hf)")
+    g.add_argument("--save-generations", metavar="FILE", help="also write the sampled responses and rewards")
+    g.add_argument("--report", metavar="FILE", help="statistics as JSON (default: KEPT.report.json)")
+    g.add_argument("--config", metavar="RECIPE", help=f"RL recipe whose 'reward' section scores {what}")
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted config override, repeatable, e.g. --set reward.num_workers=4",
+    )
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    def add(name: str, help_text: str, doc: str | None) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=(doc or help_text).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    from klear.data import convert, filters, sft_select
+
+    v = add("validate", "check a data file and print a summary", None)
+    v.add_argument("file")
+    v.add_argument(
+        "--kind", choices=["auto", "rl", "sft"], default="auto", help="row schema (default: detect)"
+    )
+    v.add_argument("--tokenizer", metavar="DIR", help="report lengths in tokens of this local tokenizer")
+
+    c = add(
+        "convert", "convert question/answer, messages or code-problem files to our schema", convert.__doc__
+    )
+    c.add_argument("input")
+    c.add_argument("--output", required=True, help=".jsonl, .json or .parquet")
+    c.add_argument("--shape", choices=["qa", "messages", "code"], default="qa")
+    c.add_argument("--to", choices=["rl", "sft"], help="row kind (default: sft for messages, rl otherwise)")
+    for key in ("question", "answer", "messages", "tests", "fn-name", "source"):
+        c.add_argument(f"--{key}-key", metavar="KEY", help=f"input field holding the {key.replace('-', ' ')}")
+    c.add_argument("--data-source", help="data_source (RL) / source (SFT) of every row")
+    c.add_argument("--ability", help="ability of every RL row (default: math, or code for --shape code)")
+    c.add_argument("--prompt-template", default="{question}", help="user turn text; {question} is replaced")
+    c.add_argument("--system-prompt", help="a system turn before the user turn")
+    c.add_argument("--keep", action="append", default=[], metavar="KEY", help="copy this input field along")
+    c.add_argument("--skip-invalid", action="store_true", help="write what converts; list the rest")
+    c.add_argument("--rejected", metavar="FILE", help="with --skip-invalid: write bad records and why")
+    _common(c, 10000)
+
+    ft = add(
+        "filter-tests",
+        "keep code prompts a strong model passes (> 0.5 of k) with >= 16 tests",
+        filters.__doc__,
+    )
+    ft.add_argument("input", help="RL rows with ability 'code'")
+    ft.add_argument("--kept", required=True)
+    ft.add_argument("--dropped", required=True)
+    ft.add_argument("--threshold", type=float, default=0.5, help="keep when pass rate > this (default 0.5)")
+    ft.add_argument("--min-tests", type=int, default=16, help="keep only prompts with this many tests (16)")
+    _sampling(ft, "the programs")
+    _common(ft, 64)
+
+    fm = add("filter-math", "keep math prompts a majority of k samples solve; tag pass rate", filters.__doc__)
+    fm.add_argument("input", help="RL rows (math)")
+    fm.add_argument("--kept", required=True)
+    fm.add_argument("--dropped", required=True)
+    fm.add_argument("--majority", type=float, default=0.5, help="keep when pass rate > this (default 0.5)")
+    _sampling(fm, "the answers")
+    _common(fm, 64)
+
+    s = add("sft-select", "top-K sources, correctness by difficulty, duplicate removal", sft_select.__doc__)
+    s.add_argument("inputs", nargs="+", help="SFT row files")
+    s.add_argument("--output", required=True)
+    s.add_argument("--dropped", help="also write dropped rows with 'selection.reason'")
+    s.add_argument("--report", help="report JSON (default: OUTPUT.report.json)")
+    q = s.add_mutually_exclusive_group(required=True)
+    q.add_argument(
+        "--quality", metavar="FILE", help="source -> score (JSON/YAML mapping or 'source<TAB>score')"
+    )
+    q.add_argument(
+        "--quality-command",
+        metavar="CMD",
+        help="command run per source ({file}: its rows as jsonl, {source}: its name); last stdout line = score",
+    )
+    s.add_argument("--quality-timeout", type=float, help="seconds allowed per quality command")
+    s.add_argument("--top-k", type=int, default=2, help="sources kept (default 2)")
+    s.add_argument(
+        "--easy-pass-rate",
+        type=float,
+        default=0.5,
+        help="difficulty (pass rate) at or above which a problem is easy: wrong responses dropped",
+    )
+    s.add_argument("--unknown-is-hard", action="store_true", help="rows without difficulty count as hard")
+    s.add_argument("--near-threshold", type=float, default=0.8, help="estimated Jaccard for a near duplicate")
+    s.add_argument("--no-near", action="store_true", help="remove exact duplicates only")
+    s.add_argument("--per-prompt", type=int, default=1, help="responses kept per prompt (default 1)")
+    s.add_argument("--num-perm", type=int, default=128)
+    s.add_argument("--bands", type=int, default=32)
+    s.add_argument("--shingle", type=int, default=5, help="character n-gram size")
+    _common(s, 10000)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _err(msg: str) -> None:
+    print(f"klear: error: {msg}", file=sys.stderr)
+
+
+def _write_json(path: str | Path, data: Any) -> None:
+    from klear.data.schema import write_text_atomic
+
+    write_text_atomic(path, [json.dumps(data, indent=2, ensure_ascii=False), "\n"])
+
+
+def _located_rows(path: str, kind: str) -> list[tuple[str, Any]]:
+    """(\"FILE: line N\", row) for every row; the first bad row raises DataError."""
+    from klear.data.schema import DataError, iter_rows
+
+    rows = [(f"{path}: {where}", row) for where, row in iter_rows(path, kind)]  # type: ignore[arg-type]
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def _check_outputs(*paths: str | None) -> None:
+    """Fail before any work on an output type we cannot write, or one file named for two outputs."""
+    from klear.data.schema import SUFFIXES, DataError
+
+    given = [Path(p).resolve() for p in paths if p is not None]
+    if len(set(given)) != len(given):
+        raise DataError(f"the same file is named for two outputs: {', '.join(str(p) for p in paths if p)}")
+    for p in paths:
+        if p is not None and Path(p).suffix.lower() not in SUFFIXES:
+            raise DataError(f"{p}: unsupported output type {Path(p).suffix!r}; use .jsonl, .json or .parquet")
+
+
+def run(args: argparse.Namespace) -> int:
+    from klear.config import ConfigError
+    from klear.data.schema import DataError
+
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "validate": run_validate,
+        "convert": run_convert,
+        "filter-tests": run_filter,
+        "filter-math": run_filter,
+        "sft-select": run_sft_select,
+    }
+    try:
+        return commands[args.data_command](args)
+    except (DataError, ConfigError) as exc:
+        _err(str(exc))
+        return 2
+
+
+# ---------------------------------------------------------------------------------------------
+# validate
+# ---------------------------------------------------------------------------------------------
+
+
+def percentiles(values: list[int]) -> dict[str, float]:
+    """p50/p90/p99/max of a list of lengths (nearest-rank, so every value is one that occurs)."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def rank(q: int) -> float:
+        return float(ordered[max(0, math.ceil(len(ordered) * q / 100) - 1)])
+
+    return {"p50": rank(50), "p90": rank(90), "p99": rank(99), "max": float(ordered[-1])}
+
+
+def summarize_file(path: str, kind: str, tokenizer: Any = None, progress: bool = False) -> dict[str, Any]:
+    """Rows, counts by source/ability (RL) or source/correct (SFT), lengths, and every bad row's message."""
+    from klear.data.schema import count_records, detect_kind, iter_rows
+    from klear.data.shards import progress_bar
+
+    kind = detect_kind(path) if kind == "auto" else kind
+    errors: list[str] = []
+    counts: dict[str, dict[str, int]] = {}
+    lengths: dict[str, list[int]] = {}
+    unit = "tokens" if tokenizer is not None else "chars"
+
+    def count(field: str, value: Any) -> None:
+        bucket = counts.setdefault(field, {})
+        bucket[str(value)] = bucket.get(str(value), 0) + 1
+
+    def size(turns: list[dict[str, str]], generation_prompt: bool) -> int:
+        if tokenizer is None:
+            return sum(len(t["content"]) for t in turns)
+        if getattr(tokenizer, "chat_template", None):  # as the rollout backend encodes a prompt
+            text = tokenizer.apply_chat_template(
+                turns, tokenize=False, add_generation_prompt=generation_prompt
+            )
+            return len(tokenizer.encode(text, add_special_tokens=False))
+        return len(tokenizer.encode("\n".join(t["content"] for t in turns), add_special_tokens=False))
+
+    n = 0
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"validate {Path(path).name}", total=count_records(path))
+        for _, row in iter_rows(path, kind, errors):  # type: ignore[arg-type]
+            n += 1
+            bar.advance(task)
+            d = row.to_dict()
+            if kind == "rl":
+                count("data_source", d["data_source"])
+                count("ability", d["ability"])
+                lengths.setdefault("prompt", []).append(size(d["prompt"], True))
+            else:
+                count("source", d.get("source"))
+                count("correct", d.get("correct"))
+                turns = d["messages"]
+                last = max(i for i, t in enumerate(turns) if t["role"] == "assistant")
+                lengths.setdefault("prompt", []).append(size(turns[:last], True))
+                lengths.setdefault("total", []).append(size(turns, False))
+                if d.get("difficulty") is not None:
+                    lengths.setdefault("difficulty_x100", []).append(round(100 * d["difficulty"]))
+    return {
+        "file": str(path),
+        "kind": kind,
+        "rows": n,
+        "invalid": len(errors),
+        "errors": errors,
+        "counts": counts,
+        "unit": unit,
+        "lengths": {k: percentiles(v) for k, v in lengths.items()},
+    }
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    s = summarize_file(args.file, args.kind, tokenizer, progress=True)
+    for e in s["errors"][:MAX_REPORTED_ERRORS]:
+        _err(e)
+    if s["invalid"] > MAX_REPORTED_ERRORS:
+        _err(f"... and {s['invalid'] - MAX_REPORTED_ERRORS} more invalid rows")
+    print(f"{s['file']}: {s['kind']} rows: {s['rows']} valid, {s['invalid']} invalid")
+    for field, bucket in s["counts"].items():
+        items = sorted(bucket.items(), key=lambda kv: (-kv[1], kv[0]))
+        print(f"  {field}: " + ", ".join(f"{k} {v}" for k, v in items))
+    for name, pct in s["lengths"].items():
+        unit = "" if name.startswith("difficulty") else f" {s['unit']}"
+        print(f"  {name}{unit}: " + "  ".join(f"{k} {v:g}" for k, v in pct.items()))
+    return 1 if s["invalid"] or not s["rows"] else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# convert
+# ---------------------------------------------------------------------------------------------
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from klear.data.convert import FieldMap, _prompt, convert_shard
+    from klear.data.schema import count_records, iter_records
+    from klear.data.shards import (
+        AtomicOutputs,
+        ShardStats,
+        default_work_dir,
+        finish_work_dir,
+        progress_bar,
+        run_sharded,
+    )
+
+    _check_outputs(args.output, args.rejected)
+    fm = FieldMap(
+        shape=args.shape,
+        to=args.to,
+        question_key=args.question_key,
+        answer_key=args.answer_key,
+        messages_key=args.messages_key,
+        tests_key=args.tests_key,
+        fn_name_key=args.fn_name_key,
+        source_key=args.source_key,
+        data_source=args.data_source,
+        ability=args.ability,
+        prompt_template=args.prompt_template,
+        system_prompt=args.system_prompt,
+        keep_keys=tuple(args.keep),
+    )
+    _prompt("x", fm)  # a bad template is a setting error, not a row error
+    src = Path(args.input)
+    work = Path(args.work_dir) if args.work_dir else default_work_dir(args.output)
+    items = ((f"{src}: {where}", i, rec) for i, (where, rec) in enumerate(iter_records(src)))
+    stats = ShardStats()
+    rejected: list[dict[str, Any]] = []
+    try:
+        with progress_bar(not args.no_progress) as bar:
+            task = bar.add_task("convert", total=count_records(src))
+            with AtomicOutputs({"rows": args.output, "rejected": args.rejected}) as out:
+                for routed in run_sharded(
+                    items,
+                    lambda chunk, _i: convert_shard(chunk, fm, src.stem),
+                    work_dir=work,
+                    params=["convert", dataclasses.asdict(fm), src.stem],
+                    shard_size=args.shard_size,
+                    key_of=lambda item: [item[1], item[2]],
+                    progress=lambda n: bar.advance(task, n),
+                    stats=stats,
+                ):
+                    rejected.extend(r for d, r in routed if d == "rejected")
+                    if not rejected or args.skip_invalid:
+                        out.write_all(routed)
+                    # else: keep converting (and caching) shards, to report every bad line at once
+                if rejected and not args.skip_invalid:
+                    raise _Abort
+    except _Abort:
+        for r in rejected[:MAX_REPORTED_ERRORS]:
+            _err(r["error"])
+        if len(rejected) > MAX_REPORTED_ERRORS:
+            _err(f"... and {len(rejected) - MAX_REPORTED_ERRORS} more bad records")
+        _err(f"nothing written; {len(rejected)} bad record(s) in {src} (--skip-invalid writes the rest)")
+        return 2
+    finish_work_dir(work, args.keep_work)
+    n = stats.counts.get("rows", 0)
+    for r in rejected[:MAX_REPORTED_ERRORS]:
+        _err(f"skipped {r['error']}")
+    print(
+        f"converted {n} of {stats.items} records from {src} to {args.output} ({fm.target} rows); "
+        f"{len(rejected)} rejected; shards: {stats.computed} computed, {stats.reused} reused"
+    )
+    return 0
+
+
+class _Abort(Exception):
+    """Leave an AtomicOutputs block without writing, then report."""
+
+
+# ---------------------------------------------------------------------------------------------
+# filter-tests / filter-math
+# ---------------------------------------------------------------------------------------------
+
+
+def _reward_config(recipe: str | None, overrides: list[str]) -> Any:
+    from klear.config import ConfigError, RLConfig, load_config, load_recipe
+
+    cfg = load_recipe(recipe, overrides) if recipe else load_config(RLConfig, None, overrides)
+    if not hasattr(cfg, "reward"):
+        raise ConfigError(f"recipe {recipe!r} has no 'reward' section (is it an RL recipe?)")
+    return cfg.reward
+
+
+def _dir_fingerprint(path: str) -> list[Any]:
+    """Names, sizes and mtimes of a model directory's files: new weights invalidate finished shards."""
+    root = Path(path)
+    if not root.is_dir():
+        from klear.data.schema import DataError
+
+        raise DataError(f"--model {path}: not a directory")
+    return [
+        [str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns]
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    ]
+
+
+class _Lazy:
+    """Build an expensive resource (reward pool, model) only when a shard actually needs it."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make, self.value = make, None
+
+    def get(self) -> Any:
+        if self.value is None:
+            self.value = self.make()
+        return self.value
+
+
+def run_filter(args: argparse.Namespace) -> int:
+    from klear.data.filters import Summary, backend_generator, filter_shard, load_generations, prompt_key
+    from klear.data.schema import DataError
+    from klear.data.shards import (
+        AtomicOutputs,
+        ShardStats,
+        default_work_dir,
+        finish_work_dir,
+        progress_bar,
+        run_sharded,
+        shard_seed,
+    )
+
+    mode = "code" if args.data_command == "filter-tests" else "math"
+    _check_outputs(args.kept, args.dropped, args.save_generations)
+    reward_cfg = _reward_config(args.config, args.overrides)
+    if mode == "code":  # judge every test; all-or-nothing stops at the first failure
+        reward_cfg = reward_cfg.model_copy(
+            update={"code": reward_cfg.code.model_copy(update={"max_tests": None, "mode": "hard"})}
+        )
+    rows = _located_rows(args.input, "rl")
+    generations = load_generations(args.generations) if args.generations else None
+    k = args.k if args.k is not None else (None if generations is not None else 16)
+    if k is not None and k < 1:
+        raise DataError(f"--k {k}: must be >= 1")
+    if generations is None:  # bad sampling settings fail now, not after the model has loaded
+        from klear.rollout import SamplingParams
+
+        try:
+            SamplingParams(
+                n=k or 1, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens
+            )
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+    source: Any = (
+        ["generations"]  # each row's own responses are part of its shard key (key_of)
+        if generations is not None
+        else [
+            "model",
+            args.model,
+            _dir_fingerprint(args.model),
+            args.backend,
+            args.temperature,
+            args.top_p,
+            args.max_new_tokens,
+        ]
+    )
+    params = [
+        "filter",
+        mode,
+        k,
+        args.seed,
+        args.threshold if mode == "code" else args.majority,
+        getattr(args, "min_tests", None),
+        reward_cfg.model_dump(mode="json"),
+        source,
+    ]
+
+    def make_pool() -> Any:
+        from klear.rewards.pool import RewardPool
+
+        return RewardPool(reward_cfg)
+
+    def make_generator() -> Any:
+        from klear.rollout import backend_class
+
+        kwargs: dict[str, Any] = {"seed": args.seed}
+        if args.device:
+            kwargs["device"] = args.device
+        if args.batch_size:
+            kwargs["max_batch_size"] = args.batch_size
+        backend = backend_class(args.backend).from_pretrained(args.model, **kwargs)
+        return backend_generator(backend, args.temperature, args.top_p, args.max_new_tokens)
+
+    pool, gen = _Lazy(make_pool), _Lazy(make_generator)
+
+    def process(chunk: list[tuple[str, Any]], index: int) -> Any:
+        return filter_shard(
+            chunk,
+            mode=mode,
+            score=lambda r, s: pool.get().score(r, s),
+            seed=shard_seed(args.seed, index),
+            generations=generations,
+            generate=None if generations is not None else lambda p, n, sd: gen.get()(p, n, sd),
+            k=k,
+            threshold=getattr(args, "threshold", 0.5),
+            min_tests=getattr(args, "min_tests", 16),
+            majority=getattr(args, "majority", 0.5),
+        )
+
+    def key_of(item: tuple[str, Any]) -> Any:
+        """A row's result depends on the row and its responses, not on its line number."""
+        row = item[1].to_dict()
+        return [row] if generations is None else [row, generations.get(prompt_key(item[1].prompt))]
+
+    work = Path(args.work_dir) if args.work_dir else default_work_dir(args.kept)
+    stats, summary = ShardStats(), Summary()
+    try:
+        with progress_bar(not args.no_progress) as bar:
+            task = bar.add_task(args.data_command, total=len(rows))
+            outputs = {"kept": args.kept, "dropped": args.dropped, "generations": args.save_generations}
+            with AtomicOutputs(outputs) as out:
+                for routed in run_sharded(
+                    rows,
+                    process,
+                    work_dir=work,
+                    params=params,
+                    shard_size=args.shard_size,
+                    key_of=key_of,
+                    progress=lambda n: bar.advance(task, n),
+                    stats=stats,
+                ):
+                    for dest, record in routed:
+                        summary.add(dest, record)
+                    out.write_all(routed)
+    finally:
+        if pool.value is not None:
+            pool.value.close()
+    finish_work_dir(work, args.keep_work)
+    report = {
+        "command": args.data_command,
+        "input": args.input,
+        "kept_file": args.kept,
+        "dropped_file": args.dropped,
+        "settings": {
+            "k": k,
+            "seed": args.seed,
+            "responses": "generations" if generations is not None else "model",
+            **(
+                {"threshold": args.threshold, "min_tests": args.min_tests}
+                if mode == "code"
+                else {"majority": args.majority}
+            ),
+        },
+        **summary.to_dict(),
+        "shards": {"total": stats.shards, "computed": stats.computed, "reused": stats.reused},
+    }
+    report_path = args.report or str(Path(args.kept).with_suffix(".report.json"))
+    _write_json(report_path, report)
+    reasons = ", ".join(f"{r} {n}" for r, n in report["reasons"].items()) or "none"
+    print(
+        f"{args.data_command}: {report['prompts']} prompts: kept {report['kept']} -> {args.kept}, "
+        f"dropped {report['dropped']} -> {args.dropped} ({reasons})\n"
+        f"pass-rate histogram (tenths 0.0..1.0): {report['pass_rate_histogram_tenths']}\n"
+        f"shards: {stats.computed} computed, {stats.reused} reused; report: {report_path}"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# sft-select
+# ---------------------------------------------------------------------------------------------
+
+
+def run_sft_select(args: argparse.Namespace) -> int:
+    from klear.data.schema import DataError, count_records, iter_rows
+    from klear.data.sft_select import MinHasher, measure_quality, read_quality_file, row_features, select
+    from klear.data.shards import (
+        AtomicOutputs,
+        ShardStats,
+        default_work_dir,
+        digest,
+        finish_work_dir,
+        progress_bar,
+        run_sharded,
+    )
+
+    _check_outputs(args.output, args.dropped)
+    if args.top_k < 1 or args.per_prompt < 1:
+        raise DataError("--top-k and --per-prompt must be >= 1")
+    if not 0.0 < args.near_threshold <= 1.0:
+        raise DataError(f"--near-threshold {args.near_threshold}: must be in (0, 1]")
+    try:
+        hasher = MinHasher(args.num_perm, args.bands, args.shingle, args.seed)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    quality_file = read_quality_file(args.quality) if args.quality else None
+    work = Path(args.work_dir) if args.work_dir else default_work_dir(args.output)
+
+    def all_rows() -> Any:
+        for path in args.inputs:
+            for where, row in iter_rows(path, "sft"):
+                yield f"{path}: {where}", row
+
+    # 1. per-row features, in resumable shards
+    stats = ShardStats()
+    features: list[dict[str, Any]] = []
+    params = [
+        "sft-features",
+        args.num_perm,
+        args.bands,
+        args.shingle,
+        args.seed,
+        args.easy_pass_rate,
+        args.unknown_is_hard,
+    ]
+    total = sum(count_records(p) or 0 for p in args.inputs) or None
+    with progress_bar(not args.no_progress) as bar:
+        task = bar.add_task("sft-select: features", total=total)
+        for routed in run_sharded(
+            all_rows(),
+            lambda chunk, _i: [
+                (
+                    "features",
+                    {
+                        **row_features(row, hasher, args.easy_pass_rate, args.unknown_is_hard),
+                        "row_digest": digest(row.to_dict())[:32],
+                        "where": where,
+                    },
+                )
+                for where, row in chunk
+            ],
+            work_dir=work / "features",
+            params=params,
+            shard_size=args.shard_size,
+            key_of=lambda item: [item[0], item[1].to_dict()],
+            progress=lambda n: bar.advance(task, n),
+            stats=stats,
+        ):
+            features.extend({**f, "sig": hasher.compact(f["sig"])} for _, f in routed)
+    if not features:
+        raise DataError(f"{', '.join(args.inputs)}: no rows")
+
+    # 2. source quality: given, or measured per source (cached: a measurement can be a training run)
+    sources = sorted({f["source"] for f in features})
+    if quality_file is not None:
+        quality = quality_file
+    else:
+        quality = {}
+        for source in sources:
+            rows_digest = digest([f["row_digest"] for f in features if f["source"] == source])
+            tag = digest(source)[:16]
+            cache = work / "quality" / f"{tag}.json"
+            key = digest([args.quality_command, source, rows_digest])
+            try:
+                cached = json.loads(cache.read_text())
+                if cached.get("key") == key:
+                    quality[source] = float(cached["score"])
+                    continue
+            except (OSError, ValueError, KeyError):
+                pass
+            rows_file = work / "quality" / f"{tag}.jsonl"
+            from klear.data.schema import write_text_atomic
+
+            write_text_atomic(
+                rows_file,
+                (
+                    json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
+                    for _, r in all_rows()
+                    if (r.source if r.source is not None else "<none>") == source
+                ),
+            )
+            quality[source] = measure_quality(args.quality_command, source, rows_file, args.quality_timeout)
+            _write_json(cache, {"key": key, "source": source, "score": quality[source]})
+
+    # 3. decide every row
+    sel = select(
+        features, quality, args.top_k, hasher, args.near_threshold, args.per_prompt, not args.no_near
+    )
+
+    # 4. write: stream the inputs again, routing each row by its decision
+    with progress_bar(not args.no_progress) as bar:
+        task = bar.add_task("sft-select: write", total=len(features))
+        with AtomicOutputs({"kept": args.output, "dropped": args.dropped}) as out:
+            for i, (_, row) in enumerate(all_rows()):
+                reason = sel.reasons[i]
+                if reason is None:
+                    out.write("kept", row.to_dict())
+                else:
+                    info: dict[str, Any] = {"reason": reason}
+                    if i in sel.duplicate_of:
+                        rep, similarity = sel.duplicate_of[i]
+                        info.update(duplicate_of=features[rep]["where"], similarity=round(similarity, 4))
+                    out.write("dropped", {**row.to_dict(), "selection": info})
+                bar.advance(task)
+    finish_work_dir(work, args.keep_work)
+
+    report = {
+        "inputs": args.inputs,
+        "output": args.output,
+        "settings": {
+            "top_k": args.top_k,
+            "easy_pass_rate": args.easy_pass_rate,
+            "unknown_is_hard": args.unknown_is_hard,
+            "near_threshold": args.near_threshold,
+            "near": not args.no_near,
+            "per_prompt": args.per_prompt,
+            "num_perm": args.num_perm,
+            "bands": args.bands,
+            "shingle": args.shingle,
+            "seed": args.seed,
+            "quality": args.quality or {"command": args.quality_command},
+        },
+        "rows": len(features),
+        "kept": sum(r is None for r in sel.reasons),
+        "reasons": {},
+        "sources": [
+            {
+                "source": s,
+                "quality": quality[s],
+                "rank": rank + 1,
+                "selected": s in sel.selected,
+                **sel.per_source[s],
+            }
+            for rank, s in enumerate(sel.ranked)
+        ],
+        "shards": {"total": stats.shards, "computed": stats.computed, "reused": stats.reused},
+    }
+    for r in sel.reasons:
+        if r is not None:
+            report["reasons"][r] = report["reasons"].get(r, 0) + 1
+    report_path = args.report or str(Path(args.output).with_suffix(".report.json"))
+    _write_json(report_path, report)
+    _print_selection(report, report_path)
+    return 0
+
+
+def _print_selection(report: dict[str, Any], report_path: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="sft-select: sources by quality")
+    for col in ("rank", "source", "quality", "selected", "rows", "kept", "dropped (why)"):
+        table.add_column(col)
+    fixed = {"source", "quality", "rank", "selected", "rows", "kept", "kept_unverified_or_wrong_hard"}
+    for s in report["sources"]:
+        why = ", ".join(f"{k} {v}" for k, v in s.items() if k not in fixed) or "-"
+        table.add_row(
+            str(s["rank"]),
+            s["source"],
+            f"{s['quality']:g}",
+            "yes" if s["selected"] else "no",
+            str(s["rows"]),
+            str(s["kept"]),
+            why,
+        )
+    console = Console(width=120)
+    console.print(table)
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(report["reasons"].items())) or "none"
+    console.print(f"kept {report['kept']} of {report['rows']} rows -> {report['output']}; dropped: {reasons}")
+    console.print(f"report: {report_path}")
