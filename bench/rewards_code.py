@@ -241,7 +241,7 @@ def bench_code(n_tests: int = 3000, firejail_tests: int | None = None, workers: 
     return out
 
 
-def _print(fig: dict) -> None:
+def print_code(fig: dict) -> None:
     print(f"code reward throughput, {fig['workers']} workers, {fig['program']}")
     rows = [("ours: fork server in bwrap", fig["ours"]), ("bare fork server, no isolation", fig["bare"])]
     rows += [("firejail per test (reference flags)", fig["firejail"])]
@@ -282,7 +282,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
     args = parser.parse_args()
     fig = bench_code(args.tests, args.firejail_tests, args.workers)
-    _print(fig)
+    print_code(fig)
     if args.json:
         print(json.dumps(fig, indent=2))
 

@@ -190,7 +190,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    r = bench_math(args.n, args.seed)
+    print_math(bench_math(args.n, args.seed))
+
+
+def print_math(r: dict[str, Any]) -> None:
     print(f"math verifications, n={r['n']} ({r['n_pathological']} pathological), {r['workers']} workers")
     print(f"  inline math_verify      {r['inline_per_s']:9.1f} /s")
     print(f"  klear pool              {r['pool_per_s']:9.1f} /s   ratio {r['ratio']:.1f}x  (target >= 3x)")
