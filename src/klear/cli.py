@@ -17,6 +17,7 @@ from klear import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
     "config": ("klear.config_cli", "validate a recipe with overrides and print the resolved config"),
+    "sft": ("klear.train.sft_cli", "supervised fine-tuning on chats (loss on assistant tokens)"),
 }
 
 
