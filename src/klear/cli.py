@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "klear.rewards.cli",
         "score responses offline with the reward pool (math, code, user functions)",
     ),
+    "sft": ("klear.train.sft_cli", "supervised fine-tuning on chats (loss on assistant tokens)"),
 }
 
 

@@ -126,8 +126,17 @@ class RunConfig(Section):
 
 class ModelConfig(Section):
     path: str | None = Field(None, description="local Hugging Face causal-LM directory")
-    tiny: bool = Field(False, description="build the built-in tiny model (random weights, local tokenizer)")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    tiny: bool = Field(
+        False,
+        description="with no model.path: build the built-in tiny Qwen3 (random weights seeded by run.seed)",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description=(
+            "auto: float32 weights, bfloat16 autocast on a CUDA GPU that supports it, float32 on CPU; "
+            "float32: no autocast; bfloat16/float16: weights held and trained in that dtype"
+        ),
+    )
     gradient_checkpointing: bool = False
     yarn_factor: float | None = Field(None, gt=1.0, description="YaRN rope scaling factor for long context")
     yarn_original_max_position: int | None = Field(None, gt=0)
@@ -159,13 +168,36 @@ class LoggingConfig(Section):
 
 
 class DataConfig(Section):
-    train_files: list[str] = Field(default_factory=list)
+    train_files: list[str] = Field(
+        default_factory=list,
+        description="JSONL/JSON/parquet rows: chat 'messages', or RL rows whose extra_info.solution is the target",
+    )
     val_files: list[str] = Field(default_factory=list)
-    task: str | None = Field(None, description="built-in procedural task instead of files")
-    task_train_size: int = Field(4096, ge=1, description="training problems drawn from the built-in task")
-    task_val_size: int = Field(128, ge=1, description="held-out problems drawn from the built-in task")
+    task: str | None = Field(
+        None, description="built-in procedural task instead of files (klear.tasks.TASKS)"
+    )
+    train_size: int = Field(20000, gt=0, description="problems drawn from the task's train split")
+    val_size: int = Field(200, ge=0, description="held-out problems drawn from the task's test split")
+    task_seed: int = Field(0, description="seed of the task's problem streams (independent of run.seed)")
     max_prompt_length: int = Field(1024, gt=0)
     shuffle: bool = True
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from klear.tasks import TASKS
+
+        if v not in TASKS:
+            raise ValueError(f"unknown built-in task {v!r}; allowed: {', '.join(sorted(TASKS))}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.task is not None and self.train_files:
+            raise ValueError("data.task and data.train_files are exclusive: pick one source of training rows")
+        return self
 
 
 class RolloutConfig(Section):
@@ -359,11 +391,34 @@ class RLConfig(Section):
 
 
 class SFTTrainerConfig(Section):
-    epochs: float = Field(1.0, gt=0.0)
-    max_length: int = Field(4096, gt=0)
-    batch_tokens: int = Field(16384, gt=0, description="tokens per optimizer step (packed)")
-    micro_batch_tokens: int = Field(16384, gt=0)
-    save_every: int = Field(0, ge=0)
+    epochs: float = Field(1.0, gt=0.0, description="passes over the training rows (fractions allowed)")
+    max_steps: int | None = Field(
+        None, ge=1, description="stop after this many optimizer steps (caps epochs)"
+    )
+    max_length: int = Field(4096, gt=0, description="tokens per example; longer examples are truncated")
+    batch_tokens: int = Field(
+        16384, gt=0, description="tokens per optimizer step (examples packed, no padding)"
+    )
+    micro_batch_tokens: int = Field(16384, gt=0, description="tokens per forward/backward (one packed row)")
+    log_every: int = Field(10, ge=1, description="steps between metric lines in metrics.jsonl")
+    save_every: int = Field(0, ge=0, description="steps between checkpoints (0: only the final model)")
+    eval_every: int = Field(0, ge=0, description="steps between held-out evaluations (0: only at the end)")
+    eval_max_new_tokens: int = Field(256, gt=0, description="generation budget of the held-out evaluation")
+    eval_batch_size: int = Field(256, gt=0, description="sequences per generation batch in evaluation")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+
+    @model_validator(mode="after")
+    def _tokens(self) -> SFTTrainerConfig:
+        if self.micro_batch_tokens < self.max_length:
+            raise ValueError(
+                f"trainer.micro_batch_tokens = {self.micro_batch_tokens} must be >= trainer.max_length = "
+                f"{self.max_length}: one example must fit in a micro-batch"
+            )
+        if self.batch_tokens < self.max_length:
+            raise ValueError(
+                f"trainer.batch_tokens = {self.batch_tokens} must be >= trainer.max_length = {self.max_length}"
+            )
+        return self
 
 
 class SFTConfig(Section):

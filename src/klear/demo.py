@@ -98,7 +98,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         "sft_accuracy": start["val/greedy_acc"],
         "rl_accuracy": end["val/greedy_acc"],
         "gain_points": 100 * (end["val/greedy_acc"] - start["val/greedy_acc"]),
-        "held_out_prompts": rl_cfg.data.task_val_size,
+        "held_out_prompts": rl_cfg.data.val_size,
         "accuracy_curve": [{"step": h["step"], "greedy_acc": h["val/greedy_acc"]} for h in vals],
         "seconds": {"sft": t_sft, "rl": t_rl, "total": time.perf_counter() - t0},
         "peak_rss_mib": _peak_rss_mib(),

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 
 from klear.config import RLConfig, build_config
 from klear.data.dynamic_sampling import keep_groups
+from klear.train.common import load_model, make_optimizer, pick_device, resolve_model_dir
 from klear.train.metrics import read_metrics
 from klear.train.rl import PromptStream, Sample, _old_logprobs, _update, train_rl
-from klear.train.setup import build_optimizer, load_model_and_tokenizer
 from klear.types import RewardResult, Rollout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def rl_config(out: Path, **sections) -> dict:
     cfg = {
         "run": {"name": "t", "out_dir": str(out), "seed": 3},
         "model": {"tiny": True, "dtype": "float32"},
-        "data": {"task": "addition", "task_train_size": 64, "task_val_size": 4},
+        "data": {"task": "addition", "train_size": 64, "val_size": 4},
         "rollout": {"n": 4, "max_new_tokens": 12},
         "reward": {"num_workers": 1, "custom": {"klear/addition": "tests.train.fixture_rewards:parity"}},
         "loss": {"type": "gppo", "sft_alpha": 0.1},
@@ -69,7 +69,7 @@ METRIC_KEYS = (
 
 def test_steps_update_the_policy_and_log_metrics(tmp_path):
     res = train_rl(build_config(RLConfig, rl_config(tmp_path / "run")))
-    init = weights(tmp_path / "run" / "tiny-init")
+    init = weights(tmp_path / "run" / "init")
     final = weights(res.final_model)
     assert any(not torch.equal(init[k], final[k]) for k in init)
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
@@ -125,11 +125,11 @@ def test_overlong_filter_masks_truncated_responses(tmp_path, overlong_filter):
     cfg = build_config(
         RLConfig, rl_config(tmp_path, overlong={"filter": overlong_filter}, loss={"sft_alpha": 0.1})
     )
-    model, tokenizer = load_model_and_tokenizer(cfg.model, tmp_path)
+    model, tokenizer = load_model(resolve_model_dir(cfg.model, tmp_path, 0), cfg.model, pick_device())
     kept = _hand_samples(tokenizer, truncated=True)
     _old_logprobs(model, [s for g in kept for s in g], tokenizer, cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    metrics = _update(model, build_optimizer(model, cfg.optim), kept, tokenizer, cfg)
+    metrics = _update(model, make_optimizer(model, cfg.optim), kept, tokenizer, cfg)
     changed = any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert changed is not overlong_filter  # every response truncated: filtered means nothing to learn
     assert metrics["actor/grad_norm"] == (

@@ -30,7 +30,7 @@ import torch
 from klear.algo.advantages import compute_advantages
 from klear.algo.aggregate import Normaliser
 from klear.algo.losses import policy_loss
-from klear.config import RLConfig, save_config
+from klear.config import DataConfig, RLConfig, save_config
 from klear.data.dynamic_sampling import keep_groups, overlong_penalty
 from klear.train.batch import make_batch, micro_batches, response_logprobs
 from klear.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
@@ -112,12 +112,7 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
     """Run RL as configured; ``init_model`` overrides ``model.path`` (the demo passes its SFT checkpoint)."""
     from klear.rewards.pool import RewardPool, reward_metrics
     from klear.rollout import SamplingParams, backend_class
-    from klear.train.setup import (
-        build_optimizer,
-        build_scheduler,
-        load_model_and_tokenizer,
-        train_and_val_rows,
-    )
+    from klear.train.common import load_model, make_optimizer, make_scheduler, pick_device, resolve_model_dir
 
     # 0. Set-up: seed, output dir with the resolved config, model, data, pool, sampler, optimizer.
     out = Path(cfg.run.out_dir)
@@ -125,14 +120,18 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
     save_config(cfg, out)
     _seed_everything(cfg.run.seed)
     _quiet_transformers()
-    model, tokenizer = load_model_and_tokenizer(cfg.model, out, init_path=init_model, seed=cfg.run.seed)
+    device = pick_device()
+    model_dir = (
+        Path(init_model) if init_model is not None else resolve_model_dir(cfg.model, out, cfg.run.seed)
+    )
+    model, tokenizer = load_model(model_dir, cfg.model, device)
     model.train()
-    train_rows, val_rows = train_and_val_rows(cfg.data, cfg.run.seed)
+    train_rows, val_rows = rl_rows(cfg.data, "train"), rl_rows(cfg.data, "test")
     if cfg.validation.max_prompts is not None:
         val_rows = val_rows[: cfg.validation.max_prompts]
     stream = PromptStream(train_rows, cfg.run.seed, cfg.data.shuffle)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.trainer.total_steps)
+    optimizer = make_optimizer(model, cfg.optim)
+    scheduler = make_scheduler(optimizer, cfg.optim, cfg.trainer.total_steps)
     sampler = backend_class(cfg.rollout.backend)(model, tokenizer, seed=cfg.run.seed)
     sampling = SamplingParams.from_config(cfg.rollout)
     n, groups_per_step = cfg.rollout.n, cfg.trainer.train_batch_size
@@ -276,6 +275,20 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
+def rl_rows(cfg: DataConfig, split: str) -> list[dict[str, Any]]:
+    """RL prompt rows: the built-in task's ``train``/``test`` split, or ``train_files``/``val_files``."""
+    if cfg.task:
+        from klear.tasks import task_rows
+
+        return task_rows(cfg.task, split, cfg.train_size if split == "train" else cfg.val_size, cfg.task_seed)
+    files = cfg.train_files if split == "train" else cfg.val_files
+    if split == "train" and not files:
+        raise ValueError("data: set data.task (a built-in task) or data.train_files")
+    from klear.data.schema import load_rl_rows
+
+    return [r.to_dict() for f in files for r in load_rl_rows(f)]
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -296,6 +309,14 @@ def _mixed_groups(batch: list[Sample], n: int, cfg: RLConfig) -> list[list[Sampl
     return [g for g, k in zip(_groups(batch, n), keep[::n].tolist(), strict=True) if k]
 
 
+def _autocast(model: torch.nn.Module, cfg: RLConfig):
+    """bf16 autocast on a GPU when ``model.dtype`` is auto (float32 master weights), else nothing."""
+    from klear.train.common import autocast, precision
+
+    device = next(model.parameters()).device
+    return autocast(device, precision(cfg.model.dtype, device)[1])
+
+
 def _pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -306,7 +327,8 @@ def _old_logprobs(model: torch.nn.Module, samples: list[Sample], tokenizer: Any,
     with torch.no_grad():
         for idx in micro_batches(rollouts, cfg.trainer.micro_batch_tokens):
             mb = make_batch([rollouts[i] for i in idx], _pad_id(tokenizer))
-            logp, _ = response_logprobs(model, mb, cfg.rollout.temperature)
+            with _autocast(model, cfg):
+                logp, _ = response_logprobs(model, mb, cfg.rollout.temperature)
             for row, i in enumerate(idx):
                 samples[i].old_logp = logp[row, : len(rollouts[i].response_ids)].cpu()
 
@@ -336,7 +358,8 @@ def _update(
             rollouts = [s.rollout for s in samples]
             for idx in micro_batches(rollouts, cfg.trainer.micro_batch_tokens):
                 mb = make_batch([rollouts[i] for i in idx], _pad_id(tokenizer))
-                logp, entropy = response_logprobs(model, mb, cfg.rollout.temperature, with_entropy=True)
+                with _autocast(model, cfg):
+                    logp, entropy = response_logprobs(model, mb, cfg.rollout.temperature, with_entropy=True)
                 resp_mask = mb.response_mask * torch.tensor([masks[i] for i in idx])[:, None]
                 old = torch.zeros_like(logp)
                 for row, i in enumerate(idx):
