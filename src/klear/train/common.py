@@ -24,6 +24,14 @@ from klear.config import ModelConfig, OptimConfig
 # ---------------------------------------------------------------------------------------------
 
 
+def quiet_transformers() -> None:
+    """Our own progress output replaces transformers' per-load progress bars and info logs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 

@@ -112,14 +112,21 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
     """Run RL as configured; ``init_model`` overrides ``model.path`` (the demo passes its SFT checkpoint)."""
     from klear.rewards.pool import RewardPool, reward_metrics
     from klear.rollout import SamplingParams, backend_class
-    from klear.train.common import load_model, make_optimizer, make_scheduler, pick_device, resolve_model_dir
+    from klear.train.common import (
+        load_model,
+        make_optimizer,
+        make_scheduler,
+        pick_device,
+        quiet_transformers,
+        resolve_model_dir,
+    )
 
     # 0. Set-up: seed, output dir with the resolved config, model, data, pool, sampler, optimizer.
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     _seed_everything(cfg.run.seed)
-    _quiet_transformers()
+    quiet_transformers()
     device = pick_device()
     model_dir = (
         Path(init_model) if init_model is not None else resolve_model_dir(cfg.model, out, cfg.run.seed)
@@ -265,14 +272,6 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
 
 
 # --- the pieces of the loop ------------------------------------------------------------------
-
-
-def _quiet_transformers() -> None:
-    """Our own progress output replaces transformers' per-load bars and info logs."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def rl_rows(cfg: DataConfig, split: str) -> list[dict[str, Any]]:

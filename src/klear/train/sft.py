@@ -36,6 +36,7 @@ from klear.train.common import (
     pack_rows,
     pick_device,
     precision,
+    quiet_transformers,
     resolve_model_dir,
     save_model,
     token_logprobs,
@@ -247,6 +248,7 @@ def run_sft(cfg: SFTConfig) -> SFTResult:
     tc = cfg.trainer
     # 1. Seeds, threads, output directory and the resolved config.
     torch.manual_seed(cfg.run.seed)
+    quiet_transformers()
     if tc.num_threads is not None:
         torch.set_num_threads(tc.num_threads)
     out = Path(cfg.run.out_dir)
