@@ -53,7 +53,10 @@ class MetricsLogger:
                 import wandb
             except ImportError as exc:  # pragma: no cover - depends on the optional extra
                 raise RuntimeError("logging.wandb=true needs `pip install klear[wandb]`") from exc
-            self._wandb = wandb.init(project=self.cfg.wandb_project, config=dict(run_config or {}))
+            # files under OUT/wandb; WANDB_MODE=offline works without a network (sync later)
+            self._wandb = wandb.init(
+                project=self.cfg.wandb_project, config=dict(run_config or {}), dir=str(self.path.parent)
+            )
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         row = {"step": step, "time": round(time.time(), 3)}
