@@ -339,6 +339,7 @@ class RLTrainerConfig(Section):
     ppo_epochs: int = Field(1, ge=1)
     micro_batch_tokens: int = Field(16384, ge=1, description="token budget per forward/backward")
     save_every: int = Field(50, ge=0, description="checkpoint every N steps (0: only at the end)")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
 
     @model_validator(mode="after")
     def _batches(self) -> RLTrainerConfig:

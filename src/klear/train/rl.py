@@ -126,6 +126,8 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     _seed_everything(cfg.run.seed)
+    if cfg.trainer.num_threads is not None:
+        torch.set_num_threads(cfg.trainer.num_threads)
     quiet_transformers()
     device = pick_device()
     model_dir = (
