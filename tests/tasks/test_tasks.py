@@ -8,7 +8,7 @@ import re
 import pytest
 
 from klear.tasks import TASKS, generate_problems, get_task, sft_messages, split_of, task_rows
-from klear.tasks.addition import column_steps
+from klear.tasks.addition import AdditionTask, column_steps, shift_steps
 from klear.tasks.arithmetic import reduction_steps
 
 BOXED = re.compile(r"\\boxed\{([^}]*)\}")
@@ -37,6 +37,32 @@ def test_addition_steps_are_written_carries():
         assert int(rebuilt) == a + b
         carries_in = [int(line.split("=")[0].split("+")[2]) for line in lines]
         assert carries_in == [0] + [s // 10 for s in sums[:-1]]
+
+
+def test_addition_shift_trace_copies_locally():
+    assert shift_steps(482, 9135) == [
+        "482+9135",
+        "48+913|2+5+0=7|7",
+        "4+91|8+3+0=11|17",
+        "0+9|4+1+1=6|617",
+        "0+0|0+9+0=9|9617",
+    ]
+    assert shift_steps(999, 1)[-1] == "0+0|9+0+1=10|1000"
+    rng = random.Random(1)
+    for _ in range(200):
+        a, b = rng.randint(100, 99999), rng.randint(100, 99999)
+        lines = shift_steps(a, b)
+        assert lines[-1].split("|")[-1] == str(a + b)
+        prev_a, prev_b = a, b
+        for line in lines[1:]:
+            nums, column, _ = line.split("|")
+            na, nb = (int(x) for x in nums.split("+"))
+            assert (na, nb) == (prev_a // 10, prev_b // 10)
+            x, y = (int(d) for d in column.split("=")[0].split("+")[:2])
+            assert (x, y) == (prev_a % 10, prev_b % 10)  # the digits just dropped
+            prev_a, prev_b = na, nb
+    p = AdditionTask(trace="columns").sample(random.Random(0))
+    assert "|" not in p.solution and str(eval(p.question)) == p.answer
 
 
 def test_arithmetic_steps_reduce_one_operation_at_a_time():

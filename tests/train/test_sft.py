@@ -124,7 +124,7 @@ def _tiny_cfg(tmp_path, **trainer):
             "optim": {"lr": 3e-3, "schedule": "cosine", "warmup_steps": 2, "weight_decay": 0.0},
             "trainer": {
                 "epochs": 10,
-                "max_length": 128,
+                "max_length": 192,
                 "batch_tokens": 512,
                 "micro_batch_tokens": 256,
                 "log_every": 1,
@@ -194,3 +194,25 @@ def test_recipes_parse():
     paper = load_config(SFTConfig, "recipes/klear-8b-sft.yaml")
     assert paper.optim.lr == 8e-5 and paper.optim.lr * paper.optim.min_lr_ratio == pytest.approx(4e-5)
     assert paper.trainer.epochs == 4 and paper.trainer.max_length == 32768
+
+
+@pytest.mark.slow
+def test_klear_sft_command_runs_a_recipe(tmp_path, capsys):
+    from klear.cli import main
+
+    rc = main(
+        [
+            "sft",
+            "recipes/demo-sft.yaml",
+            f"run.out_dir={tmp_path / 'cli'}",
+            "data.train_size=32",
+            "data.val_size=2",
+            "trainer.max_steps=2",
+            "trainer.eval_max_new_tokens=4",
+            "logging.progress=false",
+        ]
+    )
+    assert rc == 0
+    assert "sft: 2 steps" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "final" / "config.json").is_file()
+    assert main(["sft", "recipes/demo-sft.yaml", "trainer.max_length=0"]) == 2  # config error, not a crash

@@ -1,19 +1,20 @@
-"""Addition of two 3-5 digit numbers, worked column by column with written carries.
+"""Addition of two 3-5 digit numbers, worked right to left with written carries.
 
-The solution writes one line per column, least significant first, as
-``a+b+c=s`` where ``c`` is the carry coming in and ``s`` the column sum; the carry
-out is the tens digit of ``s``. Example for ``482+9135``::
+Two traces; the default ``shift`` is the one a 2-layer model learns (see ``shift_steps``)::
 
     <think>
-    2+5+0=7
-    8+3+0=11
-    4+1+1=6
-    0+9+0=9
+    482+9135
+    48+913|2+5+0=7|7
+    4+91|8+3+0=11|17
+    0+9|4+1+1=6|617
+    0+0|0+9+0=9|9617
     </think>
     \\boxed{9617}
 
-Small models learn this far faster than the bare sum: every line depends only on two
-digits located by position and on the previous line.
+``columns`` writes only the column lines (``2+5+0=7``, ``8+3+0=11``, ...): half the tokens,
+but each line must find its digits by counting positions in the question and the answer
+must be read back in reverse: the tiny model was still at 0% held-out greedy accuracy on it
+after 300 SFT steps of 2K tokens (loss 0.23 per token).
 """
 
 from __future__ import annotations
@@ -22,6 +23,35 @@ import random
 from dataclasses import dataclass
 
 from klear.tasks.base import Problem, format_solution
+
+
+def shift_steps(a: int, b: int) -> list[str]:
+    """Written carries where every lookup is local (the ``shift`` trace).
+
+    Line k copies both numbers without their last k digits, then the column just
+    consumed (the last digits of the previous line's numbers), then the result so far::
+
+        482+9135
+        48+913|2+5+0=7|7
+        4+91|8+3+0=11|17
+        0+9|4+1+1=6|617
+        0+0|0+9+0=9|9617
+
+    The digits a column needs sit right before the previous line's ``+`` and ``|``,
+    and the result grows by one digit per line, so a 2-layer model only ever copies
+    from the line above instead of counting positions in the question.
+    """
+    steps = [f"{a}+{b}"]
+    ra, rb, carry, result = str(a), str(b), 0, ""
+    while ra or rb:
+        x, y = int(ra[-1]) if ra else 0, int(rb[-1]) if rb else 0
+        ra, rb = ra[:-1], rb[:-1]
+        s = x + y + carry
+        last = not ra and not rb
+        result = (str(s) if last else str(s % 10)) + result
+        steps.append(f"{ra or 0}+{rb or 0}|{x}+{y}+{carry}={s}|{result}")
+        carry = s // 10
+    return steps
 
 
 def column_steps(a: int, b: int) -> list[str]:
@@ -44,6 +74,7 @@ class AdditionTask:
     name: str = "addition"
     min_digits: int = 3
     max_digits: int = 5
+    trace: str = "shift"  # "shift" (local lookups, see shift_steps) or "columns" (column lines only)
 
     def sample(self, rng: random.Random) -> Problem:
         a, b = (self._number(rng) for _ in range(2))
@@ -51,7 +82,7 @@ class AdditionTask:
         return Problem(
             question=f"{a}+{b}",
             answer=answer,
-            solution=format_solution(column_steps(a, b), answer),
+            solution=format_solution((shift_steps if self.trace == "shift" else column_steps)(a, b), answer),
             meta={"a": a, "b": b},
         )
 
