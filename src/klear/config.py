@@ -340,6 +340,14 @@ class RLTrainerConfig(Section):
     micro_batch_tokens: int = Field(16384, ge=1, description="token budget per forward/backward")
     save_every: int = Field(50, ge=0, description="checkpoint every N steps (0: only at the end)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+    old_logprobs: Literal["auto", "recompute", "rollout"] = Field(
+        "auto",
+        description=(
+            "log-probs of the sampling policy: recompute with a forward pass, or take the sampler's "
+            "(exact only when the sampler is the trainer's own module, no autocast, no top-p/top-k); "
+            "auto takes the sampler's exactly when that holds"
+        ),
+    )
 
     @model_validator(mode="after")
     def _batches(self) -> RLTrainerConfig:

@@ -18,7 +18,7 @@ from klear.config import RLConfig, build_config
 from klear.data.dynamic_sampling import keep_groups
 from klear.train.common import load_model, make_optimizer, pick_device, resolve_model_dir
 from klear.train.metrics import read_metrics
-from klear.train.rl import PromptStream, Sample, _old_logprobs, _update, train_rl
+from klear.train.rl import PromptStream, Sample, _old_logprobs, _update, reuse_rollout_logprobs, train_rl
 from klear.types import RewardResult, Rollout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,3 +186,36 @@ def test_sigkill_and_resume_reproduces_the_next_step(tmp_path):
     a = weights(tmp_path / "a" / "checkpoints" / "step_000003" / "model")
     b = weights(tmp_path / "b" / "checkpoints" / "step_000003" / "model")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sampler_logprobs_equal_recomputed_ones_where_reused(tmp_path):
+    cfg = build_config(RLConfig, rl_config(tmp_path, rollout={"max_new_tokens": 24, "temperature": 0.7}))
+    device = pick_device()
+    assert reuse_rollout_logprobs(cfg, device)
+    model, tokenizer = load_model(resolve_model_dir(cfg.model, tmp_path, 0), cfg.model, device)
+    from klear.rollout import SamplingParams
+    from klear.rollout.hf import HFRolloutBackend
+    from klear.tasks import task_rows
+
+    rows = task_rows("addition", "train", 3, 0)
+    backend = HFRolloutBackend(model, tokenizer, seed=0)
+    rollouts = backend.generate([r["prompt"] for r in rows], SamplingParams.from_config(cfg.rollout))
+    samples = [Sample({}, ro, RewardResult(0.0, False), 0.0) for ro in rollouts]
+    _old_logprobs(model, samples, tokenizer, cfg)
+    for s in samples:
+        torch.testing.assert_close(s.old_logp, torch.tensor(s.rollout.logprobs), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, True),
+        ({"rollout": {"top_p": 0.9}}, False),  # the sampler's distribution is truncated
+        ({"rollout": {"top_k": 20}}, False),
+        ({"trainer": {"old_logprobs": "recompute"}}, False),
+        ({"rollout": {"top_p": 0.9}, "trainer": {"old_logprobs": "rollout"}}, True),  # the user insists
+    ],
+)
+def test_when_sampler_logprobs_are_reused(tmp_path, overrides, expected):
+    cfg = build_config(RLConfig, rl_config(tmp_path, **overrides))
+    assert reuse_rollout_logprobs(cfg, torch.device("cpu")) is expected

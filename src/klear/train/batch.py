@@ -1,8 +1,11 @@
 """From rollouts to tensors: padded micro-batches and per-token log-probs of the response tokens.
 
 Sequences are ``prompt_ids + response_ids`` exactly as sampled (nothing is
-re-tokenised), right-padded per micro-batch. Log-probs come back
-response-aligned, ``[B, R_max]`` with a mask, which is the shape every loss takes.
+re-tokenised), right-padded per micro-batch, sorted by length so padding stays
+small (RL responses of one step have similar lengths; SFT, with very unequal
+examples, packs them instead: ``klear.train.common.pack_rows``). Log-probs come
+back response-aligned, ``[B, R_max]`` with a mask, which is the shape every loss
+takes; only the response positions' logits are normalised.
 """
 
 from __future__ import annotations
@@ -91,12 +94,13 @@ def response_logprobs(
     pred = logits.gather(1, pos[:, :, None].expand(-1, -1, logits.shape[-1])).float()
     if temperature > 0 and temperature != 1.0:
         pred = pred / temperature
-    logp_all = torch.log_softmax(pred, dim=-1)
+    # log p(target) = logit[target] - logsumexp(logits): no vocabulary-sized log-softmax kept for backward
+    lse = torch.logsumexp(pred, dim=-1)
     targets = ids.gather(1, pos + 1)
-    logp = logp_all.gather(-1, targets[:, :, None]).squeeze(-1)
+    logp = pred.gather(-1, targets[:, :, None]).squeeze(-1) - lse
     entropy = None
     if with_entropy:
         with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
+            entropy = lse - (torch.softmax(pred, dim=-1) * pred).sum(-1)
     mask = batch.response_mask.to(device)
     return logp * mask, (entropy * mask if entropy is not None else None)

@@ -225,9 +225,14 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
                 for s, a in zip(samples, adv.tolist(), strict=True):
                     s.advantage = a
 
-            # 3. Old log-probs under the policy that sampled (recomputed by the trainer's own forward).
+            # 3. Old log-probs under the policy that sampled: the sampler's own when they are exact
+            #    (same module, same precision, untruncated distribution), else a forward pass.
             t0 = time.perf_counter()
-            _old_logprobs(model, samples, tokenizer, cfg)
+            if reuse_rollout_logprobs(cfg, device):
+                for s in samples:
+                    s.old_logp = torch.tensor(s.rollout.logprobs, dtype=torch.float32)
+            else:
+                _old_logprobs(model, samples, tokenizer, cfg)
             timing["old_logprob"] = time.perf_counter() - t0
 
             # 4. PPO epochs over mini-batches of groups; one optimizer step per mini-batch.
@@ -244,6 +249,7 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
             # 5. Metrics.
             metrics = _step_metrics(generated, samples, kept, gen_batches, update, timing, reward_metrics)
             metrics["actor/lr"] = scheduler.get_last_lr()[0]
+            metrics["batch/old_logprobs_from_rollout"] = float(reuse_rollout_logprobs(cfg, device))
             metrics["time/step"] = time.perf_counter() - t_step
             tokens = sum(len(s.rollout.prompt_ids) + len(s.rollout.response_ids) for s in generated)
             metrics["perf/tokens_per_s"] = tokens / metrics["time/step"]
@@ -320,6 +326,23 @@ def _autocast(model: torch.nn.Module, cfg: RLConfig):
 
 def _pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def reuse_rollout_logprobs(cfg: RLConfig, device: torch.device) -> bool:
+    """Whether the sampler's log-probs are the old policy's, so the trainer need not recompute them.
+
+    True for ``trainer.old_logprobs=rollout``; with ``auto`` only when they are the same
+    numbers up to kernel rounding: the HF backend samples from the trainer's own module,
+    nothing autocasts, and top-p/top-k do not truncate the sampled distribution.
+    """
+    from klear.train.common import precision
+
+    mode = cfg.trainer.old_logprobs
+    if mode != "auto":
+        return mode == "rollout"
+    r = cfg.rollout
+    untruncated = r.top_p == 1.0 and r.top_k <= 0 and r.temperature > 0
+    return r.backend == "hf" and untruncated and precision(cfg.model.dtype, device)[1] is None
 
 
 def _old_logprobs(model: torch.nn.Module, samples: list[Sample], tokenizer: Any, cfg: RLConfig) -> None:
