@@ -22,12 +22,15 @@ Tokens are prompt + response tokens of the step's sequences (as both libraries
 count them: TRL's ``num_input_tokens_seen``, our ``perf/tokens_per_s``). Start-up
 (model load, trainer construction, worker start) is not timed, and the first step
 of every run is a warm-up that is dropped. Runs alternate ours / TRL / TRL / ours
-... (``--rounds``) so that drift in machine load hits both; medians are reported.
-An untrained model rarely emits its stop token, so both generate about
-``max_new_tokens`` per response; the mean lengths are printed.
+... (``--rounds``) so that drift in machine load hits both; medians are reported,
+and the ratio of each round's adjacent pair of runs. Both sides run torch with
+``--threads`` intra-op threads (1 by default: on a shared 2-core machine two threads
+made step times swing several-fold). The untrained model stops only by chance, so
+responses run to about two thirds of ``max_new_tokens`` on average; the mean lengths
+of both sides are printed.
 
     pip install trl   # benchmark-only dependency; install torch==2.13.0 first
-    python bench/rl_step.py [--steps 2 --rounds 2 --prompts 16 --n 8 --max-new-tokens 96]
+    python bench/rl_step.py [--steps 2 --rounds 3 --prompts 16 --n 8 --max-new-tokens 96 --threads 1]
 
 Prints a table, then one JSON line with every figure.
 """
@@ -270,20 +273,26 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     from klear.tasks.tiny import build_tiny_model
 
-    torch.set_num_threads(max(1, args.threads or torch.get_num_threads()))
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="klear-bench-rl-") as tmp:
         work = Path(tmp)
         model_dir = build_tiny_model(work / "tiny", seed=args.seed)
         ours: list[dict[str, float]] = []
         trl_: list[dict[str, float]] = []
+        round_ratios = []
         for r in range(args.rounds):
             order = ("ours", "trl") if r % 2 == 0 else ("trl", "ours")
+            runs = {}
             for side in order:
                 out = work / f"{side}-{r}"
-                if side == "ours":
-                    ours += run_ours(args, model_dir, out)
-                else:
-                    trl_ += run_trl(args, model_dir, out)
+                runs[side] = (
+                    run_ours(args, model_dir, out) if side == "ours" else run_trl(args, model_dir, out)
+                )
+            ours += runs["ours"]
+            trl_ += runs["trl"]
+            # the two runs of a round are adjacent in time: their ratio is least affected by load drift
+            round_ratios.append(_median(runs["ours"], "tokens_per_s") / _median(runs["trl"], "tokens_per_s"))
     tps_ours, tps_trl = _median(ours, "tokens_per_s"), _median(trl_, "tokens_per_s")
     return {
         "bench": "rl_step",
@@ -294,7 +303,12 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "max_new_tokens": args.max_new_tokens,
         "timed_steps": {"ours": len(ours), "trl": len(trl_)},
         "tokens_per_s": {"ours": round(tps_ours, 1), "trl": round(tps_trl, 1)},
+        "tokens_per_s_per_step": {
+            "ours": [round(s["tokens_per_s"], 1) for s in ours],
+            "trl": [round(s["tokens_per_s"], 1) for s in trl_],
+        },
         "ratio": round(tps_ours / tps_trl, 3),
+        "ratio_per_round": [round(x, 3) for x in round_ratios],
         "step_seconds": {
             "ours": round(_median(ours, "seconds"), 3),
             "trl": round(_median(trl_, "seconds"), 3),
@@ -326,7 +340,8 @@ def format_report(res: dict[str, Any]) -> str:
         + "  ".join(f"{k} {v:.2f}" for k, v in ph["ours"].items()),
         f"  {'TRL':6} {tps['trl']:>10.1f} {sec['trl']:>8.2f} {ln['trl']:>9.1f}  "
         f"gen {ph['trl']['gen']:.2f}  rest {sec['trl'] - ph['trl']['gen']:.2f}",
-        f"  ratio ours/TRL: {res['ratio']:.2f}x (target >= {res['target_ratio']}x)",
+        f"  ratio ours/TRL: {res['ratio']:.2f}x (target >= {res['target_ratio']}x); per round: "
+        + ", ".join(f"{x:.2f}x" for x in res["ratio_per_round"]),
         "  TRL's reward: in-process exact match (same verdicts; ours goes through the reward worker pool)",
     ]
     return "\n".join(lines)
@@ -335,14 +350,20 @@ def format_report(res: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=2, help="timed RL steps per run, after one warm-up step")
-    p.add_argument("--rounds", type=int, default=2, help="runs per side, alternating ours/TRL")
+    p.add_argument("--rounds", type=int, default=3, help="runs per side, alternating ours/TRL")
     p.add_argument("--prompts", type=int, default=16, help="prompts per step")
     p.add_argument("--n", type=int, default=8, help="samples per prompt")
     p.add_argument("--mini-batches", type=int, default=4, help="optimizer steps per RL step")
     p.add_argument("--max-new-tokens", type=int, default=96, help="response budget (the demo's)")
     p.add_argument("--train-size", type=int, default=512, help="addition problems to draw prompts from")
     p.add_argument("--reward-workers", type=int, default=2, help="our reward pool's worker processes")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads, both sides (0: torch's default). 1 by default: on a shared 2-core "
+        "machine two threads made step times swing several-fold, and the tiny model's matmuls gain little",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.prompts % args.mini_batches:

@@ -29,7 +29,7 @@ def test_rl_step_bench_runs_both_sides_and_prints_the_ratio(capsys):
     out = capsys.readouterr().out
     assert res["tokens_per_s"]["ours"] > 0 and res["tokens_per_s"]["trl"] > 0
     assert res["ratio"] == pytest.approx(res["tokens_per_s"]["ours"] / res["tokens_per_s"]["trl"], rel=0.01)
-    assert res["timed_steps"] == {"ours": 1, "trl": 1}
+    assert res["timed_steps"] == {"ours": 1, "trl": 1} and len(res["ratio_per_round"]) == 1
     # the same batch on both sides: 4 prompts x 2 samples, at most 4 response tokens each
     assert 0 < res["completion_len_mean"]["ours"] <= 4 and 0 < res["completion_len_mean"]["trl"] <= 4
     tokens = res["tokens_per_step"]
