@@ -125,7 +125,7 @@ def run_ours(args: argparse.Namespace, model_dir: Path, out: Path) -> list[dict[
         steps.append(
             {
                 "seconds": t,
-                "tokens": r["perf/tokens_per_s"] * t,
+                "tokens": round(r["perf/tokens_per_s"] * t),
                 "tokens_per_s": r["perf/tokens_per_s"],
                 "completion_len": r["response/length_mean"],
                 "gen": r.get("time/gen", 0.0),
