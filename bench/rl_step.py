@@ -67,22 +67,16 @@ def require_trl() -> Any:
 
 
 def data_section(n_train: int) -> dict[str, Any]:
-    """Our ``data`` config for the built-in task (the size keys are read from DataConfig: they may be renamed)."""
+    """Our ``data`` config: the built-in task, ``n_train`` training problems (task_seed 0 on both sides)."""
+    return {"task": TASK, "train_size": n_train, "val_size": 1, "max_prompt_length": 64}
+
+
+def train_rows(n_train: int) -> list[dict[str, Any]]:
+    """The very rows our trainer draws its prompts from (``klear.train.rl.rl_rows`` with the same config)."""
     from klear.config import DataConfig
+    from klear.train.rl import rl_rows
 
-    fields = DataConfig.model_fields
-    train_key = "task_train_size" if "task_train_size" in fields else "train_size"
-    val_key = "task_val_size" if "task_val_size" in fields else "val_size"
-    return {"task": TASK, train_key: n_train, val_key: 1, "max_prompt_length": 64}
-
-
-def train_rows(n_train: int, seed: int) -> list[dict[str, Any]]:
-    """The very rows our trainer draws its prompts from (``train_and_val_rows`` with the same config)."""
-    from klear.config import DataConfig
-    from klear.train.setup import train_and_val_rows
-
-    rows, _ = train_and_val_rows(DataConfig(**data_section(n_train)), seed)
-    return rows
+    return rl_rows(DataConfig(**data_section(n_train)), "train")
 
 
 # --- ours -----------------------------------------------------------------------------------
@@ -172,7 +166,7 @@ def run_trl(args: argparse.Namespace, model_dir: Path, out: Path) -> list[dict[s
     from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    rows = train_rows(args.train_size, args.seed)
+    rows = train_rows(args.train_size)
     dataset = Dataset.from_list(
         [{"prompt": r["prompt"], "ground_truth": r["reward_model"]["ground_truth"]} for r in rows]
     )
