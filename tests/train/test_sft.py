@@ -216,3 +216,4 @@ def test_klear_sft_command_runs_a_recipe(tmp_path, capsys):
     assert "sft: 2 steps" in capsys.readouterr().out
     assert (tmp_path / "cli" / "final" / "config.json").is_file()
     assert main(["sft", "recipes/demo-sft.yaml", "trainer.max_length=0"]) == 2  # config error, not a crash
+    assert main(["sft", "recipes/demo-sft.yaml", "data.task=null", f"run.out_dir={tmp_path / 'x'}"]) == 2

@@ -14,7 +14,8 @@ Two traces; the default ``shift`` is the one a 2-layer model learns (see ``shift
 ``columns`` writes only the column lines (``2+5+0=7``, ``8+3+0=11``, ...): half the tokens,
 but each line must find its digits by counting positions in the question and the answer
 must be read back in reverse: the tiny model was still at 0% held-out greedy accuracy on it
-after 300 SFT steps of 2K tokens (loss 0.23 per token).
+after 300 SFT steps of 2K tokens (loss 0.23 per token). On the shift trace it reached 32-55%
+after 600 steps (recipes/demo-sft.yaml), after a late phase change (0% at step 300).
 """
 
 from __future__ import annotations

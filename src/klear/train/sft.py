@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from klear.config import DataConfig, SFTConfig, save_config
+from klear.config import ConfigError, DataConfig, SFTConfig, save_config
 from klear.train.common import (
     PackedBatch,
     autocast,
@@ -152,6 +152,8 @@ def load_rows(data: DataConfig, split: str) -> list[dict[str, Any]]:
         n = data.train_size if split == "train" else data.val_size
         return task_rows(data.task, split, n, seed=data.task_seed)  # type: ignore[arg-type]
     files = data.train_files if split == "train" else data.val_files
+    if split == "train" and not files:
+        raise ConfigError("no training data: set data.task (a built-in task) or data.train_files")
     return [row for f in files for row in read_rows(f)]
 
 
