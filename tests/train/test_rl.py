@@ -182,10 +182,23 @@ def test_sigkill_and_resume_reproduces_the_next_step(tmp_path):
     train_rl(build_config(RLConfig, cfg_b))
     resumed = read_metrics(tmp_path / "b" / "metrics.jsonl")
     assert [r["step"] for r in resumed] == [1, 2, 3]
-    assert comparable(resumed[2]) == comparable(uninterrupted[2])
+    got, want = comparable(resumed[2]), comparable(uninterrupted[2])
+    assert got.keys() == want.keys()
+    # same samples, rewards, counts and groups exactly; float statistics to 1e-6 (CPU kernels are not
+    # bit-reproducible across processes: their results can depend on buffer alignment)
+    for key in (
+        "reward/mean",
+        "reward/accuracy",
+        "response/length_mean",
+        "batch/kept_groups",
+        "batch/gen_batches",
+    ):
+        assert got[key] == want[key], key
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
     a = weights(tmp_path / "a" / "checkpoints" / "step_000003" / "model")
     b = weights(tmp_path / "b" / "checkpoints" / "step_000003" / "model")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
 
 
 def test_sampler_logprobs_equal_recomputed_ones_where_reused(tmp_path):
