@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -557,11 +555,9 @@ def save_config(cfg: BaseModel, out_dir: str | Path, name: str = "config.yaml") 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / name
-    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, target)
+    from klear.io import write_atomic
+
+    write_atomic(target, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     return target
 
 

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from klear.config import RLConfig, SFTConfig, load_config
+from klear.io import write_atomic
 
 #: The loss variants ``--compare`` runs: name -> overrides of the demo RL recipe.
 VARIANTS: dict[str, list[str]] = {
@@ -67,13 +66,6 @@ def rl_config(s: DemoSettings, out: Path, extra: list[str] | tuple[str, ...] = (
     )
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def run_demo(s: DemoSettings) -> dict[str, Any]:
     """SFT, then GPPO RL, then the before/after table; returns (and writes) the summary."""
     from klear.train.rl import train_rl
@@ -105,7 +97,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         "final_model": str(rl.final_model),
         "config": {"sft": sft_cfg.model_dump(mode="json"), "rl": rl_cfg.model_dump(mode="json")},
     }
-    _atomic_json(s.out / "summary.json", summary)
+    write_atomic(s.out / "summary.json", json.dumps(summary, indent=2))
     _print_table(summary)
     return summary
 
@@ -136,7 +128,7 @@ def run_compare(s: DemoSettings, seeds: int) -> dict[str, Any]:
     finals = {name: _ci([r["curve"][-1][1] for r in rs]) for name, rs in runs.items()}
     result = {"seeds": seeds, "gain": table, "final_accuracy": finals, "runs": runs}
     result["seconds"] = time.perf_counter() - t0
-    _atomic_json(root / "compare.json", result)
+    write_atomic(root / "compare.json", json.dumps(result, indent=2))
     md = _compare_markdown(result)
     (root / "compare.md").write_text(md)
     _plot_compare(runs, root / "compare.png")

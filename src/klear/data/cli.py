@@ -178,9 +178,9 @@ def _err(msg: str) -> None:
 
 
 def _write_json(path: str | Path, data: Any) -> None:
-    from klear.data.schema import write_text_atomic
+    from klear.io import write_atomic
 
-    write_text_atomic(path, [json.dumps(data, indent=2, ensure_ascii=False), "\n"])
+    write_atomic(path, [json.dumps(data, indent=2, ensure_ascii=False), "\n"])
 
 
 def _located_rows(path: str, kind: str) -> list[tuple[str, Any]]:
@@ -681,9 +681,9 @@ def run_sft_select(args: argparse.Namespace) -> int:
             except (OSError, ValueError, KeyError):
                 pass
             rows_file = work / "quality" / f"{tag}.jsonl"
-            from klear.data.schema import write_text_atomic
+            from klear.io import write_atomic
 
-            write_text_atomic(
+            write_atomic(
                 rows_file,
                 (
                     json.dumps(r.to_dict(), ensure_ascii=False) + "\n"

@@ -31,13 +31,13 @@ all three sends them hunting.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from klear.io import atomic_path, write_atomic
 
 #: File types every data command reads and writes.
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
@@ -257,28 +257,6 @@ def detect_kind(path: str | Path) -> RowKind:
 # ---------------------------------------------------------------------------------------------
 
 
-def _atomic_target(path: Path) -> tuple[Path, Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return path, Path(tmp)
-
-
-def write_text_atomic(path: str | Path, chunks: Iterable[str]) -> None:
-    """Write ``chunks`` to a temp file beside ``path``, fsync, rename: readers never see half a file."""
-    path, tmp = _atomic_target(Path(path))
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _empty_structs_to_null(value: Any) -> Any:
     """``{}`` anywhere inside a value -> None (parquet cannot store a struct without fields)."""
     if isinstance(value, dict):
@@ -314,11 +292,11 @@ def write_rows(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
             yield json.dumps(record, ensure_ascii=False) + "\n"
 
     if suffix in (".jsonl", ".ndjson"):
-        write_text_atomic(path, lines())
+        write_atomic(path, lines())
     elif suffix == ".json":
         items = list(records)
         count = len(items)
-        write_text_atomic(path, [json.dumps(items, ensure_ascii=False, indent=1), "\n"])
+        write_atomic(path, [json.dumps(items, ensure_ascii=False, indent=1), "\n"])
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -332,16 +310,11 @@ def write_rows(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
             raise DataError(
                 f"{path}: rows do not fit one parquet schema ({exc}); write .jsonl instead"
             ) from None
-        path, tmp = _atomic_target(path)
         try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                pq.write_table(table, tmp)
         except pa.ArrowException as exc:
-            tmp.unlink(missing_ok=True)
             raise DataError(
                 f"{path}: cannot write these rows as parquet ({exc}); write .jsonl instead"
             ) from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
     return count

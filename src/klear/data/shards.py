@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from klear.data.schema import DataError, write_rows
+from klear.io import atomic_open
 
 #: A shard's result: (destination name, JSON-serialisable record) pairs, in output order.
 Routed = list[tuple[str, dict[str, Any]]]
@@ -105,19 +106,10 @@ def _read_shard(path: Path, key: str) -> Routed | None:
 
 
 def _write_shard(path: Path, key: str, routed: Routed) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"key": key, "count": len(routed)}) + "\n")
-            for dest, record in routed:
-                f.write(json.dumps([dest, record], ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        f.write(json.dumps({"key": key, "count": len(routed)}) + "\n")
+        for dest, record in routed:
+            f.write(json.dumps([dest, record], ensure_ascii=False) + "\n")
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

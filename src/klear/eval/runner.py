@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from klear.eval.benchmarks import Problem
 from klear.eval.metrics import DEFAULT_N_BOOT, BenchmarkSummary, ScoredSample, summarize_samples
 from klear.eval.report import render_markdown
+from klear.io import write_atomic
 
 if TYPE_CHECKING:
     from klear.config import RewardConfig
@@ -218,21 +218,6 @@ def sample_record(
 
 
 # ----------------------------------------------------------------------------- files
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temp file beside ``path``, fsync, rename: a reader sees the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _append_lines(path: Path, records: Sequence[Mapping[str, Any]]) -> None:

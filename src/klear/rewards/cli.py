@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from klear.io import write_atomic
 
 MAX_REPORTED_ERRORS = 20
 
@@ -97,21 +97,6 @@ def read_rows(path: Path, reward_cfg: Any) -> tuple[list[tuple[int, dict[str, An
                 continue
             rows.append((lineno, row))
     return rows, errors
-
-
-def write_atomic(path: Path, lines: list[str]) -> None:
-    """Write ``lines`` to a temp file beside ``path``, fsync, then rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run(args: argparse.Namespace) -> int:

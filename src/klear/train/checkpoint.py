@@ -14,7 +14,6 @@ The ``model/`` directory loads as is with transformers (and vLLM).
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import tempfile
@@ -23,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from klear.io import write_atomic
 
 
 def rng_state() -> dict[str, Any]:
@@ -38,15 +39,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(
@@ -82,7 +74,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _atomic_write_text(root / "latest", name + "\n")
+    write_atomic(root / "latest", name + "\n")
     return final
 
 
