@@ -22,7 +22,7 @@ fi
 
 stamp=.make/installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! $PY -c "import klear" 2>/dev/null; then
-  echo "[install] klear (editable, with dev extras)"
-  $PY -m pip install -q -e ".[dev]"
+  echo "[install] klear (editable, with dev and bench extras)"
+  $PY -m pip install -q -e ".[dev,bench]"
   mkdir -p .make && touch "$stamp"
 fi

@@ -184,7 +184,7 @@ def test_sigkill_and_resume_reproduces_the_next_step(tmp_path):
     assert [r["step"] for r in resumed] == [1, 2, 3]
     got, want = comparable(resumed[2]), comparable(uninterrupted[2])
     assert got.keys() == want.keys()
-    # same samples, rewards, counts and groups exactly; float statistics to 1e-6 (CPU kernels are not
+    # same samples, rewards, counts and groups exactly; float statistics to 1e-5 (CPU kernels are not
     # bit-reproducible across processes: their results can depend on buffer alignment)
     for key in (
         "reward/mean",
@@ -194,7 +194,7 @@ def test_sigkill_and_resume_reproduces_the_next_step(tmp_path):
         "batch/gen_batches",
     ):
         assert got[key] == want[key], key
-    assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
     a = weights(tmp_path / "a" / "checkpoints" / "step_000003" / "model")
     b = weights(tmp_path / "b" / "checkpoints" / "step_000003" / "model")
     for k in a:
