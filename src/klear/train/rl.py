@@ -398,7 +398,9 @@ def _update(
                     if k in ("loss", "pg_loss", "sft_loss"):
                         sums[k] += float(v)  # already normalised globally: sum over micro-batches
                     elif k == "ratio_max":
-                        sums[k] = max(sums[k], float(v))
+                        sums[k] = max(sums.get(k, 0.0), float(v))
+                    elif k == "ratio_min":
+                        sums[k] = min(sums.get(k, float("inf")), float(v))
                     else:
                         sums[k] += float(v) * w
                         counts[k] += int(w)
