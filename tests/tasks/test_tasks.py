@@ -65,6 +65,16 @@ def test_addition_shift_trace_copies_locally():
     assert "|" not in p.solution and str(eval(p.question)) == p.answer
 
 
+@pytest.mark.parametrize(("name", "low", "high"), [("addition", 3, 5), ("addition-2to3", 2, 3)])
+def test_addition_variants_draw_their_digit_range(name, low, high):
+    lengths = set()
+    for p in generate_problems(name, "train", 300, seed=0):
+        a, b = p.question.split("+")
+        lengths |= {len(a), len(b)}
+        assert p.solution.split("\n")[1] == p.question  # the shift trace starts from the question
+    assert lengths == set(range(low, high + 1))
+
+
 def test_arithmetic_steps_reduce_one_operation_at_a_time():
     p = next(p for p in generate_problems("arithmetic", "train", 500, seed=0) if "(" in p.question)
     steps = p.solution.split("</think>")[0].removeprefix("<think>\n").strip().split("\n")

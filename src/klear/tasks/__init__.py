@@ -36,6 +36,7 @@ HELDOUT_FRACTION = 0.1
 
 TASKS: dict[str, Task] = {
     "addition": AdditionTask(),
+    "addition-2to3": AdditionTask(name="addition-2to3", min_digits=2, max_digits=3),
     "arithmetic": ArithmeticTask(),
 }
 
