@@ -197,8 +197,10 @@ def test_sigkill_and_resume_reproduces_the_next_step(tmp_path):
     assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
     a = weights(tmp_path / "a" / "checkpoints" / "step_000003" / "model")
     b = weights(tmp_path / "b" / "checkpoints" / "step_000003" / "model")
+    # Adam's m / sqrt(v) magnifies that rounding where a gradient is ~0 (seen: 1.3e-6 on 9 of 65536
+    # weights); a real resume bug (lost optimizer state, wrong RNG) moves nearly every weight by ~lr = 1e-3
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
 def test_sampler_logprobs_equal_recomputed_ones_where_reused(tmp_path):
