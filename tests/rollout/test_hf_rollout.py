@@ -182,3 +182,40 @@ def test_sampling_params_validation_and_registry():
     assert backend_class("hf") is HFRolloutBackend
     with pytest.raises(ValueError, match="not available"):
         backend_class("vllm")
+
+
+def test_sampled_rows_do_not_depend_on_batching_or_splitting(backend, prompts):
+    """Keyed randomness: the same (seed, group, sample) gives the same response in any batch."""
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=10, seed=7)
+    groups = [100 + i for i in range(len(prompts))]
+    whole = backend.generate(prompts, params, groups=groups)
+    halves = backend.generate(prompts[:3], params, groups=groups[:3]) + backend.generate(
+        prompts[3:], params, groups=groups[3:]
+    )
+    chunked = HFRolloutBackend(backend.model, backend.tokenizer, max_batch_size=3).generate(
+        prompts, params, groups=groups
+    )
+    for other in (halves, chunked):
+        assert [r.response_ids for r in other] == [r.response_ids for r in whole]
+        for a, b in zip(other, whole, strict=True):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+    # another group id is another draw
+    moved = backend.generate(prompts, params, groups=[g + 1000 for g in groups])
+    assert [r.response_ids for r in moved] != [r.response_ids for r in whole]
+
+
+def test_inverse_cdf_samples_the_distribution_and_never_a_zero_probability_token():
+    from klear.rollout.hf import inverse_cdf
+
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3, 0.0]])
+    # edges: u = 0 picks the first token with mass, u -> 1 the last one with mass
+    assert inverse_cdf(probs, torch.tensor([0.0])).item() == 1
+    assert inverse_cdf(probs, torch.tensor([1.0 - 1e-7])).item() == 4
+    assert inverse_cdf(probs, torch.tensor([0.2])).item() == 3  # cdf[1] = 0.2 is not > 0.2
+    u = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
+    picks = inverse_cdf(probs.expand(len(u), -1), u)
+    freq = torch.bincount(picks, minlength=6).float() / len(u)
+    assert freq[[0, 2, 5]].sum() == 0
+    assert freq.tolist() == pytest.approx(probs[0].tolist(), abs=5e-3)
+    # unnormalised rows are normalised
+    assert inverse_cdf(torch.tensor([[2.0, 2.0]]), torch.tensor([0.6])).item() == 1

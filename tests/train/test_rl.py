@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 from klear.config import RLConfig, build_config
 from klear.data.dynamic_sampling import keep_groups
 from klear.train.common import load_model, make_optimizer, pick_device, resolve_model_dir
+from klear.train.learner import Sample, merge_stats, old_logprobs, pad_id, update_policy
 from klear.train.metrics import read_metrics
-from klear.train.rl import PromptStream, Sample, _old_logprobs, _update, reuse_rollout_logprobs, train_rl
+from klear.train.rl import PromptStream, reuse_rollout_logprobs, train_rl
 from klear.types import RewardResult, Rollout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,6 +105,17 @@ def test_keep_groups_uses_the_configured_metric():
         False,
         False,
     ]
+
+
+def _old_logprobs(model, samples, tokenizer, cfg):
+    for s, lp in zip(
+        samples, old_logprobs(model, [s.rollout for s in samples], pad_id(tokenizer), cfg), strict=True
+    ):
+        s.old_logp = lp
+
+
+def _update(model, optimizer, kept, tokenizer, cfg):
+    return merge_stats([update_policy(model, optimizer, kept, pad_id(tokenizer), cfg)])
 
 
 def _hand_samples(tokenizer, truncated: bool) -> list[list[Sample]]:

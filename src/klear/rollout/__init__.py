@@ -47,8 +47,10 @@ class SamplingParams:
     """How to sample: ``n`` responses per prompt, stopping at a stop token or ``max_new_tokens``.
 
     temperature 0 means greedy. top_k <= 0 and top_p = 1 disable those filters.
-    seed: a fixed seed makes this call reproducible on its own; None continues the
-    backend's own generator (seeded once at construction), which makes a whole run
+    seed: the call's seed. Each sampled row's randomness is keyed by (call seed, group,
+    sample index), so a fixed seed makes the call reproducible on its own, independent of
+    batching or of how prompts are split over workers; None takes the backend's next call
+    seed (from its construction seed and a call counter), which makes a whole run
     reproducible from its seed.
     """
 

@@ -1,13 +1,20 @@
 """The Hugging Face transformers rollout backend: a batched sampling loop over the model's KV cache.
 
-Why a loop of our own rather than ``model.generate``: it samples from a
-``torch.Generator`` (``generate`` draws from the global RNG), it returns the log-prob of
+Why a loop of our own rather than ``model.generate``: it samples from per-row seeded
+generators (``generate`` draws from the global RNG), it returns the log-prob of
 each sampled token under the distribution it was drawn from, and it drops finished rows
 from the batch and the cache, so a batch whose responses end early stops paying for
 them. In greedy mode it produces exactly what ``generate`` does (tested).
 
 Prompts are left-padded into one batch; positions are counted from each prompt's first
 real token, so a padded prompt sees the same positions as an unpadded one.
+
+Randomness is keyed, not streamed: every sampled row draws its uniforms from its own
+generator, seeded from (call seed, group, sample index). A row's response therefore does
+not depend on which other rows share its batch, how a call is chunked, or how prompts are
+split across rollout workers (``klear.dist``): one process and N workers sample the same
+responses. The call seed is ``SamplingParams.seed`` when given, else the backend's seed
+mixed with a call counter, which is the backend's whole RNG state (exact resume).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import hashlib
 
 import torch
 from torch import Tensor
@@ -61,6 +70,27 @@ def process_logits(logits: Tensor, temperature: float, top_k: int, top_p: float)
     return x.log_softmax(-1)
 
 
+def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """Token index per row with ``P(index = k) = probs[k] / sum(probs)``, from uniforms ``u`` in [0, 1).
+
+    The first k with cdf[k] > u * total: never a zero-probability token, never out of range.
+    """
+    cdf = probs.float().cumsum(-1)
+    target = (u.float() * cdf[:, -1])[:, None]
+    return (cdf <= target).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def row_seed(call_seed: int, group: int | str, sample: int) -> int:
+    """A 63-bit seed for one sampled row, from the call's seed, the row's group and sample index."""
+    key = f"{call_seed}:{group!r}:{sample}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+def call_seed(seed: int, calls: int) -> int:
+    """The seed of a backend's ``calls``-th unseeded generate call."""
+    return row_seed(seed, "call", calls)
+
+
 @torch.no_grad()
 def sample_batch(
     model: torch.nn.Module,
@@ -68,10 +98,12 @@ def sample_batch(
     sampling: SamplingParams,
     stop_ids: Iterable[int],
     pad_id: int,
-    generator: torch.Generator | None,
+    row_seeds: Sequence[int] | None = None,
 ) -> tuple[list[list[int]], list[list[float]], list[bool]]:
     """Sample one response per prompt (expand prompts beforehand for n > 1).
 
+    ``row_seeds[i]`` seeds prompt i's own generator (required unless greedy); the token at
+    each step is the inverse CDF of the sampling distribution at one uniform draw.
     Returns (response ids, log-probs, truncated) per prompt; a response includes its stop token.
     """
     device = next(model.parameters()).device
@@ -87,6 +119,9 @@ def sample_batch(
     input_ids, attention = input_ids.to(device), attention.to(device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
+    if not sampling.greedy and (row_seeds is None or len(row_seeds) != bsz):
+        raise ValueError("sampling needs one seed per prompt (row_seeds)")
+    gens = [torch.Generator().manual_seed(int(s)) for s in row_seeds] if not sampling.greedy else []
 
     # 2. Prefill: one forward pass over the prompts fills the KV cache.
     out = model(
@@ -110,7 +145,8 @@ def sample_batch(
             token = logp.argmax(-1)
         else:
             logp = process_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-            token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+            u = torch.cat([torch.rand(1, generator=gens[r]) for r in rows.tolist()]).to(device)
+            token = inverse_cdf(logp.exp(), u)
         token_logp = logp.gather(-1, token[:, None]).squeeze(-1)
         done = torch.isin(token, stops)
         for r, t, lp, d in zip(
@@ -169,7 +205,8 @@ class HFRolloutBackend:
         self.pad_id = int(pad if pad is not None else self.stop_ids[0])
         self.max_batch_size = max_batch_size
         self.device = next(model.parameters()).device
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.seed = int(seed)
+        self.calls = 0  # the RNG state: call seeds are derived from (seed, calls)
 
     @classmethod
     def from_pretrained(
@@ -202,9 +239,9 @@ class HFRolloutBackend:
             raise ValueError(f"{len(groups)} groups for {len(prompts)} prompts")
         encoded = [self.encode(p) for p in prompts]
         expanded = [ids for ids in encoded for _ in range(sampling.n)]  # prompt-major
-        generator = self.generator
-        if sampling.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        call_seed = self.next_call_seed() if sampling.seed is None else sampling.seed
+        keys = list(groups) if groups is not None else list(range(len(prompts)))
+        seeds = [row_seed(call_seed, keys[k // sampling.n], k % sampling.n) for k in range(len(expanded))]
         chunk = self.max_batch_size or len(expanded) or 1
         was_training = self.model.training
         self.model.eval()
@@ -217,7 +254,7 @@ class HFRolloutBackend:
                     sampling,
                     self.stop_ids,
                     self.pad_id,
-                    generator,
+                    seeds[start : start + chunk],
                 )
                 for acc, new in zip(results, part, strict=True):
                     acc.extend(new)
@@ -248,12 +285,17 @@ class HFRolloutBackend:
         state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
         self.model.load_state_dict(state, strict=True)
 
-    def get_rng_state(self) -> Tensor:
-        """The sampler's generator state (for exact resume)."""
-        return self.generator.get_state()
+    def next_call_seed(self) -> int:
+        """The seed of the next call without a fixed ``SamplingParams.seed`` (advances the state)."""
+        self.calls += 1
+        return call_seed(self.seed, self.calls)
 
-    def set_rng_state(self, state: Tensor) -> None:
-        self.generator.set_state(state)
+    def get_rng_state(self) -> dict[str, int]:
+        """The sampler's RNG state (for exact resume): its seed and the number of seeded calls."""
+        return {"seed": self.seed, "calls": self.calls}
+
+    def set_rng_state(self, state: dict[str, int]) -> None:
+        self.seed, self.calls = int(state["seed"]), int(state["calls"])
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

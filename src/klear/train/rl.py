@@ -28,14 +28,11 @@ import numpy as np
 import torch
 
 from klear.algo.advantages import compute_advantages
-from klear.algo.aggregate import Normaliser
-from klear.algo.losses import policy_loss
 from klear.config import DataConfig, RLConfig, save_config
 from klear.data.dynamic_sampling import keep_groups, overlong_penalty
-from klear.train.batch import make_batch, micro_batches, response_logprobs
-from klear.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, set_rng_state
+from klear.train.checkpoint import latest_checkpoint, set_rng_state
+from klear.train.learner import LocalLearner, Sample
 from klear.train.metrics import MetricsLogger, plot_curves
-from klear.types import RewardResult, Rollout
 
 log = logging.getLogger("klear.rl")
 
@@ -51,18 +48,6 @@ CURVE_KEYS = [
     "actor/approx_kl",
     "batch/kept_groups",
 ]
-
-
-@dataclass
-class Sample:
-    """One scored rollout travelling through a step."""
-
-    row: dict[str, Any]
-    rollout: Rollout
-    result: RewardResult
-    reward: float  # after overlong shaping
-    advantage: float = 0.0
-    old_logp: torch.Tensor | None = None  # [len(response)] under the policy before this step's updates
 
 
 @dataclass
@@ -109,19 +94,17 @@ class PromptStream:
 
 
 def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: bool = True) -> RLResult:
-    """Run RL as configured; ``init_model`` overrides ``model.path`` (the demo passes its SFT checkpoint)."""
-    from klear.rewards.pool import RewardPool, reward_metrics
-    from klear.rollout import SamplingParams, backend_class
-    from klear.train.common import (
-        load_model,
-        make_optimizer,
-        make_scheduler,
-        pick_device,
-        quiet_transformers,
-        resolve_model_dir,
-    )
+    """Run RL as configured; ``init_model`` overrides ``model.path`` (the demo passes its SFT checkpoint).
 
-    # 0. Set-up: seed, output dir with the resolved config, model, data, pool, sampler, optimizer.
+    The loop talks to three engines: a learner (model, optimizer, schedule), a sampler and a
+    reward pool -- in this process, or spread over a Ray cluster with ``dist.backend=ray``
+    (``klear.dist``); the loop is the same.
+    """
+    from klear.rewards.pool import reward_metrics
+    from klear.rollout import SamplingParams
+    from klear.train.common import quiet_transformers, resolve_model_dir
+
+    # 0. Set-up: seed, output dir with the resolved config, engines, data.
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
@@ -129,35 +112,36 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
     quiet_transformers()
-    device = pick_device()
     model_dir = (
         Path(init_model) if init_model is not None else resolve_model_dir(cfg.model, out, cfg.run.seed)
     )
-    model, tokenizer = load_model(model_dir, cfg.model, device)
-    model.train()
     train_rows, val_rows = rl_rows(cfg.data, "train"), rl_rows(cfg.data, "test")
     if cfg.validation.max_prompts is not None:
         val_rows = val_rows[: cfg.validation.max_prompts]
     stream = PromptStream(train_rows, cfg.run.seed, cfg.data.shuffle)
-    optimizer = make_optimizer(model, cfg.optim)
-    scheduler = make_scheduler(optimizer, cfg.optim, cfg.trainer.total_steps)
-    sampler = backend_class(cfg.rollout.backend)(model, tokenizer, seed=cfg.run.seed)
     sampling = SamplingParams.from_config(cfg.rollout)
     n, groups_per_step = cfg.rollout.n, cfg.trainer.train_batch_size
     gen_prompts = cfg.trainer.gen_batch_size or groups_per_step
     ckpt_root = out / "checkpoints"
-
-    start_step = 0
     ckpt = latest_checkpoint(ckpt_root) if resume else None
-    if ckpt is not None:
-        start_step = _restore(ckpt, model, optimizer, scheduler, stream, sampler)
-        log.info("resumed from %s (step %d)", ckpt, start_step)
-    logger = MetricsLogger(
-        out, cfg.logging, cfg.model_dump(mode="json"), resume_step=start_step if ckpt else None
-    )
-    pool = RewardPool(cfg.reward)
+
+    learner, sampler, pool = _engines(cfg, model_dir)
+    reuse_logprobs = reuse_rollout_logprobs(cfg, learner.device)
     history: list[dict[str, Any]] = []
+    logger = None
     try:
+        start_step = 0
+        if ckpt is not None:
+            state = learner.restore(ckpt)
+            sampler.update_weights(learner.weights())
+            stream.load(state["extra"]["stream"])
+            sampler.set_rng_state(state["extra"]["sampler_rng"])
+            set_rng_state(state["rng"])
+            start_step = int(state["step"])
+            log.info("resumed from %s (step %d)", ckpt, start_step)
+        logger = MetricsLogger(
+            out, cfg.logging, cfg.model_dump(mode="json"), resume_step=start_step if ckpt else None
+        )
         if start_step == 0 and cfg.validation.every > 0 and val_rows:
             val = _validate(sampler, pool, val_rows, cfg, sampling)
             logger.log(0, val)
@@ -166,7 +150,6 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
         for step in range(start_step + 1, cfg.trainer.total_steps + 1):
             t_step = time.perf_counter()
             timing: dict[str, float] = defaultdict(float)
-            model.eval()
 
             # 1. Sample and score, keeping groups with signal (dynamic sampling), until the batch is full.
             kept: list[list[Sample]] = []
@@ -228,11 +211,11 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
             # 3. Old log-probs under the policy that sampled: the sampler's own when they are exact
             #    (same module, same precision, untruncated distribution), else a forward pass.
             t0 = time.perf_counter()
-            if reuse_rollout_logprobs(cfg, device):
+            if reuse_logprobs:
                 for s in samples:
                     s.old_logp = torch.tensor(s.rollout.logprobs, dtype=torch.float32)
             else:
-                _old_logprobs(model, samples, tokenizer, cfg)
+                learner.old_logprobs(samples)
             timing["old_logprob"] = time.perf_counter() - t0
 
             # 4. PPO epochs over mini-batches of groups; one optimizer step per mini-batch.
@@ -240,16 +223,14 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
             t0 = time.perf_counter()
             update: dict[str, float] = {}
             if kept:
-                model.train()
-                update = _update(model, optimizer, kept, tokenizer, cfg)
-                scheduler.step()
-                sampler.update_weights(model)
+                update = learner.update(kept)
+                sampler.update_weights(learner.weights())
             timing["update"] = time.perf_counter() - t0
 
             # 5. Metrics.
             metrics = _step_metrics(generated, samples, kept, gen_batches, update, timing, reward_metrics)
-            metrics["actor/lr"] = scheduler.get_last_lr()[0]
-            metrics["batch/old_logprobs_from_rollout"] = float(reuse_rollout_logprobs(cfg, device))
+            metrics["actor/lr"] = learner.lr()
+            metrics["batch/old_logprobs_from_rollout"] = float(reuse_logprobs)
             metrics["time/step"] = time.perf_counter() - t_step
             tokens = sum(len(s.rollout.prompt_ids) + len(s.rollout.response_ids) for s in generated)
             metrics["perf/tokens_per_s"] = tokens / metrics["time/step"]
@@ -267,11 +248,15 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
             # 7. Checkpoint (model as a plain HF directory, plus everything needed to resume exactly).
             save_every = cfg.trainer.save_every
             if (save_every and step % save_every == 0) or step == cfg.trainer.total_steps:
-                extra = {"stream": stream.state(), "sampler_rng": sampler.get_rng_state()}
-                save_checkpoint(ckpt_root, step, model, tokenizer, optimizer, scheduler, extra)
+                learner.save(
+                    ckpt_root, step, {"stream": stream.state(), "sampler_rng": sampler.get_rng_state()}
+                )
     finally:
         pool.close()
-        logger.close()
+        sampler.close()
+        learner.close()
+        if logger is not None:
+            logger.close()
     final = latest_checkpoint(ckpt_root)
     final_model = (final / "model") if final is not None else out
     rows = history or []
@@ -296,6 +281,22 @@ def rl_rows(cfg: DataConfig, split: str) -> list[dict[str, Any]]:
     return [r.to_dict() for f in files for r in load_rl_rows(f)]
 
 
+def _engines(cfg: RLConfig, model_dir: Path) -> tuple[Any, Any, Any]:
+    """(learner, sampler, reward pool): in this process, or Ray actors for ``dist.backend=ray``."""
+    if cfg.dist.backend == "ray":
+        from klear.dist import ray_engines
+
+        return ray_engines(cfg, model_dir)
+    from klear.rewards.pool import RewardPool
+
+    learner = LocalLearner(cfg, model_dir)
+    try:
+        return learner, learner.sampler(cfg.run.seed), RewardPool(cfg.reward)
+    except BaseException:
+        learner.close()
+        raise
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -316,18 +317,6 @@ def _mixed_groups(batch: list[Sample], n: int, cfg: RLConfig) -> list[list[Sampl
     return [g for g, k in zip(_groups(batch, n), keep[::n].tolist(), strict=True) if k]
 
 
-def _autocast(model: torch.nn.Module, cfg: RLConfig):
-    """bf16 autocast on a GPU when ``model.dtype`` is auto (float32 master weights), else nothing."""
-    from klear.train.common import autocast, precision
-
-    device = next(model.parameters()).device
-    return autocast(device, precision(cfg.model.dtype, device)[1])
-
-
-def _pad_id(tokenizer: Any) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
 def reuse_rollout_logprobs(cfg: RLConfig, device: torch.device) -> bool:
     """Whether the sampler's log-probs are the old policy's, so the trainer need not recompute them.
 
@@ -343,90 +332,6 @@ def reuse_rollout_logprobs(cfg: RLConfig, device: torch.device) -> bool:
     r = cfg.rollout
     untruncated = r.top_p == 1.0 and r.top_k <= 0 and r.temperature > 0
     return r.backend == "hf" and untruncated and precision(cfg.model.dtype, device)[1] is None
-
-
-def _old_logprobs(model: torch.nn.Module, samples: list[Sample], tokenizer: Any, cfg: RLConfig) -> None:
-    """Set ``old_logp`` of every sample: response log-probs under the current policy, without gradient."""
-    rollouts = [s.rollout for s in samples]
-    with torch.no_grad():
-        for idx in micro_batches(rollouts, cfg.trainer.micro_batch_tokens):
-            mb = make_batch([rollouts[i] for i in idx], _pad_id(tokenizer))
-            with _autocast(model, cfg):
-                logp, _ = response_logprobs(model, mb, cfg.rollout.temperature)
-            for row, i in enumerate(idx):
-                samples[i].old_logp = logp[row, : len(rollouts[i].response_ids)].cpu()
-
-
-def _update(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    kept: list[list[Sample]],
-    tokenizer: Any,
-    cfg: RLConfig,
-) -> dict[str, float]:
-    """PPO epochs: each mini-batch of groups is one optimizer step with a global token-mean normaliser."""
-    sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
-    mb_groups = cfg.trainer.ppo_mini_batch_size
-    for _epoch in range(cfg.trainer.ppo_epochs):
-        for start in range(0, len(kept), mb_groups):
-            samples = [s for g in kept[start : start + mb_groups] for s in g]
-            masks = [_loss_mask(s, cfg) for s in samples]
-            lengths = torch.tensor([len(s.rollout.response_ids) for s in samples])
-            all_mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
-            all_mask = all_mask.float() * torch.tensor(masks)[:, None]
-            sft = torch.tensor([s.result.correct for s in samples])
-            norm = Normaliser.of(all_mask, norm_len=cfg.rollout.max_new_tokens)
-            sft_norm = Normaliser.of(all_mask * sft[:, None].float(), norm_len=cfg.rollout.max_new_tokens)
-            optimizer.zero_grad(set_to_none=True)
-            rollouts = [s.rollout for s in samples]
-            for idx in micro_batches(rollouts, cfg.trainer.micro_batch_tokens):
-                mb = make_batch([rollouts[i] for i in idx], _pad_id(tokenizer))
-                with _autocast(model, cfg):
-                    logp, entropy = response_logprobs(model, mb, cfg.rollout.temperature, with_entropy=True)
-                resp_mask = mb.response_mask * torch.tensor([masks[i] for i in idx])[:, None]
-                old = torch.zeros_like(logp)
-                for row, i in enumerate(idx):
-                    old[row, : int(lengths[i])] = samples[i].old_logp
-                adv = torch.tensor([samples[i].advantage for i in idx], dtype=torch.float32)
-                out = policy_loss(
-                    logp, old, adv, resp_mask, cfg.loss, norm=norm, sft_mask=sft[idx], sft_norm=sft_norm
-                )
-                out.loss.backward()
-                w = float(resp_mask.sum())
-                for k, v in out.metrics.items():
-                    if k in ("loss", "pg_loss", "sft_loss"):
-                        sums[k] += float(v)  # already normalised globally: sum over micro-batches
-                    elif k == "ratio_max":
-                        sums[k] = max(sums.get(k, 0.0), float(v))
-                    elif k == "ratio_min":
-                        sums[k] = min(sums.get(k, float("inf")), float(v))
-                    else:
-                        sums[k] += float(v) * w
-                        counts[k] += int(w)
-                sums["entropy"] += float((entropy * resp_mask).sum())
-                counts["entropy"] += int(w)
-            grad_norm = _clip(model, cfg.optim.grad_clip)
-            sums["grad_norm"] += grad_norm
-            counts["grad_norm"] += 1
-            optimizer.step()
-            counts["updates"] += 1
-    result = {f"actor/{k}": (v / counts[k] if counts.get(k) else v) for k, v in sums.items()}
-    result["actor/updates"] = float(counts["updates"])
-    return result
-
-
-def _loss_mask(s: Sample, cfg: RLConfig) -> float:
-    """0 for a truncated response when ``overlong.filter`` is on (it stays in its group's statistics)."""
-    return 0.0 if (cfg.overlong.filter and s.rollout.truncated) else 1.0
-
-
-def _clip(model: torch.nn.Module, max_norm: float | None) -> float:
-    params = [p for p in model.parameters() if p.grad is not None]
-    if not params:
-        return 0.0
-    total = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
-    return float(total)
 
 
 def _step_metrics(generated, samples, kept, gen_batches, update, timing, reward_metrics) -> dict[str, float]:
@@ -478,27 +383,6 @@ def _validate(sampler, pool, val_rows, cfg: RLConfig, sampling) -> dict[str, flo
         res = pool.score([val_rows[i // k] for i in range(len(samp))], [s.text for s in samp])
         out[f"val/avg@{k}"] = float(np.mean([r.correct for r in res]))
     return out
-
-
-def _restore(ckpt: Path, model, optimizer, scheduler, stream: PromptStream, sampler) -> int:
-    from safetensors.torch import load_file
-
-    state = load_trainer_state(ckpt)
-    weights = load_file(str(ckpt / "model" / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    # tied embeddings are saved once; anything else missing is an error
-    if unexpected or any("lm_head" not in k for k in missing):
-        raise RuntimeError(
-            f"checkpoint {ckpt} does not match the model: missing {missing}, unexpected {unexpected}"
-        )
-    if getattr(model.config, "tie_word_embeddings", False):
-        model.tie_weights()
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    stream.load(state["extra"]["stream"])
-    sampler.set_rng_state(state["extra"]["sampler_rng"])
-    set_rng_state(state["rng"])
-    return int(state["step"])
 
 
 def _print_step(step: int, total: int, m: dict[str, float], enabled: bool) -> None:

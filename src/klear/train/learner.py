@@ -1,0 +1,319 @@
+"""The learner side of RL: old log-probs and the PPO-epoch update, for one rank or many.
+
+:func:`update_policy` is the whole update of one RL step. With ``world`` ranks each rank
+runs it on the same kept groups: every rank computes the normaliser of each *whole*
+mini-batch (it sees all of it), back-propagates only its own shard of the samples, and the
+gradients are summed across ranks before the optimizer step. Since each shard's loss is
+already divided by the global token count, the sum is exactly the one-rank gradient of the
+whole mini-batch (the global token-mean; tested to 1e-6 with 2 gloo ranks), and every rank
+takes the same optimizer step, so the replicas stay identical and a checkpoint is the same
+for any rank count.
+
+:class:`LocalLearner` holds model, optimizer and schedule in this process (``dist.backend
+= none``); ``klear.dist`` runs one per Ray actor with a process group between them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from klear.algo.aggregate import Normaliser
+from klear.algo.losses import policy_loss
+from klear.config import RLConfig
+from klear.train.batch import make_batch, micro_batches, response_logprobs
+from klear.types import RewardResult, Rollout
+
+#: metrics already divided by the global normaliser: summed over micro-batches and ranks, averaged over mini-batches
+_GLOBAL_SUMS = ("loss", "pg_loss", "sft_loss")
+
+
+@dataclass
+class Sample:
+    """One scored rollout travelling through a step."""
+
+    row: dict[str, Any]
+    rollout: Rollout
+    result: RewardResult
+    reward: float  # after overlong shaping
+    advantage: float = 0.0
+    old_logp: torch.Tensor | None = None  # [len(response)] under the policy before this step's updates
+
+
+def pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def shard(n: int, rank: int, world: int) -> list[int]:
+    """Indices of ``n`` items that rank ``rank`` of ``world`` takes (strided: similar lengths per rank
+    when the items are sorted by length)."""
+    return list(range(rank, n, world))
+
+
+def model_autocast(model: torch.nn.Module, cfg: RLConfig):
+    """bf16 autocast on a GPU when ``model.dtype`` is auto (float32 master weights), else nothing."""
+    from klear.train.common import autocast, precision
+
+    device = next(model.parameters()).device
+    return autocast(device, precision(cfg.model.dtype, device)[1])
+
+
+def old_logprobs(
+    model: torch.nn.Module, rollouts: Sequence[Rollout], pad: int, cfg: RLConfig
+) -> list[torch.Tensor]:
+    """Response log-probs of ``rollouts`` under ``model``, without gradient (CPU tensors)."""
+    out: list[torch.Tensor | None] = [None] * len(rollouts)
+    with torch.no_grad():
+        for idx in micro_batches(rollouts, cfg.trainer.micro_batch_tokens):
+            mb = make_batch([rollouts[i] for i in idx], pad)
+            with model_autocast(model, cfg):
+                logp, _ = response_logprobs(model, mb, cfg.rollout.temperature)
+            for row, i in enumerate(idx):
+                out[i] = logp[row, : len(rollouts[i].response_ids)].cpu()
+    return out  # type: ignore[return-value]
+
+
+def loss_mask(s: Sample, cfg: RLConfig) -> float:
+    """0 for a truncated response when ``overlong.filter`` is on (it stays in its group's statistics)."""
+    return 0.0 if (cfg.overlong.filter and s.rollout.truncated) else 1.0
+
+
+@dataclass
+class UpdateStats:
+    """One rank's metric accumulators; :func:`merge_stats` turns the ranks' stats into metrics."""
+
+    sums: dict[str, float]
+    counts: dict[str, int]
+    maxima: dict[str, float]
+    minima: dict[str, float]
+
+
+def update_policy(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    kept: list[list[Sample]],
+    pad: int,
+    cfg: RLConfig,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    allreduce: Callable[[torch.nn.Module], None] | None = None,
+) -> UpdateStats:
+    """PPO epochs: each mini-batch of groups is one optimizer step with a global token-mean normaliser.
+
+    With ``world > 1``, this rank back-propagates its shard of each mini-batch and
+    ``allreduce(model)`` must sum the gradients across ranks (see the module docstring).
+    """
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    maxima: dict[str, float] = {}
+    minima: dict[str, float] = {}
+    lead = rank == 0  # per-mini-batch counts are taken once, on rank 0
+    mb_groups = cfg.trainer.ppo_mini_batch_size
+    global_keys = [k for k in _GLOBAL_SUMS if k != "sft_loss" or cfg.loss.sft_alpha > 0]
+    for _epoch in range(cfg.trainer.ppo_epochs):
+        for start in range(0, len(kept), mb_groups):
+            samples = [s for g in kept[start : start + mb_groups] for s in g]
+            masks = [loss_mask(s, cfg) for s in samples]
+            lengths = torch.tensor([len(s.rollout.response_ids) for s in samples])
+            all_mask = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
+            all_mask = all_mask.float() * torch.tensor(masks)[:, None]
+            sft = torch.tensor([s.result.correct for s in samples])
+            norm = Normaliser.of(all_mask, norm_len=cfg.rollout.max_new_tokens)
+            sft_norm = Normaliser.of(all_mask * sft[:, None].float(), norm_len=cfg.rollout.max_new_tokens)
+            optimizer.zero_grad(set_to_none=True)
+            order = sorted(range(len(samples)), key=lambda i: _length(samples[i].rollout))
+            mine = [order[k] for k in shard(len(order), rank, world)]
+            rollouts = [samples[i].rollout for i in mine]
+            mb_sums: dict[str, float] = defaultdict(float)
+            for local in micro_batches(rollouts, cfg.trainer.micro_batch_tokens):
+                idx = [mine[k] for k in local]
+                mb = make_batch([samples[i].rollout for i in idx], pad)
+                with model_autocast(model, cfg):
+                    logp, entropy = response_logprobs(model, mb, cfg.rollout.temperature, with_entropy=True)
+                resp_mask = mb.response_mask * torch.tensor([masks[i] for i in idx])[:, None]
+                old = torch.zeros_like(logp)
+                for row, i in enumerate(idx):
+                    old[row, : int(lengths[i])] = samples[i].old_logp
+                adv = torch.tensor([samples[i].advantage for i in idx], dtype=torch.float32)
+                out = policy_loss(
+                    logp, old, adv, resp_mask, cfg.loss, norm=norm, sft_mask=sft[idx], sft_norm=sft_norm
+                )
+                out.loss.backward()
+                w = float(resp_mask.sum())
+                for k, v in out.metrics.items():
+                    if k in _GLOBAL_SUMS:
+                        mb_sums[k] += float(v)
+                    elif k == "ratio_max":
+                        maxima[k] = max(maxima.get(k, float("-inf")), float(v))
+                    elif k == "ratio_min":
+                        minima[k] = min(minima.get(k, float("inf")), float(v))
+                    else:
+                        sums[k] += float(v) * w
+                        counts[k] += int(w)
+                sums["entropy"] += float((entropy * resp_mask).sum())
+                counts["entropy"] += int(w)
+            for k in global_keys:
+                sums[k] += mb_sums.get(k, 0.0)
+                counts[k] += int(lead)
+            if allreduce is not None:
+                allreduce(model)
+            grad_norm = clip_grads(model, cfg.optim.grad_clip)
+            if lead:
+                sums["grad_norm"] += grad_norm
+                counts["grad_norm"] += 1
+                counts["updates"] += 1
+            optimizer.step()
+    return UpdateStats(dict(sums), dict(counts), maxima, minima)
+
+
+def _length(r: Rollout) -> int:
+    return len(r.prompt_ids) + len(r.response_ids)
+
+
+def merge_stats(stats: Sequence[UpdateStats]) -> dict[str, float]:
+    """``actor/*`` metrics from every rank's accumulators (token-weighted means over all ranks)."""
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for s in stats:
+        for k, v in s.sums.items():
+            sums[k] += v
+        for k, c in s.counts.items():
+            counts[k] += c
+    out = {f"actor/{k}": (v / counts[k] if counts.get(k) else v) for k, v in sums.items()}
+    for k in {k for s in stats for k in s.maxima}:
+        out[f"actor/{k}"] = max(s.maxima[k] for s in stats if k in s.maxima)
+    for k in {k for s in stats for k in s.minima}:
+        out[f"actor/{k}"] = min(s.minima[k] for s in stats if k in s.minima)
+    out["actor/updates"] = float(counts.get("updates", 0))
+    return out
+
+
+def clip_grads(model: torch.nn.Module, max_norm: float | None) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    total = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
+    return float(total)
+
+
+def allreduce_grads(model: torch.nn.Module, group: Any = None) -> None:
+    """Sum every parameter's gradient over the ranks of ``group`` (one flat buffer, one collective).
+
+    A rank whose shard was empty contributes zeros. Summing (not averaging) is what makes the
+    globally normalised shard losses add up to the one-rank loss.
+    """
+    import torch.distributed as dist
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        offset += n
+
+
+def load_weights(model: torch.nn.Module, model_dir: Path) -> None:
+    """Load a checkpoint's ``model.safetensors`` into ``model`` (tied embeddings are saved once)."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(model_dir) / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or any("lm_head" not in k for k in missing):
+        raise RuntimeError(
+            f"checkpoint {model_dir} does not match the model: missing {missing}, unexpected {unexpected}"
+        )
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+
+
+class LocalLearner:
+    """Model, optimizer and LR schedule of one rank (the whole learner when ``world`` is 1).
+
+    ``allreduce`` is set by ``klear.dist`` when this rank is one of several.
+    """
+
+    def __init__(
+        self,
+        cfg: RLConfig,
+        model_dir: str | Path,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        allreduce: Callable[[torch.nn.Module], None] | None = None,
+    ) -> None:
+        from klear.train.common import load_model, make_optimizer, make_scheduler, pick_device
+
+        self.cfg, self.rank, self.world, self.allreduce = cfg, rank, world, allreduce
+        self.device = pick_device()
+        self.model, self.tokenizer = load_model(model_dir, cfg.model, self.device)
+        self.model.train()
+        self.optimizer = make_optimizer(self.model, cfg.optim)
+        self.scheduler = make_scheduler(self.optimizer, cfg.optim, cfg.trainer.total_steps)
+        self.pad = pad_id(self.tokenizer)
+
+    def sampler(self, seed: int) -> Any:
+        """A rollout backend of ``rollout.backend`` over this learner's own module (no weight copies)."""
+        from klear.rollout import backend_class
+
+        return backend_class(self.cfg.rollout.backend)(self.model, self.tokenizer, seed=seed)
+
+    def weights(self) -> torch.nn.Module:
+        return self.model
+
+    def old_logprobs(self, samples: Sequence[Sample]) -> None:
+        """Set ``old_logp`` of every sample (this rank computes all of them)."""
+        for s, lp in zip(
+            samples, old_logprobs(self.model, [s.rollout for s in samples], self.pad, self.cfg), strict=True
+        ):
+            s.old_logp = lp
+
+    def update_stats(self, kept: list[list[Sample]]) -> UpdateStats:
+        """This rank's part of the update; the schedule advances once per RL step."""
+        self.model.train()
+        stats = update_policy(
+            self.model,
+            self.optimizer,
+            kept,
+            self.pad,
+            self.cfg,
+            rank=self.rank,
+            world=self.world,
+            allreduce=self.allreduce,
+        )
+        self.scheduler.step()
+        return stats
+
+    def update(self, kept: list[list[Sample]]) -> dict[str, float]:
+        return merge_stats([self.update_stats(kept)])
+
+    def lr(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    def save(self, root: Path, step: int, extra: dict[str, Any]) -> Path:
+        from klear.train.checkpoint import save_checkpoint
+
+        return save_checkpoint(root, step, self.model, self.tokenizer, self.optimizer, self.scheduler, extra)
+
+    def restore(self, ckpt: Path) -> dict[str, Any]:
+        """Weights, optimizer and schedule from ``ckpt``; returns its trainer state (step, RNG, extra)."""
+        from klear.train.checkpoint import load_trainer_state
+
+        state = load_trainer_state(ckpt)
+        load_weights(self.model, ckpt / "model")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        return state
+
+    def close(self) -> None:
+        pass
