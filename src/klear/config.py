@@ -371,10 +371,30 @@ class ValidationConfig(Section):
 
 
 class DistConfig(Section):
-    backend: Literal["none", "ray"] = "none"
-    rollout_workers: int = Field(1, ge=1)
-    reward_workers: int = Field(1, ge=1)
-    learner_ranks: int = Field(1, ge=1)
+    """Where the RL engines run: this process (``none``) or actors on a Ray cluster (``ray``)."""
+
+    backend: Literal["none", "ray"] = Field("none", description="none: one process; ray: klear.dist actors")
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join ('auto', 'ray://host:10001', 'host:6379'); None: $RAY_ADDRESS, "
+        "else a local cluster started on demand and stopped at the end",
+    )
+    rollout_workers: int = Field(1, ge=1, description="rollout actors, each with its own copy of the policy")
+    reward_workers: int = Field(
+        1, ge=1, description="reward actors, each running a reward pool of reward.num_workers processes"
+    )
+    learner_ranks: int = Field(1, ge=1, description="data-parallel learner ranks (torch.distributed)")
+    rollout_cpus: float = Field(1.0, gt=0.0, description="CPUs Ray reserves per rollout actor")
+    rollout_gpus: float = Field(
+        0.0, ge=0.0, description="GPUs per rollout actor (vLLM: tensor_parallel_size)"
+    )
+    learner_gpus: float = Field(0.0, ge=0.0, description="GPUs per learner rank; > 0 selects nccl, else gloo")
+    learner_timeout_s: float = Field(
+        600.0, gt=0.0, description="collective timeout of the learner process group"
+    )
+    max_worker_restarts: int = Field(
+        3, ge=0, description="rollout/reward actors replaced per call before the step fails"
+    )
 
 
 class RLConfig(Section):

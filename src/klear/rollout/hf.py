@@ -19,11 +19,10 @@ mixed with a call counter, which is the backend's whole RNG state (exact resume)
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import hashlib
 
 import torch
 from torch import Tensor

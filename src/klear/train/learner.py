@@ -147,6 +147,8 @@ def update_policy(
                 out.loss.backward()
                 w = float(resp_mask.sum())
                 for k, v in out.metrics.items():
+                    if k == "sft_frac":
+                        continue  # a per-micro-batch ratio; taken over the whole mini-batch below
                     if k in _GLOBAL_SUMS:
                         mb_sums[k] += float(v)
                     elif k == "ratio_max":
@@ -158,6 +160,10 @@ def update_policy(
                         counts[k] += int(w)
                 sums["entropy"] += float((entropy * resp_mask).sum())
                 counts["entropy"] += int(w)
+            if lead and cfg.loss.sft_alpha > 0:
+                counted = torch.tensor(masks) > 0
+                sums["sft_frac"] += float(sft[counted].float().mean()) if bool(counted.any()) else 0.0
+                counts["sft_frac"] += 1
             for k in global_keys:
                 sums[k] += mb_sums.get(k, 0.0)
                 counts[k] += int(lead)
@@ -306,13 +312,13 @@ class LocalLearner:
         return save_checkpoint(root, step, self.model, self.tokenizer, self.optimizer, self.scheduler, extra)
 
     def restore(self, ckpt: Path) -> dict[str, Any]:
-        """Weights, optimizer and schedule from ``ckpt``; returns its trainer state (step, RNG, extra)."""
+        """Weights, optimizer and schedule from ``ckpt``; returns the rest of its state (step, RNG, extra)."""
         from klear.train.checkpoint import load_trainer_state
 
         state = load_trainer_state(ckpt)
         load_weights(self.model, ckpt / "model")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.optimizer.load_state_dict(state.pop("optimizer"))
+        self.scheduler.load_state_dict(state.pop("scheduler"))
         return state
 
     def close(self) -> None:
