@@ -3,8 +3,8 @@ and GRPOTrainer trains the tiny model with both."""
 
 from __future__ import annotations
 
+import logging
 import math
-import warnings
 
 import pytest
 import torch
@@ -26,7 +26,7 @@ from klear.integrations.trl import (  # noqa: E402
 )
 from klear.rewards.pool import RewardPool  # noqa: E402
 from klear.tasks import task_rows  # noqa: E402
-from klear.tasks.tiny import build_tiny_model  # noqa: E402
+from klear.tasks.tiny import build_tiny_model, build_tokenizer  # noqa: E402
 
 PARITY = "tests.train.fixture_rewards:parity"
 EXPLODE = "tests.integrations.fixture_rewards:explode"
@@ -283,7 +283,7 @@ def test_completion_text_forms():
 
 
 @pytest.mark.slow
-def test_reward_function_matches_the_pool_and_reports_flags(rows):
+def test_reward_function_matches_the_pool_and_reports_flags(rows, caplog):
     gold = [r["reward_model"]["ground_truth"] for r in rows[:4]]
     texts = [
         f"<think>sum</think>\\boxed{{{gold[0]}}}",  # right
@@ -310,22 +310,26 @@ def test_reward_function_matches_the_pool_and_reports_flags(rows):
         assert [r.correct for r in fn.last_results] == [True, False, False, False]
         assert logged["klear_reward/accuracy"] == [0.25]
         assert logged["klear_reward/flag/format"] == [0.5]
+        # with a tokenizer, the exact decoded tokens are scored (not TRL's parsed messages)
+        tok = build_tokenizer()
+        ids = [[*tok.encode(t, add_special_tokens=False), tok.eos_token_id] for t in texts]
+        exact = klear_reward_func(pool=pool, tokenizer=tok)
+        parsed = [[{"role": "assistant", "content": "\\boxed{0}"}]] * 4
+        assert exact(prompts=ds["prompt"], completions=parsed, completion_ids=ids, **columns) == expected
         # plain-text completions and a flat ground_truth column with a default ability
         flat = klear_reward_func(pool=pool, name="flat", ability="math")
         assert flat(prompts=["q"] * 4, completions=texts, ground_truth=gold) == expected
 
-        # a scorer failure: flagged, counted, warned about, given the configured failure score
+        # a scorer failure: flagged, counted, logged, given the configured failure score
         bad = klear_reward_func(pool=pool, name="bad", data_source="klear-test/explode")
-        with pytest.warns(RuntimeWarning, match=r"2 of 2 responses could not be scored \(2 error\)"):
+        with caplog.at_level(logging.WARNING, logger="klear.integrations.trl"):
             scores = bad(
                 prompts=["q", "q"], completions=["a", "b"], ground_truth=["1", "2"], log_metric=log_metric
             )
         assert scores == [-3.0, -3.0]
         assert logged["bad/flag/error"] == [1.0] and bad.flag_counts["error"] == 2
-        skip = klear_reward_func(pool=pool, data_source="klear-test/explode", on_failure="skip")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            assert skip(prompts=["q"], completions=["a"], ground_truth=["1"]) == [None]
+        assert "bad: 2 of 2 responses not judged cleanly (2 error)" in caplog.text
+        assert "ValueError: cannot score" in caplog.text
         fn.close()  # a pool passed in is the caller's: still usable
         assert pool.score(rows[:1], texts[:1])[0].score == 1.0
 

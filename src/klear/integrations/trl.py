@@ -38,9 +38,9 @@ sandbox, user functions; each item under a hard time bound). Dataset columns arr
 lists, so a dataset in Klear's row shape (``data_source``, ``ability``,
 ``reward_model.ground_truth``; what ``klear.tasks.task_rows`` returns) needs no glue. Flagged
 results are never silent: per-batch flag fractions go to TRL's metrics through ``log_metric``
-(``<name>/flag/<flag>``), scorer failures (timeout, error, sandbox restart) also raise a
-warning, and they get ``RewardConfig.failure_score`` (or ``None``, which TRL excludes from the
-group baseline, with ``on_failure="skip"``).
+(``<name>/flag/<flag>``), and responses not judged cleanly (timeout, error, sandbox restart)
+are also logged as a warning. Scores are the pool's: an item the pool killed or lost gets
+``RewardConfig.failure_score``.
 
 **TRL internals this module relies on** (checked against TRL 1.16.0; a newer TRL may move them):
 ``GRPOTrainer._compute_loss(model, inputs)`` (replaced for Klear loss types),
@@ -61,7 +61,7 @@ import logging
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import trl
@@ -97,7 +97,7 @@ if Version(trl.__version__) >= Version(TRL_UNTESTED_FROM):
 #: ``GRPOConfig.loss_type`` values that route the loss through ``klear.algo.losses``.
 KLEAR_LOSS_TYPES: tuple[str, ...] = ("gppo", "klear")
 
-#: Scorer failures (not the model's): each batch that has any logs a warning.
+#: Flags of a verdict that is not clean (a verifier or test timed out, a scorer failed): logged as a warning.
 FAILURE_FLAGS: tuple[str, ...] = ("timeout", "error", "sandbox_restart")
 
 #: Keywords TRL passes to reward functions that are not dataset columns.
@@ -167,10 +167,7 @@ class KlearRewardFunction:
         tokenizer: Any = None,
         data_source: str | None = None,
         ability: str | None = None,
-        on_failure: Literal["score", "skip"] = "score",
     ) -> None:
-        if on_failure not in ("score", "skip"):
-            raise ValueError(f"on_failure must be 'score' or 'skip', got {on_failure!r}")
         if pool is not None and cfg is not None and pool.cfg is not cfg:
             raise ValueError("pass either cfg or pool (a pool carries its own RewardConfig), not both")
         self.cfg = pool.cfg if pool is not None else (cfg or RewardConfig())
@@ -178,7 +175,6 @@ class KlearRewardFunction:
         self.tokenizer = tokenizer
         self.data_source = data_source
         self.ability = ability
-        self.on_failure = on_failure
         self._pool = pool
         self._owns_pool = pool is None
         self.last_results: list[RewardResult] = []
@@ -236,21 +232,18 @@ class KlearRewardFunction:
         completions: Sequence[Any] = (),
         completion_ids: Sequence[Sequence[int]] | None = None,
         **columns: Any,
-    ) -> list[float | None]:
-        """TRL's reward-function signature; returns one score per completion (``None``: see ``on_failure``)."""
+    ) -> list[float]:
+        """TRL's reward-function signature; returns one score per completion, in order."""
         n = len(completions)
         results = self.pool.score(self.rows(n, columns), self.texts(completions, completion_ids))
         self.last_results = results
         self.last_metrics = dict(self.pool.last_metrics)
         self.calls += 1
         self._report(results, columns.get("log_metric"))
-        return [
-            None if self.on_failure == "skip" and any(f in FAILURE_FLAGS for f in r.flags) else r.score
-            for r in results
-        ]
+        return [r.score for r in results]
 
     def _report(self, results: list[RewardResult], log_metric: Any) -> None:
-        """Count flags; tell TRL's metrics (fractions of the batch) and warn on scorer failures."""
+        """Count flags; tell TRL's metrics (fractions of the batch); log a warning for unclean verdicts."""
         n = max(len(results), 1)
         counts = Counter(f for r in results for f in r.flags)
         self.flag_counts.update(counts)
@@ -261,12 +254,14 @@ class KlearRewardFunction:
         failed = [r for r in results if any(f in FAILURE_FLAGS for f in r.flags)]
         if failed:
             kinds = ", ".join(f"{counts[f]} {f}" for f in FAILURE_FLAGS if counts.get(f))
-            what = "None (skipped)" if self.on_failure == "skip" else "the failure score"
-            warnings.warn(
-                f"{self.__name__}: {len(failed)} of {len(results)} responses could not be scored ({kinds}); "
-                f"they get {what}. First: {failed[0].detail}",
-                RuntimeWarning,
-                stacklevel=3,
+            logger.warning(
+                "%s: %d of %d responses not judged cleanly (%s); scored as their reward decided "
+                "(an item the pool killed or lost: reward.failure_score). First: %s",
+                self.__name__,
+                len(failed),
+                len(results),
+                kinds,
+                failed[0].detail,
             )
 
 
@@ -278,7 +273,6 @@ def klear_reward_func(
     tokenizer: Any = None,
     data_source: str | None = None,
     ability: str | None = None,
-    on_failure: Literal["score", "skip"] = "score",
 ) -> KlearRewardFunction:
     """A TRL reward function that scores with Klear's rewards through one long-lived reward pool.
 
@@ -291,9 +285,6 @@ def klear_reward_func(
         tokenizer: when given, responses are the decoded ``completion_ids``
             (``skip_special_tokens=True``) rather than TRL's parsed completions.
         data_source, ability: for datasets without those columns (e.g. ``ability="math"``).
-        on_failure: ``"score"`` gives items the pool could not score (timeout, error)
-            ``RewardConfig.failure_score`` (or the reward's lowest score); ``"skip"`` returns
-            ``None`` for them, which TRL leaves out of the group baseline with advantage 0.
 
     The pool starts on the first call; call ``.close()`` (or use ``with``) when training ends.
     """
@@ -304,7 +295,6 @@ def klear_reward_func(
         tokenizer=tokenizer,
         data_source=data_source,
         ability=ability,
-        on_failure=on_failure,
     )
 
 
