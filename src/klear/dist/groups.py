@@ -1,0 +1,365 @@
+"""Driver-side actor groups with the same methods as the single-process engines.
+
+``train_rl`` cannot tell a :class:`RolloutGroup` from a rollout backend, a
+:class:`RewardGroup` from a :class:`~klear.rewards.pool.RewardPool`, or a
+:class:`LearnerGroup` from a :class:`~klear.train.learner.LocalLearner`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from klear.config import DistConfig, RLConfig
+from klear.dist.workers import LearnerRank, RewardWorker, RolloutWorker
+from klear.rollout import SamplingParams
+from klear.rollout.hf import call_seed
+from klear.train.learner import Sample, merge_stats
+from klear.types import RewardResult, Rollout
+
+log = logging.getLogger("klear.dist")
+
+
+class WorkerLost(RuntimeError):
+    """Rollout or reward actors kept dying: more than ``dist.max_worker_restarts`` in one call."""
+
+
+class LearnerLost(RuntimeError):
+    """A learner rank died or failed; every rank has been stopped. Resume from the last checkpoint."""
+
+
+# --- the cluster ---------------------------------------------------------------------------------
+
+
+def connect(cfg: DistConfig, cpus: float, gpus: float) -> bool:
+    """Join ``cfg.address`` (or ``$RAY_ADDRESS``), else start a local cluster; True when we started one.
+
+    A local cluster gets at least ``cpus`` logical CPUs (Ray's CPUs are reservations, not
+    cores: on a small machine the actors share the cores) and the GPUs torch sees.
+    """
+    if ray.is_initialized():
+        return False
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return False
+    have_gpus = torch.cuda.device_count()
+    if gpus > have_gpus:
+        raise RuntimeError(f"the dist settings need {gpus:g} GPUs; this machine has {have_gpus}")
+    # the actors import what this process can: its working directory and PYTHONPATH (custom rewards)
+    path = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, math.ceil(cpus)),
+        num_gpus=have_gpus,
+        include_dashboard=False,
+        object_store_memory=512 * 2**20,
+        log_to_driver=True,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(path)}},
+    )
+    return True
+
+
+def split(n: int, parts: int) -> list[tuple[int, int]]:
+    """``range(n)`` cut into at most ``parts`` contiguous non-empty slices of near-equal size."""
+    parts = max(1, min(parts, n))
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+class ActorSet:
+    """``n`` actors of one kind; one that dies is replaced (``make`` brings a new one up to date)."""
+
+    def __init__(self, make: Callable[[int], Any], n: int, max_restarts: int, what: str) -> None:
+        self.make, self.max_restarts, self.what = make, max_restarts, what
+        self.actors = [make(i) for i in range(n)]
+        self.restarts = 0  # over the group's lifetime
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def replace(self, i: int) -> None:
+        _kill(self.actors[i])
+        self.actors[i] = self.make(i)
+        self.restarts += 1
+
+    def run(self, chunks: Sequence[Any], call: Callable[[Any, Any], Any]) -> list[Any]:
+        """``call(actor, chunk)`` for chunk ``i`` on actor ``i % n``; results in chunk order.
+
+        A chunk whose actor dies is re-issued on its replacement; more than ``max_restarts``
+        deaths in one call raise :class:`WorkerLost`. Any other error is the caller's.
+        """
+        results: list[Any] = [None] * len(chunks)
+        pending: dict[Any, tuple[int, int, Any]] = {}
+
+        def submit(ci: int) -> None:
+            wi = ci % len(self.actors)
+            actor = self.actors[wi]
+            pending[call(actor, chunks[ci])] = (wi, ci, actor)
+
+        for ci in range(len(chunks)):
+            submit(ci)
+        deaths = 0
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            wi, ci, actor = pending.pop(ready[0])
+            try:
+                results[ci] = ray.get(ready[0])
+            except ray.exceptions.RayActorError as err:
+                deaths += 1
+                if deaths > self.max_restarts:
+                    raise WorkerLost(
+                        f"{self.what} actors died {deaths} times in one call (dist.max_worker_restarts = "
+                        f"{self.max_restarts}); last: {err}"
+                    ) from err
+                log.warning("%s actor %d died; replacing it and re-issuing its work", self.what, wi)
+                if self.actors[wi] is actor:
+                    self.replace(wi)
+                submit(ci)
+        return results
+
+    def call_all(self, method: str, *args: Any) -> list[Any]:
+        return self.run(list(range(len(self.actors))), lambda a, _: getattr(a, method).remote(*args))
+
+    def kill(self) -> None:
+        for a in self.actors:
+            _kill(a)
+
+
+def _kill(actor: Any) -> None:
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # already gone
+        pass
+
+
+# --- rollouts ------------------------------------------------------------------------------------
+
+
+class RolloutGroup:
+    """``dist.rollout_workers`` rollout actors behind the rollout-backend interface.
+
+    Each call's prompts are cut into contiguous slices, one per actor; the call seed is
+    derived as one backend derives it, so the rollouts equal a single backend's.
+    """
+
+    def __init__(self, cfg: RLConfig, model_dir: Path) -> None:
+        from transformers import AutoTokenizer
+
+        d = cfg.dist
+        actor = ray.remote(RolloutWorker).options(
+            num_cpus=d.rollout_cpus, num_gpus=d.rollout_gpus, max_restarts=0
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.seed, self.calls, self.version = cfg.run.seed, 0, 0
+        self._weights: Any = None  # ObjectRef of the latest state dict (None: the initial model_dir)
+
+        def make(_: int) -> Any:
+            handle = actor.remote(cfg, str(model_dir), d.rollout_cpus)
+            if self._weights is not None:
+                ray.get(handle.load_weights.remote(self._weights, self.version))
+            return handle
+
+        self.actors = ActorSet(make, d.rollout_workers, d.max_worker_restarts, "rollout")
+
+    def ready(self) -> list[int]:
+        return self.actors.call_all("pid")
+
+    def generate(
+        self, prompts: Sequence[Any], sampling: SamplingParams, groups: Sequence[int | str] | None = None
+    ) -> list[Rollout]:
+        if groups is not None and len(groups) != len(prompts):
+            raise ValueError(f"{len(groups)} groups for {len(prompts)} prompts")
+        if sampling.seed is None:
+            self.calls += 1
+            sampling = sampling.replace(seed=call_seed(self.seed, self.calls))
+        keys = list(groups) if groups is not None else list(range(len(prompts)))
+        chunks = [(list(prompts[a:b]), keys[a:b]) for a, b in split(len(prompts), len(self.actors))]
+        version = self.version
+        parts = self.actors.run(chunks, lambda a, c: a.generate.remote(c[0], sampling, c[1], version))
+        return [r for part in parts for r in part]
+
+    def update_weights(self, weights: Any) -> None:
+        """New policy weights (a state dict, a module, or an ObjectRef of a state dict) on every actor."""
+        if isinstance(weights, torch.nn.Module):
+            weights = {k: v.detach().cpu() for k, v in weights.state_dict().items()}
+        ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
+        self.version += 1
+        self._weights = ref
+        self.actors.call_all("load_weights", ref, self.version)
+
+    def get_rng_state(self) -> dict[str, int]:
+        return {"seed": self.seed, "calls": self.calls}
+
+    def set_rng_state(self, state: dict[str, int]) -> None:
+        self.seed, self.calls = int(state["seed"]), int(state["calls"])
+
+    def pids(self) -> list[int]:
+        return self.ready()
+
+    def close(self) -> None:
+        self.actors.kill()
+
+
+# --- rewards -------------------------------------------------------------------------------------
+
+
+class RewardGroup:
+    """``dist.reward_workers`` reward actors, each a pool of ``reward.num_workers`` processes."""
+
+    def __init__(self, cfg: RLConfig) -> None:
+        r, d = cfg.reward, cfg.dist
+        actor = ray.remote(RewardWorker).options(num_cpus=r.num_workers, max_restarts=0)
+        self.cfg = r
+        self.actors = ActorSet(
+            lambda _: actor.remote(r, r.num_workers), d.reward_workers, d.max_worker_restarts, "reward"
+        )
+
+    def ready(self) -> list[int]:
+        return self.actors.call_all("pid")
+
+    def pids(self) -> list[int]:
+        return self.ready()
+
+    def score(self, rows: Sequence[dict[str, Any]], responses: Sequence[str]) -> list[RewardResult]:
+        from klear.rewards.registry import ground_truth, reward_path
+
+        if len(rows) != len(responses):
+            raise ValueError(f"{len(rows)} rows but {len(responses)} responses")
+        for i, row in enumerate(rows):  # bad rows fail here, with their index in the whole call
+            reward_path(row, self.cfg, i)
+            ground_truth(row, i)
+        chunks = [(list(rows[a:b]), list(responses[a:b])) for a, b in split(len(rows), len(self.actors))]
+        parts = self.actors.run(chunks, lambda a, c: a.score.remote(c[0], c[1]))
+        return [r for part in parts for r in part]
+
+    def close(self) -> None:
+        try:
+            ray.get([a.close.remote() for a in self.actors.actors], timeout=30)
+        except Exception:  # a dead actor has nothing to close
+            pass
+        self.actors.kill()
+
+
+# --- the learner ---------------------------------------------------------------------------------
+
+
+class LearnerGroup:
+    """``dist.learner_ranks`` :class:`~klear.dist.workers.LearnerRank` actors in one process group.
+
+    Any rank's death or error stops every rank (the others would wait in a collective) and
+    raises :class:`LearnerLost`; the group is unusable afterwards.
+    """
+
+    def __init__(self, cfg: RLConfig, model_dir: Path, owns_cluster: bool = False) -> None:
+        d = cfg.dist
+        actor = ray.remote(LearnerRank).options(num_cpus=1, num_gpus=d.learner_gpus, max_restarts=0)
+        threads = cfg.trainer.num_threads or 1
+        self.owns_cluster = owns_cluster
+        self.failed: str | None = None
+        self.ranks = [
+            actor.remote(cfg, str(model_dir), r, d.learner_ranks, threads) for r in range(d.learner_ranks)
+        ]
+        address, port = self._gather([self.ranks[0].rendezvous.remote()])[0]
+        self._gather([h.join.remote(address, port, d.learner_timeout_s) for h in self.ranks])
+        self.device = torch.device(self._gather([self.ranks[0].device.remote()])[0])
+
+    def _gather(self, refs: list[Any]) -> list[Any]:
+        """Results of one call per rank (or of rank 0); the first failure stops the whole group."""
+        if self.failed:
+            raise LearnerLost(self.failed)
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(ready[0])
+            except Exception as err:
+                rank = refs.index(ready[0]) if len(refs) == len(self.ranks) else 0
+                died = isinstance(err, ray.exceptions.RayActorError)
+                self.failed = (
+                    f"learner rank {rank} {'died' if died else 'failed'} ({type(err).__name__}: "
+                    f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''}); every rank was stopped. "
+                    "Run the same command again to resume from the last checkpoint (any number of ranks)."
+                )
+                self.kill()
+                raise LearnerLost(self.failed) from err
+        return ray.get(refs)
+
+    def pids(self) -> list[int]:
+        return self._gather([h.pid.remote() for h in self.ranks])
+
+    def old_logprobs(self, samples: Sequence[Sample]) -> None:
+        world = len(self.ranks)
+        shares = self._gather(
+            [h.old_logprobs.remote([s.rollout for s in samples[r::world]]) for r, h in enumerate(self.ranks)]
+        )
+        for r, share in enumerate(shares):
+            for s, lp in zip(samples[r::world], share, strict=True):
+                s.old_logp = lp
+
+    def update(self, kept: list[list[Sample]]) -> dict[str, float]:
+        ref = ray.put(kept)
+        return merge_stats(self._gather([h.update.remote(ref) for h in self.ranks]))
+
+    def weights(self) -> Any:
+        """An ObjectRef of rank 0's state dict (CPU), for the rollout group."""
+        ref = self.ranks[0].weights.remote()
+        self._gather([ref])
+        return ref
+
+    def lr(self) -> float:
+        return float(self._gather([self.ranks[0].lr.remote()])[0])
+
+    def save(self, root: Path, step: int, extra: dict[str, Any]) -> Path:
+        # the ranks are replicas (same gradients, same steps): rank 0's state is the whole state
+        return Path(self._gather([self.ranks[0].save.remote(str(root), step, extra)])[0])
+
+    def restore(self, ckpt: Path) -> dict[str, Any]:
+        return self._gather([h.restore.remote(str(ckpt)) for h in self.ranks])[0]
+
+    def kill(self) -> None:
+        for h in self.ranks:
+            _kill(h)
+
+    def close(self) -> None:
+        self.kill()
+        if self.owns_cluster and ray.is_initialized():
+            ray.shutdown()
+
+
+def build_engines(cfg: RLConfig, model_dir: Path) -> tuple[LearnerGroup, RolloutGroup, RewardGroup]:
+    """Start (or join) the cluster and the three groups; actors start in parallel."""
+    d = cfg.dist
+    cpus = d.rollout_workers * d.rollout_cpus + d.reward_workers * cfg.reward.num_workers + d.learner_ranks
+    owns = connect(d, cpus, d.rollout_workers * d.rollout_gpus + d.learner_ranks * d.learner_gpus)
+    made: list[Any] = []
+    try:
+        sampler = RolloutGroup(cfg, model_dir)
+        made.append(sampler)
+        pool = RewardGroup(cfg)
+        made.append(pool)
+        learner = LearnerGroup(cfg, model_dir, owns_cluster=owns)
+        made.append(learner)
+        sampler.ready()
+        pool.ready()
+    except BaseException:
+        for group in made:
+            group.close()
+        if owns and ray.is_initialized():
+            ray.shutdown()
+        raise
+    log.info(
+        "ray: %d rollout, %d reward (x%d processes), %d learner ranks on %s",
+        d.rollout_workers,
+        d.reward_workers,
+        cfg.reward.num_workers,
+        d.learner_ranks,
+        learner.device,
+    )
+    return learner, sampler, pool

@@ -1,0 +1,149 @@
+"""The bodies of the Ray actors: thin shells around the classes that already run in one process.
+
+Each class here is plain Python (``klear.dist.groups`` wraps it with ``ray.remote``), so
+what an actor does is what the single-process run does: a rollout backend, a reward
+pool, a :class:`~klear.train.learner.LocalLearner`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from klear.config import RewardConfig, RLConfig
+from klear.rollout import SamplingParams
+from klear.types import RewardResult, Rollout
+
+
+def _threads(n: float) -> None:
+    torch.set_num_threads(max(1, int(n)))
+
+
+class VersionMismatch(RuntimeError):
+    """A rollout actor was asked to sample with a policy version it does not hold."""
+
+
+class RolloutWorker:
+    """A rollout backend over this actor's own copy of the policy, at a known weights version."""
+
+    def __init__(self, cfg: RLConfig, model_dir: str, threads: float) -> None:
+        from klear.rollout import backend_class
+        from klear.train.common import load_model, pick_device, quiet_transformers
+
+        _threads(threads)
+        quiet_transformers()
+        model, tokenizer = load_model(Path(model_dir), cfg.model, pick_device())
+        model.eval()
+        # the seed is unused: the group always passes each call's seed (keyed sampling)
+        self.backend = backend_class(cfg.rollout.backend)(model, tokenizer, seed=cfg.run.seed)
+        self.version = 0
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def load_weights(self, state: Mapping[str, torch.Tensor], version: int) -> int:
+        self.backend.update_weights(state)
+        self.version = version
+        return version
+
+    def generate(
+        self, prompts: Sequence[Any], sampling: SamplingParams, groups: Sequence[int | str], version: int
+    ) -> list[Rollout]:
+        if version != self.version:
+            raise VersionMismatch(f"asked for policy version {version}, this worker holds {self.version}")
+        with torch.no_grad():
+            return self.backend.generate(prompts, sampling, groups=groups)
+
+
+class RewardWorker:
+    """A reward pool of ``num_workers`` processes on this actor's node."""
+
+    def __init__(self, cfg: RewardConfig, num_workers: int) -> None:
+        from klear.rewards.pool import RewardPool
+
+        self.pool = RewardPool(cfg, num_workers)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def child_pids(self) -> list[int]:
+        return self.pool.worker_pids()
+
+    def score(self, rows: Sequence[dict[str, Any]], responses: Sequence[str]) -> list[RewardResult]:
+        return self.pool.score(rows, responses)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class LearnerRank:
+    """One data-parallel rank: a :class:`~klear.train.learner.LocalLearner` in a process group."""
+
+    def __init__(self, cfg: RLConfig, model_dir: str, rank: int, world: int, threads: float) -> None:
+        from klear.train.common import quiet_transformers
+        from klear.train.learner import LocalLearner
+
+        _threads(threads)
+        quiet_transformers()
+        torch.manual_seed(cfg.run.seed)
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.learner = LocalLearner(cfg, model_dir, rank=rank, world=world)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def rendezvous(self) -> tuple[str, int]:
+        """(address, free port) of this rank's host, for rank 0 to serve the process group."""
+        import ray
+
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def join(self, address: str, port: int, timeout_s: float) -> int:
+        import torch.distributed as dist
+
+        from klear.train.learner import allreduce_grads
+
+        backend = "nccl" if self.learner.device.type == "cuda" else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(
+                backend,
+                init_method=f"tcp://{address}:{port}",
+                rank=self.rank,
+                world_size=self.world,
+                timeout=timedelta(seconds=timeout_s),
+            )
+        if self.world > 1:
+            self.learner.allreduce = allreduce_grads
+        return self.rank
+
+    def device(self) -> str:
+        return str(self.learner.device)
+
+    def old_logprobs(self, rollouts: Sequence[Rollout]) -> list[torch.Tensor]:
+        from klear.train.learner import old_logprobs
+
+        return old_logprobs(self.learner.model, rollouts, self.learner.pad, self.cfg)
+
+    def update(self, kept: Any) -> Any:
+        return self.learner.update_stats(kept)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.learner.model.state_dict().items()}
+
+    def lr(self) -> float:
+        return self.learner.lr()
+
+    def save(self, root: str, step: int, extra: dict[str, Any]) -> str:
+        return str(self.learner.save(Path(root), step, extra))
+
+    def restore(self, ckpt: str) -> dict[str, Any]:
+        return self.learner.restore(Path(ckpt))

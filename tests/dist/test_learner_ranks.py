@@ -1,0 +1,143 @@
+"""Data-parallel learner without Ray: 2 gloo ranks give the one-rank gradient of the whole mini-batch."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from klear.config import RLConfig, build_config
+from klear.tasks.tiny import build_tiny_model
+from klear.train.common import load_model, make_optimizer, pick_device
+from klear.train.learner import (
+    Sample,
+    allreduce_grads,
+    merge_stats,
+    old_logprobs,
+    pad_id,
+    shard,
+    update_policy,
+)
+from klear.types import RewardResult, Rollout
+
+
+def _config(tmp: Path, agg: str) -> RLConfig:
+    return build_config(
+        RLConfig,
+        {
+            "run": {"out_dir": str(tmp)},
+            "model": {"tiny": True, "dtype": "float32"},
+            "rollout": {"n": 3, "max_new_tokens": 16},
+            # all groups in one mini-batch; tiny micro-batches so each rank runs several
+            "trainer": {"ppo_mini_batch_size": 8, "micro_batch_tokens": 40},
+            "loss": {"type": "gppo", "sft_alpha": 0.1, "agg": agg},
+            "optim": {"lr": 1e-3, "grad_clip": None},
+        },
+    )
+
+
+def _kept(tokenizer) -> list[list[Sample]]:
+    """Three groups of three rollouts of different lengths, rewards and advantages."""
+    kept = []
+    for g, question in enumerate(["12+34", "5+7", "100+230"]):
+        prompt = tokenizer.encode(f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+        group = []
+        for j, text in enumerate(
+            ["<think>4+2=6 so 46</think>46", "<think>9", "<think>1+1=2, carry 1, so"][:3]
+        ):
+            ids = tokenizer.encode(text)[: 5 + 3 * j + g]
+            ro = Rollout(prompt, ids, [], text, False, group=g, sample=j)
+            res = RewardResult(score=float(j == 0), correct=j == 0)
+            group.append(Sample({}, ro, res, res.score, advantage=[1.2, -0.4, -0.8][j] * (1 + g)))
+        kept.append(group)
+    return kept
+
+
+def _grads(model_dir: str, agg: str, rank: int, world: int, port: int | None) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    cfg = _config(Path(model_dir), agg)
+    model, tokenizer = load_model(model_dir, cfg.model, pick_device())
+    kept = _kept(tokenizer)
+    samples = [s for g in kept for s in g]
+    # the old policy: log-probs shifted so that some ratios fall outside the clip range
+    for i, (s, lp) in enumerate(
+        zip(samples, old_logprobs(model, [s.rollout for s in samples], pad_id(tokenizer), cfg), strict=True)
+    ):
+        s.old_logp = lp + (0.5 if i % 2 else -0.5)
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(m: torch.nn.Module) -> None:
+        if world > 1:
+            allreduce_grads(m)
+        captured.update({k: p.grad.clone() for k, p in m.named_parameters()})
+
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        stats = update_policy(
+            model,
+            make_optimizer(model, cfg.optim),
+            kept,
+            pad_id(tokenizer),
+            cfg,
+            rank=rank,
+            world=world,
+            allreduce=capture,
+        )
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+    captured["__stats__"] = stats  # type: ignore[assignment]
+    return captured
+
+
+def _rank_main(rank: int, model_dir: str, agg: str, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.save(_grads(model_dir, agg, rank, 2, port), f"{out}/rank{rank}.pt")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0))
+
+
+def test_shards_cover_every_index_once():
+    for n in range(7):
+        for world in (1, 2, 3):
+            parts = [shard(n, r, world) for r in range(world)]
+            assert sorted(i for p in parts for i in p) == list(range(n))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_two_gloo_ranks_give_the_one_rank_gradient(model_dir, tmp_path, agg):
+    one = _grads(model_dir, agg, 0, 1, None)
+    mp.start_processes(
+        _rank_main, args=(model_dir, agg, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn"
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    nonzero = 0
+    for name, g in one.items():
+        if name == "__stats__":
+            continue
+        for r in ranks:
+            torch.testing.assert_close(r[name], g, atol=1e-6, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+        nonzero += int(g.abs().sum() > 0)
+    assert nonzero > 5  # the comparison is not between zero tensors
+    # the ranks' merged metrics equal the one rank's (loss is a global sum, means are token-weighted)
+    merged = merge_stats([r["__stats__"] for r in ranks])
+    single = merge_stats([one["__stats__"]])
+    assert merged.keys() == single.keys()
+    assert merged == pytest.approx(single, rel=1e-5, abs=1e-6)
+    assert single["actor/clip_frac_high"] + single["actor/clip_frac_low"] > 0  # clipped tokens took part
