@@ -20,9 +20,13 @@ if ! $PY -c "import torch,sys; sys.exit(0 if torch.__version__.split('+')[0]=='$
   $PY -m pip install -q "torch==$TORCH_VERSION"
 fi
 
+# every later install is constrained to the pinned torch, so no dependency can swap it for a CUDA build
+mkdir -p .make
+echo "torch==$TORCH_VERSION" > .make/constraints.txt
 stamp=.make/installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! $PY -c "import klear" 2>/dev/null; then
-  echo "[install] klear (editable, with dev and bench extras)"
-  $PY -m pip install -q -e ".[dev,bench]"
-  mkdir -p .make && touch "$stamp"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/install.sh -nt "$stamp" ] \
+   || ! $PY -c "import klear, ray" 2>/dev/null; then
+  echo "[install] klear (editable, with dev, bench and ray extras)"
+  $PY -m pip install -q -c .make/constraints.txt -e ".[dev,bench,ray]"
+  touch "$stamp"
 fi
