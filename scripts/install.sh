@@ -30,3 +30,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/install.sh 
   $PY -m pip install -q -c .make/constraints.txt -e ".[dev,bench,ray]"
   touch "$stamp"
 fi
+
+# verl plug-in tests (tests/integrations/test_verl.py): verl itself WITHOUT its pinned deps (its
+# transformers<5.11 and hydra/antlr4 4.9 pins would downgrade this environment), plus what its loss
+# and config modules import: tensordict, codetiming, omegaconf (>=2.4 needs no antlr4) and ray (verl's
+# DataProto imports it; the ray extra above installs it). Nothing already installed is downgraded.
+if ! $PY -c "import verl.trainer.ppo.core_algos" 2>/dev/null; then
+  echo "[install] verl==0.9.1 (no deps) + tensordict, codetiming, omegaconf, ray"
+  $PY -m pip install -q --no-deps "verl==0.9.1"
+  $PY -m pip install -q -c .make/constraints.txt "tensordict==0.10.0" codetiming "omegaconf>=2.4"
+fi
