@@ -31,8 +31,6 @@ def reward_throughput(items: int, rounds: int) -> dict[str, float]:
     from klear.dist.groups import RewardGroup
     from rewards_math import make_mix
 
-    mix = make_mix(items, seed=0)
-    rows, responses = [m[0] for m in mix], [m[1] for m in mix]
     rates: dict[int, list[float]] = {1: [], 2: []}
     groups = {}
     for n in (1, 2):
@@ -41,9 +39,13 @@ def reward_throughput(items: int, rounds: int) -> dict[str, float]:
         )
         groups[n] = RewardGroup(cfg)
         groups[n].ready()
-        groups[n].score(rows[:16], responses[:16])  # warm
+        warm = make_mix(16, seed=10_000)
+        groups[n].score([m[0] for m in warm], [m[1] for m in warm])
     try:
-        for _ in range(rounds):
+        for k in range(rounds):
+            # a fresh mix each round, the same for both groups: no verdict comes from a warm cache
+            mix = make_mix(items, seed=k)
+            rows, responses = [m[0] for m in mix], [m[1] for m in mix]
             for n in (1, 2):
                 t0 = time.perf_counter()
                 groups[n].score(rows, responses)

@@ -384,6 +384,11 @@ class DistConfig(Section):
         1, ge=1, description="reward actors, each running a reward pool of reward.num_workers processes"
     )
     learner_ranks: int = Field(1, ge=1, description="data-parallel learner ranks (torch.distributed)")
+    learner_strategy: Literal["fsdp", "ddp"] = Field(
+        "fsdp",
+        description="fsdp: parameters, gradients and optimizer state sharded over the ranks (FSDP2); "
+        "ddp: full replicas, gradients summed by one all-reduce",
+    )
     rollout_cpus: float = Field(1.0, gt=0.0, description="CPUs Ray reserves per rollout actor")
     rollout_gpus: float = Field(
         0.0, ge=0.0, description="GPUs per rollout actor (vLLM: tensor_parallel_size)"

@@ -15,6 +15,7 @@ from klear.train.common import load_model, make_optimizer, pick_device
 from klear.train.learner import (
     Sample,
     allreduce_grads,
+    fsdp_shard,
     merge_stats,
     old_logprobs,
     pad_id,
@@ -56,7 +57,9 @@ def _kept(tokenizer) -> list[list[Sample]]:
     return kept
 
 
-def _grads(model_dir: str, agg: str, rank: int, world: int, port: int | None) -> dict[str, torch.Tensor]:
+def _grads(
+    model_dir: str, agg: str, rank: int, world: int, port: int | None, strategy: str = "ddp"
+) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     cfg = _config(Path(model_dir), agg)
     model, tokenizer = load_model(model_dir, cfg.model, pick_device())
@@ -68,17 +71,21 @@ def _grads(model_dir: str, agg: str, rank: int, world: int, port: int | None) ->
     ):
         s.old_logp = lp + (0.5 if i % 2 else -0.5)
     captured: dict[str, torch.Tensor] = {}
+    sharded = strategy == "fsdp" and world > 1
 
     def capture(m: torch.nn.Module) -> None:
-        if world > 1:
+        if world > 1 and not sharded:
             allreduce_grads(m)
-        captured.update({k: p.grad.clone() for k, p in m.named_parameters()})
+        for k, p in m.named_parameters():  # FSDP: gather the reduce-scattered shards (collective)
+            captured[k] = (p.grad.full_tensor() if sharded else p.grad).clone()
 
     if world > 1:
         import torch.distributed as dist
 
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
+        if sharded:
+            fsdp_shard(model, world, torch.device("cpu"))
         stats = update_policy(
             model,
             make_optimizer(model, cfg.optim),
@@ -88,6 +95,7 @@ def _grads(model_dir: str, agg: str, rank: int, world: int, port: int | None) ->
             rank=rank,
             world=world,
             allreduce=capture,
+            lockstep=sharded,
         )
     finally:
         if world > 1:
@@ -96,9 +104,9 @@ def _grads(model_dir: str, agg: str, rank: int, world: int, port: int | None) ->
     return captured
 
 
-def _rank_main(rank: int, model_dir: str, agg: str, port: int, out: str) -> None:
+def _rank_main(rank: int, model_dir: str, agg: str, port: int, out: str, strategy: str) -> None:
     torch.set_num_threads(1)
-    torch.save(_grads(model_dir, agg, rank, 2, port), f"{out}/rank{rank}.pt")
+    torch.save(_grads(model_dir, agg, rank, 2, port, strategy), f"{out}/rank{rank}.pt")
 
 
 def _free_port() -> int:
@@ -120,12 +128,14 @@ def test_shards_cover_every_index_once():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
-def test_two_gloo_ranks_give_the_one_rank_gradient(model_dir, tmp_path, agg):
+@pytest.mark.parametrize(
+    ("strategy", "agg"), [("ddp", "token-mean"), ("fsdp", "token-mean"), ("fsdp", "seq-mean-token-mean")]
+)
+def test_two_gloo_ranks_give_the_one_rank_gradient(model_dir, tmp_path, strategy, agg):
+    """Replicas (one all-reduce) and FSDP2 shards (reduce-scatter, lockstep passes) alike."""
     one = _grads(model_dir, agg, 0, 1, None)
-    mp.start_processes(
-        _rank_main, args=(model_dir, agg, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn"
-    )
+    args = (model_dir, agg, _free_port(), str(tmp_path), strategy)
+    mp.start_processes(_rank_main, args=args, nprocs=2, start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     nonzero = 0
     for name, g in one.items():

@@ -21,7 +21,7 @@ from klear.config import DistConfig, RLConfig
 from klear.dist.workers import LearnerRank, RewardWorker, RolloutWorker
 from klear.rollout import SamplingParams
 from klear.rollout.hf import call_seed
-from klear.train.learner import Sample, merge_stats
+from klear.train.learner import Sample, merge_stats, shard
 from klear.types import RewardResult, Rollout
 
 log = logging.getLogger("klear.dist")
@@ -267,8 +267,8 @@ class LearnerGroup:
             actor.remote(cfg, str(model_dir), r, d.learner_ranks, threads) for r in range(d.learner_ranks)
         ]
         address, port = self._gather([self.ranks[0].rendezvous.remote()])[0]
-        self._gather([h.join.remote(address, port, d.learner_timeout_s) for h in self.ranks])
-        self.device = torch.device(self._gather([self.ranks[0].device.remote()])[0])
+        devices = self._gather([h.join.remote(address, port, d.learner_timeout_s) for h in self.ranks])
+        self.device = torch.device(devices[0])
 
     def _gather(self, refs: list[Any]) -> list[Any]:
         """Results of one call per rank (or of rank 0); the first failure stops the whole group."""
@@ -295,13 +295,13 @@ class LearnerGroup:
         return self._gather([h.pid.remote() for h in self.ranks])
 
     def old_logprobs(self, samples: Sequence[Sample]) -> None:
+        """Each rank computes its strided shard (``klear.train.learner.shard``) of the step's rollouts."""
         world = len(self.ranks)
-        shares = self._gather(
-            [h.old_logprobs.remote([s.rollout for s in samples[r::world]]) for r, h in enumerate(self.ranks)]
-        )
+        ref = ray.put([s.rollout for s in samples])
+        shares = self._gather([h.old_logprobs.remote(ref) for h in self.ranks])
         for r, share in enumerate(shares):
-            for s, lp in zip(samples[r::world], share, strict=True):
-                s.old_logp = lp
+            for i, lp in zip(shard(len(samples), r, world), share, strict=True):
+                samples[i].old_logp = lp
 
     def update(self, kept: list[list[Sample]]) -> dict[str, float]:
         ref = ray.put(kept)
@@ -309,16 +309,16 @@ class LearnerGroup:
 
     def weights(self) -> Any:
         """An ObjectRef of rank 0's state dict (CPU), for the rollout group."""
-        ref = self.ranks[0].weights.remote()
-        self._gather([ref])
-        return ref
+        refs = [h.weights.remote() for h in self.ranks]  # collective when sharded
+        self._gather(refs)
+        return refs[0]
 
     def lr(self) -> float:
         return float(self._gather([self.ranks[0].lr.remote()])[0])
 
     def save(self, root: Path, step: int, extra: dict[str, Any]) -> Path:
-        # the ranks are replicas (same gradients, same steps): rank 0's state is the whole state
-        return Path(self._gather([self.ranks[0].save.remote(str(root), step, extra)])[0])
+        # every rank takes part (gathering sharded states); rank 0 writes the full states
+        return Path(self._gather([h.save.remote(str(root), step, extra) for h in self.ranks])[0])
 
     def restore(self, ckpt: Path) -> dict[str, Any]:
         return self._gather([h.restore.remote(str(ckpt)) for h in self.ranks])[0]

@@ -83,17 +83,19 @@ class RewardWorker:
 
 
 class LearnerRank:
-    """One data-parallel rank: a :class:`~klear.train.learner.LocalLearner` in a process group."""
+    """One data-parallel rank: a :class:`~klear.train.learner.LocalLearner` in a process group.
+
+    The model is loaded in :meth:`join`, once the process group exists (FSDP shards it there).
+    """
 
     def __init__(self, cfg: RLConfig, model_dir: str, rank: int, world: int, threads: float) -> None:
         from klear.train.common import quiet_transformers
-        from klear.train.learner import LocalLearner
 
         _threads(threads)
         quiet_transformers()
         torch.manual_seed(cfg.run.seed)
-        self.cfg, self.rank, self.world = cfg, rank, world
-        self.learner = LocalLearner(cfg, model_dir, rank=rank, world=world)
+        self.cfg, self.model_dir, self.rank, self.world = cfg, model_dir, rank, world
+        self.learner: Any = None
 
     def pid(self) -> int:
         return os.getpid()
@@ -107,12 +109,14 @@ class LearnerRank:
             port = s.getsockname()[1]
         return ray.util.get_node_ip_address(), port
 
-    def join(self, address: str, port: int, timeout_s: float) -> int:
+    def join(self, address: str, port: int, timeout_s: float) -> str:
+        """Join the process group, then load (and, with FSDP, shard) the model; returns the device."""
         import torch.distributed as dist
 
-        from klear.train.learner import allreduce_grads
+        from klear.train.common import pick_device
+        from klear.train.learner import LocalLearner, allreduce_grads
 
-        backend = "nccl" if self.learner.device.type == "cuda" else "gloo"
+        backend = "nccl" if pick_device().type == "cuda" else "gloo"
         if not dist.is_initialized():
             dist.init_process_group(
                 backend,
@@ -121,29 +125,33 @@ class LearnerRank:
                 world_size=self.world,
                 timeout=timedelta(seconds=timeout_s),
             )
-        if self.world > 1:
-            self.learner.allreduce = allreduce_grads
-        return self.rank
-
-    def device(self) -> str:
+        self.learner = LocalLearner(
+            self.cfg,
+            self.model_dir,
+            rank=self.rank,
+            world=self.world,
+            allreduce=allreduce_grads if self.world > 1 else None,
+            strategy=self.cfg.dist.learner_strategy,
+        )
         return str(self.learner.device)
 
     def old_logprobs(self, rollouts: Sequence[Rollout]) -> list[torch.Tensor]:
-        from klear.train.learner import old_logprobs
-
-        return old_logprobs(self.learner.model, rollouts, self.learner.pad, self.cfg)
+        """Log-probs of this rank's strided shard of all the step's ``rollouts``."""
+        return self.learner.shard_old_logprobs(rollouts)
 
     def update(self, kept: Any) -> Any:
         return self.learner.update_stats(kept)
 
-    def weights(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in self.learner.model.state_dict().items()}
+    def weights(self) -> dict[str, torch.Tensor] | None:
+        """The full state dict (collective when sharded: every rank must be called; rank 0's is it)."""
+        return self.learner.full_state()
 
     def lr(self) -> float:
         return self.learner.lr()
 
-    def save(self, root: str, step: int, extra: dict[str, Any]) -> str:
-        return str(self.learner.save(Path(root), step, extra))
+    def save(self, root: str, step: int, extra: dict[str, Any]) -> str | None:
+        path = self.learner.save(Path(root), step, extra)
+        return str(path) if path is not None else None
 
     def restore(self, ckpt: str) -> dict[str, Any]:
         return self.learner.restore(Path(ckpt))

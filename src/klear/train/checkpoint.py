@@ -49,20 +49,29 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     scheduler: Any | None,
     extra: dict[str, Any] | None = None,
+    *,
+    model_state: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``root/step_{step}`` atomically and point ``root/latest`` at it; return its path."""
+    """Write ``root/step_{step}`` atomically and point ``root/latest`` at it; return its path.
+
+    ``model_state`` / ``optimizer_state`` replace ``model.state_dict()`` / ``optimizer.state_dict()``
+    (a sharded learner passes the gathered full states).
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
     final = root / name
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
     try:
-        model.save_pretrained(tmp / "model", safe_serialization=True)
+        model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=model_state)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "model")
         state = {
             "step": step,
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "optimizer": optimizer_state
+            if optimizer_state is not None
+            else (optimizer.state_dict() if optimizer is not None else None),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": rng_state(),
             "extra": extra or {},

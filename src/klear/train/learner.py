@@ -64,18 +64,41 @@ def model_autocast(model: torch.nn.Module, cfg: RLConfig):
 
 
 def old_logprobs(
-    model: torch.nn.Module, rollouts: Sequence[Rollout], pad: int, cfg: RLConfig
+    model: torch.nn.Module, rollouts: Sequence[Rollout], pad: int, cfg: RLConfig, min_passes: int = 0
 ) -> list[torch.Tensor]:
-    """Response log-probs of ``rollouts`` under ``model``, without gradient (CPU tensors)."""
+    """Response log-probs of ``rollouts`` under ``model``, without gradient (CPU tensors).
+
+    ``min_passes``: run idle forward passes up to this many (sharded ranks must all run the
+    same number of forwards: each one gathers parameters collectively).
+    """
     out: list[torch.Tensor | None] = [None] * len(rollouts)
+    plan = micro_batches(rollouts, cfg.trainer.micro_batch_tokens) if rollouts else []
     with torch.no_grad():
-        for idx in micro_batches(rollouts, cfg.trainer.micro_batch_tokens):
+        for idx in plan:
             mb = make_batch([rollouts[i] for i in idx], pad)
             with model_autocast(model, cfg):
                 logp, _ = response_logprobs(model, mb, cfg.rollout.temperature)
             for row, i in enumerate(idx):
                 out[i] = logp[row, : len(rollouts[i].response_ids)].cpu()
+        for _ in range(min_passes - len(plan)):
+            idle_pass(model, pad, backward=False)
     return out  # type: ignore[return-value]
+
+
+def idle_pass(model: torch.nn.Module, pad: int, backward: bool) -> None:
+    """A forward (and backward) that contributes nothing: keeps a sharded rank in step with the others."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=torch.full((1, 2), pad, dtype=torch.long, device=device), use_cache=False).logits
+    if backward:
+        (logits.float().sum() * 0.0).backward()
+
+
+def passes_per_rank(rollouts: Sequence[Rollout], world: int, token_budget: int) -> list[int]:
+    """Micro-batches each rank runs on its strided shard of ``rollouts`` (every rank can compute all)."""
+    return [
+        len(micro_batches([rollouts[i] for i in shard(len(rollouts), r, world)], token_budget))
+        for r in range(world)
+    ]
 
 
 def loss_mask(s: Sample, cfg: RLConfig) -> float:
@@ -103,11 +126,14 @@ def update_policy(
     rank: int = 0,
     world: int = 1,
     allreduce: Callable[[torch.nn.Module], None] | None = None,
+    lockstep: bool = False,
 ) -> UpdateStats:
     """PPO epochs: each mini-batch of groups is one optimizer step with a global token-mean normaliser.
 
-    With ``world > 1``, this rank back-propagates its shard of each mini-batch and
-    ``allreduce(model)`` must sum the gradients across ranks (see the module docstring).
+    With ``world > 1``, this rank back-propagates its shard of each mini-batch, and the
+    gradients must be summed across ranks: by ``allreduce(model)`` before the step (replicas),
+    or by the sharded model's own reduce-scatter (FSDP, ``lockstep``: every rank then runs as
+    many forward/backward passes as the busiest one). See the module docstring.
     """
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
@@ -130,8 +156,17 @@ def update_policy(
             order = sorted(range(len(samples)), key=lambda i: _length(samples[i].rollout))
             mine = [order[k] for k in shard(len(order), rank, world)]
             rollouts = [samples[i].rollout for i in mine]
+            plan = micro_batches(rollouts, cfg.trainer.micro_batch_tokens) if rollouts else []
+            if lockstep:
+                busiest = max(
+                    passes_per_rank(
+                        [samples[i].rollout for i in order], world, cfg.trainer.micro_batch_tokens
+                    )
+                )
+                for _ in range(busiest - len(plan)):
+                    idle_pass(model, pad, backward=True)
             mb_sums: dict[str, float] = defaultdict(float)
-            for local in micro_batches(rollouts, cfg.trainer.micro_batch_tokens):
+            for local in plan:
                 idx = [mine[k] for k in local]
                 mb = make_batch([samples[i].rollout for i in idx], pad)
                 with model_autocast(model, cfg):
@@ -205,6 +240,8 @@ def clip_grads(model: torch.nn.Module, max_norm: float | None) -> float:
     if not params:
         return 0.0
     total = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
+    if hasattr(total, "full_tensor"):  # sharded (FSDP) gradients: the norm is a DTensor
+        total = total.full_tensor()
     return float(total)
 
 
@@ -246,7 +283,13 @@ def load_weights(model: torch.nn.Module, model_dir: Path) -> None:
 class LocalLearner:
     """Model, optimizer and LR schedule of one rank (the whole learner when ``world`` is 1).
 
-    ``allreduce`` is set by ``klear.dist`` when this rank is one of several.
+    With ``world > 1`` (``klear.dist``, process group already initialised) the ranks are
+    either replicas whose gradients ``allreduce`` sums (``strategy="ddp"``), or one model
+    sharded with FSDP2 (``strategy="fsdp"``: each decoder layer and the root are
+    ``fully_shard``-ed, so parameters, gradients and AdamW state are split over the ranks;
+    gradients are reduce-scattered as sums). Checkpoints hold full, unsharded states with
+    the optimizer state keyed by parameter name, so they load on any number of ranks and
+    with either strategy.
     """
 
     def __init__(
@@ -257,12 +300,16 @@ class LocalLearner:
         rank: int = 0,
         world: int = 1,
         allreduce: Callable[[torch.nn.Module], None] | None = None,
+        strategy: str = "ddp",
     ) -> None:
         from klear.train.common import load_model, make_optimizer, make_scheduler, pick_device
 
         self.cfg, self.rank, self.world, self.allreduce = cfg, rank, world, allreduce
+        self.sharded = strategy == "fsdp" and world > 1
         self.device = pick_device()
         self.model, self.tokenizer = load_model(model_dir, cfg.model, self.device)
+        if self.sharded:
+            fsdp_shard(self.model, world, self.device)
         self.model.train()
         self.optimizer = make_optimizer(self.model, cfg.optim)
         self.scheduler = make_scheduler(self.optimizer, cfg.optim, cfg.trainer.total_steps)
@@ -277,12 +324,32 @@ class LocalLearner:
     def weights(self) -> torch.nn.Module:
         return self.model
 
+    def full_state(self) -> dict[str, torch.Tensor] | None:
+        """The unsharded model state on CPU (collective when sharded; None on ranks other than 0)."""
+        if not self.sharded:
+            return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        return state if self.rank == 0 else None
+
     def old_logprobs(self, samples: Sequence[Sample]) -> None:
         """Set ``old_logp`` of every sample (this rank computes all of them)."""
-        for s, lp in zip(
-            samples, old_logprobs(self.model, [s.rollout for s in samples], self.pad, self.cfg), strict=True
-        ):
+        logps = old_logprobs(self.model, [s.rollout for s in samples], self.pad, self.cfg)
+        for s, lp in zip(samples, logps, strict=True):
             s.old_logp = lp
+
+    def shard_old_logprobs(self, rollouts: Sequence[Rollout]) -> list[torch.Tensor]:
+        """Log-probs of this rank's strided shard of ``rollouts`` (all ranks get the whole list)."""
+        mine = [rollouts[i] for i in shard(len(rollouts), self.rank, self.world)]
+        passes = (
+            max(passes_per_rank(rollouts, self.world, self.cfg.trainer.micro_batch_tokens))
+            if self.sharded
+            else 0
+        )
+        return old_logprobs(self.model, mine, self.pad, self.cfg, min_passes=passes)
 
     def update_stats(self, kept: list[list[Sample]]) -> UpdateStats:
         """This rank's part of the update; the schedule advances once per RL step."""
@@ -295,7 +362,8 @@ class LocalLearner:
             self.cfg,
             rank=self.rank,
             world=self.world,
-            allreduce=self.allreduce,
+            allreduce=None if self.sharded else self.allreduce,
+            lockstep=self.sharded,
         )
         self.scheduler.step()
         return stats
@@ -306,20 +374,77 @@ class LocalLearner:
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
 
-    def save(self, root: Path, step: int, extra: dict[str, Any]) -> Path:
+    def save(self, root: Path, step: int, extra: dict[str, Any]) -> Path | None:
+        """Write the checkpoint (collective when sharded; rank 0 writes, others return None)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
         from klear.train.checkpoint import save_checkpoint
 
-        return save_checkpoint(root, step, self.model, self.tokenizer, self.optimizer, self.scheduler, extra)
+        model_state = self.full_state()
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=options)
+        if self.rank != 0:
+            return None
+        return save_checkpoint(
+            root,
+            step,
+            self.model,
+            self.tokenizer,
+            None,
+            self.scheduler,
+            extra,
+            model_state=model_state,
+            optimizer_state=optim_state,
+        )
 
     def restore(self, ckpt: Path) -> dict[str, Any]:
         """Weights, optimizer and schedule from ``ckpt``; returns the rest of its state (step, RNG, extra)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
         from klear.train.checkpoint import load_trainer_state
 
         state = load_trainer_state(ckpt)
-        load_weights(self.model, ckpt / "model")
-        self.optimizer.load_state_dict(state.pop("optimizer"))
+        if self.sharded:
+            from safetensors.torch import load_file
+
+            weights = load_file(str(Path(ckpt) / "model" / "model.safetensors"))
+            set_model_state_dict(
+                self.model, weights, options=StateDictOptions(full_state_dict=True, strict=False)
+            )
+        else:
+            load_weights(self.model, Path(ckpt) / "model")
+        optim = state.pop("optimizer")
+        if all(isinstance(k, int) for k in optim["state"]):  # a plain optimizer.state_dict()
+            self.optimizer.load_state_dict(optim)
+        else:  # keyed by parameter name: any rank count, either strategy
+            set_optimizer_state_dict(
+                self.model, self.optimizer, optim, options=StateDictOptions(full_state_dict=True)
+            )
         self.scheduler.load_state_dict(state.pop("scheduler"))
         return state
 
     def close(self) -> None:
         pass
+
+
+def fsdp_shard(model: torch.nn.Module, world: int, device: torch.device) -> None:
+    """FSDP2 over ``world`` ranks: each decoder layer (the model's ``_no_split_modules``) and the root.
+
+    Gradients are reduce-scattered as sums (divide factor 1): the shard losses are already
+    divided by the global token count.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    layer_classes = set(getattr(model, "_no_split_modules", None) or [])
+    units = [m for m in model.modules() if type(m).__name__ in layer_classes] + [model]
+    for module in units:
+        fully_shard(module, mesh=mesh)
+    for module in units:  # each unit reduces its own gradients: plain sums, no averaging
+        module.set_gradient_divide_factor(1.0)
+        module.set_force_sum_reduction_for_comms(True)  # gloo has no PREMUL_SUM
