@@ -111,7 +111,7 @@ class PromptStream:
 def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: bool = True) -> RLResult:
     """Run RL as configured; ``init_model`` overrides ``model.path`` (the demo passes its SFT checkpoint)."""
     from klear.rewards.pool import RewardPool, reward_metrics
-    from klear.rollout import SamplingParams, backend_class
+    from klear.rollout import SamplingParams, backend_class, backend_options
     from klear.train.common import (
         load_model,
         make_optimizer,
@@ -141,7 +141,9 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
     stream = PromptStream(train_rows, cfg.run.seed, cfg.data.shuffle)
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.trainer.total_steps)
-    sampler = backend_class(cfg.rollout.backend)(model, tokenizer, seed=cfg.run.seed)
+    sampler = backend_class(cfg.rollout.backend)(
+        model, tokenizer, seed=cfg.run.seed, **backend_options(cfg.rollout, cfg.model)
+    )
     sampling = SamplingParams.from_config(cfg.rollout)
     n, groups_per_step = cfg.rollout.n, cfg.trainer.train_batch_size
     gen_prompts = cfg.trainer.gen_batch_size or groups_per_step
@@ -272,6 +274,7 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
     finally:
         pool.close()
         logger.close()
+        sampler.close()
     final = latest_checkpoint(ckpt_root)
     final_model = (final / "model") if final is not None else out
     rows = history or []
@@ -496,6 +499,7 @@ def _restore(ckpt: Path, model, optimizer, scheduler, stream: PromptStream, samp
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     stream.load(state["extra"]["stream"])
+    sampler.update_weights(model)  # a sampler holding its own copy (vLLM) must see the restored policy
     sampler.set_rng_state(state["extra"]["sampler_rng"])
     set_rng_state(state["rng"])
     return int(state["step"])
