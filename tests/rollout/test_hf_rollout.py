@@ -181,4 +181,5 @@ def test_sampling_params_validation_and_registry():
     assert SamplingParams(temperature=0).greedy
     assert backend_class("hf") is HFRolloutBackend
     with pytest.raises(ValueError, match="not available"):
-        backend_class("vllm")
+        backend_class("nonesuch")
+    assert backend_class("vllm").__name__ == "VLLMRolloutBackend"  # registered; vllm itself loads on use

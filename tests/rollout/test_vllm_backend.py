@@ -432,3 +432,18 @@ def test_rl_trainer_runs_and_resumes_on_the_vllm_backend(fake, tmp_path):
     b_w = weights(tmp_path / "b" / "checkpoints" / "step_000002" / "model")
     for k in a_w:
         torch.testing.assert_close(a_w[k], b_w[k], rtol=1e-4, atol=1e-5)
+
+
+def test_eval_runner_builds_the_vllm_backend_with_yarn(fake, model_dir):
+    from klear.eval.runner import YarnSetting, load_backend
+
+    backend = load_backend("vllm", model_dir, seed=4, yarn=YarnSetting(2.0, 512))
+    (llm,) = fake.LLM.instances
+    assert llm.kwargs["seed"] == 4 and backend.seed == 4
+    rope = llm.kwargs["hf_overrides"]["rope_parameters"]
+    assert (
+        rope["rope_type"] == "yarn"
+        and rope["factor"] == 2.0
+        and rope["original_max_position_embeddings"] == 512
+    )
+    assert rope["rope_theta"] == AutoConfig.from_pretrained(model_dir).rope_parameters["rope_theta"]
