@@ -10,7 +10,9 @@ names, argument names and result shapes as vLLM (>= 0.10.2):
   (``{"prompt_token_ids": [...]}``) and one ``SamplingParams`` per prompt, returning
   ``RequestOutput`` objects in prompt order, each with ``CompletionOutput`` (``token_ids``,
   ``logprobs`` as one ``{token_id: Logprob}`` per position, ``finish_reason``).
-- ``LLM.collective_rpc(method, args=..., kwargs=...)`` calling the worker's method by name;
+- ``LLM.collective_rpc(method, args=..., kwargs=...)`` calling the worker's method by name,
+  after passing the arguments through what vLLM's untyped msgpack decoding preserves
+  (plain types; tuples become lists; a tensor is refused, as it would not arrive as one);
   the worker's ``model_runner.model.load_weights(weights=...)`` loads tensors by HF name
   (and skips ``lm_head.weight`` for tied embeddings, as vLLM's Qwen models do).
 - ``LLM.sleep(level)``, ``LLM.wake_up(tags)``, ``LLM.reset_prefix_cache()``.
@@ -261,8 +263,12 @@ class LLM:
     def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
         if "weights" in self.asleep:
             raise RuntimeError("collective_rpc while the weights are asleep")
+        if not isinstance(method, str):
+            raise TypeError("the fake takes worker method names only (callables need insecure serialization)")
+        # vLLM's engine process decodes RPC arguments with an untyped msgpack decoder
+        args, kwargs = _msgpack_round_trip(list(args)), _msgpack_round_trip(kwargs or {})
         self.calls.append(("collective_rpc", method))
-        return [getattr(w, method)(*args, **(kwargs or {})) for w in self.workers]
+        return [getattr(w, method)(*args, **kwargs) for w in self.workers]
 
     def reset_prefix_cache(self) -> bool:
         self.calls.append(("reset_prefix_cache", None))
@@ -281,6 +287,20 @@ class LLM:
     def wake_up(self, tags: list[str] | None = None) -> None:
         self.calls.append(("wake_up", None if tags is None else list(tags)))
         self.asleep -= set(tags) if tags is not None else set(self.asleep)
+
+
+def _msgpack_round_trip(obj: Any) -> Any:
+    """What an untyped msgpack decode gives back: tuples become lists; only plain types survive."""
+    if obj is None or isinstance(obj, bool | int | float | str | bytes):
+        return obj
+    if isinstance(obj, list | tuple):
+        return [_msgpack_round_trip(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _msgpack_round_trip(v) for k, v in obj.items()}
+    raise TypeError(
+        f"Object of type {type(obj)} does not survive vLLM's untyped RPC decoding "
+        "(a tensor would arrive as a [dtype, shape, data] list)"
+    )
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -352,7 +352,30 @@ def test_bf16_engine_gets_bf16_tensors(fake, model_dir):
 
     fake.LLM.collective_rpc = spy
     backend.update_weights(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))
-    assert sent and all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for _, t in sent)
+    assert sent and all(isinstance(data, bytes) for _, _, _, data in sent)
+    assert {dtype for _, dtype, _, _ in sent} == {"bfloat16"}
+
+
+def test_weights_survive_packing():
+    from klear.rollout.vllm import pack_weights, unpack_weights
+
+    g = torch.Generator().manual_seed(0)
+    tensors = [
+        ("w", torch.randn(3, 5, generator=g).to(torch.bfloat16)),
+        ("b", torch.randn(7, generator=g)),
+        ("t", torch.randn(4, 6, generator=g).t()),  # not contiguous
+        ("i", torch.tensor([3, -2], dtype=torch.int64)),
+        ("s", torch.tensor(2.5)),
+        ("e", torch.empty(0, 4)),
+    ]
+    packed = pack_weights(tensors)
+    assert all(isinstance(d, bytes) and isinstance(n, str) for n, _, _, d in packed)
+    back = unpack_weights(fake_vllm._msgpack_round_trip(packed))
+    assert [n for n, _ in back] == [n for n, _ in tensors]
+    for (_, a), (_, b) in zip(tensors, back, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    with pytest.raises(TypeError, match="untyped RPC"):
+        fake_vllm._msgpack_round_trip([("w", torch.ones(2))])  # why tensors are packed
 
 
 def test_yarn_reaches_the_engine_as_hf_overrides(fake, model_dir):

@@ -28,7 +28,8 @@ How each part of the interface maps onto vLLM's documented API (vLLM >= 0.10.2):
   decoded here from the token ids (``skip_special_tokens``), as the HF backend does, so
   vLLM's detokenizer is switched off (``detokenize=False``).
 - Weights: ``update_weights`` sends the state dict, by Hugging Face parameter name, in
-  buckets through ``LLM.collective_rpc`` to :class:`KlearWorkerExtension` (installed in
+  buckets (as plain ``[name, dtype, shape, bytes]`` lists, which vLLM's RPC serialiser
+  carries between processes) through ``LLM.collective_rpc`` to :class:`KlearWorkerExtension` (installed in
   every worker with ``worker_extension_cls``), which calls the vLLM model's own
   ``load_weights`` -- the pattern of vLLM's RLHF examples. Each tensor-parallel worker
   receives the full tensors and ``load_weights`` keeps its shard. The prefix cache is reset
@@ -101,9 +102,13 @@ class KlearWorkerExtension:
     tensor-parallel shard). Called by name through ``LLM.collective_rpc``.
     """
 
-    def klear_load_weights(self, weights: list[tuple[str, Tensor]]) -> int:
-        """Load full-size tensors by Hugging Face name; vLLM's ``load_weights`` fuses and shards them."""
-        self.model_runner.model.load_weights(weights=weights)  # type: ignore[attr-defined]
+    def klear_load_weights(self, packed: list[Any]) -> int:
+        """Load full-size tensors (packed by :func:`pack_weights`) by Hugging Face name; vLLM's
+        ``load_weights`` fuses and shards them."""
+        model = self.model_runner.model  # type: ignore[attr-defined]
+        device = next(model.parameters()).device
+        weights = [(name, t.to(device)) for name, t in unpack_weights(packed)]
+        model.load_weights(weights=weights)
         return len(weights)
 
     def klear_weight_sums(self) -> dict[str, float]:
@@ -137,6 +142,35 @@ def weight_buckets(
             bucket, size = [], 0
     if bucket:
         yield bucket
+
+
+def pack_weights(bucket: Sequence[tuple[str, Tensor]]) -> list[list[Any]]:
+    """``[name, dtype, shape, raw bytes]`` per CPU tensor: plain msgpack types.
+
+    vLLM (v1, engine in its own process) sends ``collective_rpc`` arguments through its
+    msgpack encoder and decodes them without type information, so a tensor argument would
+    arrive as a list, not a tensor; bytes arrive as bytes in every executor mode.
+    """
+    out = []
+    for name, t in bucket:
+        data = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        out.append([name, str(t.dtype).removeprefix("torch."), list(t.shape), data])
+    return out
+
+
+def unpack_weights(packed: Sequence[Sequence[Any]]) -> list[tuple[str, Tensor]]:
+    """The inverse of :func:`pack_weights` (CPU tensors that own their memory)."""
+    weights = []
+    for name, dtype, shape, data in packed:
+        dt = getattr(torch, dtype)
+        if not isinstance(dt, torch.dtype):
+            raise ValueError(f"{name}: unknown dtype {dtype!r}")
+        if len(data) == 0:
+            t = torch.empty(tuple(shape), dtype=dt)
+        else:
+            t = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dt).reshape(tuple(shape))
+        weights.append((str(name), t))
+    return weights
 
 
 def request_seeds(seed: int, count: int, *, call: int | None) -> list[int]:
@@ -410,7 +444,7 @@ class VLLMRolloutBackend:
             self.llm.wake_up(tags=["weights"])
             self._asleep.discard("weights")
         for bucket in weight_buckets(state, _DTYPES[self.dtype], self.bucket_bytes):
-            self.llm.collective_rpc("klear_load_weights", args=(bucket,))
+            self.llm.collective_rpc("klear_load_weights", args=(pack_weights(bucket),))
         # cached prefixes hold keys/values computed with the old weights
         self.llm.reset_prefix_cache()
         self._weights_lost = False
@@ -512,8 +546,10 @@ __all__ = [
     "hf_weight_name",
     "import_vllm",
     "options_from_config",
+    "pack_weights",
     "request_seeds",
     "sampled_logprobs",
+    "unpack_weights",
     "vllm_sampling_kwargs",
     "weight_buckets",
     "yarn_hf_overrides",
