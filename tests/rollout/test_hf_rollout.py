@@ -181,7 +181,7 @@ def test_sampling_params_validation_and_registry():
     assert SamplingParams(temperature=0).greedy
     assert backend_class("hf") is HFRolloutBackend
     with pytest.raises(ValueError, match="not available"):
-        backend_class("vllm")
+        backend_class("nonesuch")
 
 
 def test_sampled_rows_do_not_depend_on_batching_or_splitting(backend, prompts):

@@ -33,7 +33,7 @@ class RolloutWorker:
     """A rollout backend over this actor's own copy of the policy, at a known weights version."""
 
     def __init__(self, cfg: RLConfig, model_dir: str, threads: float) -> None:
-        from klear.rollout import backend_class
+        from klear.rollout import backend_class, backend_options
         from klear.train.common import load_model, pick_device, quiet_transformers
 
         _threads(threads)
@@ -41,7 +41,8 @@ class RolloutWorker:
         model, tokenizer = load_model(Path(model_dir), cfg.model, pick_device())
         model.eval()
         # the seed is unused: the group always passes each call's seed (keyed sampling)
-        self.backend = backend_class(cfg.rollout.backend)(model, tokenizer, seed=cfg.run.seed)
+        options = backend_options(cfg.rollout, cfg.model)
+        self.backend = backend_class(cfg.rollout.backend)(model, tokenizer, seed=cfg.run.seed, **options)
         self.version = 0
 
     def pid(self) -> int:

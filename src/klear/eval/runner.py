@@ -778,8 +778,9 @@ def load_backend(
     ``hf``: the config is loaded, passed through :func:`klear.eval.yarn.apply_yarn`,
     and the model built from it, so the scaling the model runs with is exactly the
     config recorded in ``summary.json``. Other registered backends (vLLM) are
-    built with ``cls.from_pretrained(model_dir, seed=..., hf_overrides=...)``,
-    the YaRN settings passed as a config-override dict (:func:`klear.eval.yarn.yarn_overrides`).
+    built with ``cls.from_pretrained(model_dir, seed=..., yarn=(factor, original))``;
+    the vLLM backend turns that into ``hf_overrides`` holding the whole rope section
+    :func:`klear.eval.yarn.apply_yarn` writes (rope_theta included).
     """
     from klear.rollout import backend_class
 
@@ -791,11 +792,9 @@ def load_backend(
     if not path.is_dir():
         raise EvalError(f"model directory {str(path)!r} does not exist")
     if name != "hf":
-        from klear.eval.yarn import yarn_overrides
-
         kwargs: dict[str, Any] = {"seed": seed}
         if yarn is not None:
-            kwargs["hf_overrides"] = yarn_overrides(yarn.factor, yarn.original_max_position_embeddings)
+            kwargs["yarn"] = (yarn.factor, yarn.original_max_position_embeddings)
         return cls.from_pretrained(str(path), **kwargs)
 
     import torch

@@ -19,11 +19,15 @@ greedy decoding (temperature 0) the sampling distribution is a point mass, so th
 backend reports the raw policy log-prob (temperature 1, unfiltered) instead. The RL
 trainer recomputes the old log-probs with its own forward pass anyway (that pass and
 the sampler's can differ numerically: other kernels, bf16, vLLM); these are for
-diagnostics such as the sampler/trainer mismatch.
+diagnostics such as the sampler/trainer mismatch. The vLLM backend gets the same
+definition by building its engine with ``logprobs_mode="processed_logprobs"`` (vLLM's
+default, ``raw_logprobs``, would report the unscaled, unfiltered distribution).
 
 Backends are registered in ``BACKENDS`` by the ``rollout.backend`` config name. The HF
-backend is the reference (CPU and small GPU runs); a vLLM backend plugs in with the
-same three methods.
+backend is the reference (CPU and small GPU runs); the vLLM backend
+(:mod:`klear.rollout.vllm`, GPU only, ``pip install klear[vllm]``) plugs in with the same
+methods. Importing this package never imports vLLM: a backend's module is imported when
+the backend is asked for.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Union
 from klear.types import Rollout
 
 if TYPE_CHECKING:
-    from klear.config import RolloutConfig
+    from klear.config import ModelConfig, RolloutConfig
 
 #: One prompt: token ids, a string already in the model's prompt format, or chat messages.
 PromptInput = Union[Sequence[int], str, Sequence[Mapping[str, str]]]  # noqa: UP007 (runtime alias, py3.10)
@@ -117,6 +121,7 @@ class RolloutBackend(Protocol):
 #: ``rollout.backend`` name -> "module:class" of the implementation (imported on use).
 BACKENDS: dict[str, str] = {
     "hf": "klear.rollout.hf:HFRolloutBackend",
+    "vllm": "klear.rollout.vllm:VLLMRolloutBackend",
 }
 
 
@@ -133,4 +138,17 @@ def backend_class(name: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
-__all__ = ["BACKENDS", "PromptInput", "RolloutBackend", "SamplingParams", "backend_class"]
+def backend_options(rollout: RolloutConfig, model: ModelConfig) -> dict[str, Any]:
+    """Keyword arguments, beyond ``(model, tokenizer, seed=...)``, that ``rollout.backend`` takes from the config.
+
+    The HF backend takes none; the vLLM backend takes its engine settings (``rollout.vllm``,
+    tensor parallel size, YaRN from ``model``).
+    """
+    if rollout.backend == "vllm":
+        from klear.rollout.vllm import options_from_config  # does not import vllm itself
+
+        return options_from_config(rollout, model)
+    return {}
+
+
+__all__ = ["BACKENDS", "PromptInput", "RolloutBackend", "SamplingParams", "backend_class", "backend_options"]

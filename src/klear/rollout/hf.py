@@ -48,6 +48,18 @@ def stop_token_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
     return sorted(set(ids))
 
 
+def encode_prompt(tokenizer: Any, prompt: PromptInput) -> list[int]:
+    """Token ids of one prompt: ids as given, a string encoded without special tokens, chat
+    messages through the tokenizer's chat template with the generation prompt."""
+    if isinstance(prompt, str):
+        return tokenizer.encode(prompt, add_special_tokens=False)
+    items = list(prompt)
+    if items and isinstance(items[0], Mapping):
+        text = tokenizer.apply_chat_template(items, tokenize=False, add_generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False)
+    return [int(t) for t in items]
+
+
 def process_logits(logits: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:
     """Log-probs of the sampling distribution: logits / temperature, top-k, then top-p (nucleus).
 
@@ -220,13 +232,7 @@ class HFRolloutBackend:
 
     def encode(self, prompt: PromptInput) -> list[int]:
         """Token ids of one prompt (chat messages get the chat template with the generation prompt)."""
-        if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt, add_special_tokens=False)
-        items = list(prompt)
-        if items and isinstance(items[0], Mapping):
-            text = self.tokenizer.apply_chat_template(items, tokenize=False, add_generation_prompt=True)
-            return self.tokenizer.encode(text, add_special_tokens=False)
-        return [int(t) for t in items]
+        return encode_prompt(self.tokenizer, prompt)
 
     def generate(
         self,

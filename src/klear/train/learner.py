@@ -317,9 +317,10 @@ class LocalLearner:
 
     def sampler(self, seed: int) -> Any:
         """A rollout backend of ``rollout.backend`` over this learner's own module (no weight copies)."""
-        from klear.rollout import backend_class
+        from klear.rollout import backend_class, backend_options
 
-        return backend_class(self.cfg.rollout.backend)(self.model, self.tokenizer, seed=seed)
+        options = backend_options(self.cfg.rollout, self.cfg.model)
+        return backend_class(self.cfg.rollout.backend)(self.model, self.tokenizer, seed=seed, **options)
 
     def weights(self) -> torch.nn.Module:
         return self.model
