@@ -450,6 +450,20 @@ class RLConfig(Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     dist: DistConfig = Field(default_factory=DistConfig)
 
+    @model_validator(mode="after")
+    def _dist(self) -> RLConfig:
+        d = self.dist
+        if (
+            d.backend == "ray"
+            and self.rollout.backend == "vllm"
+            and d.rollout_gpus < self.rollout.tensor_parallel_size
+        ):
+            raise ValueError(
+                f"dist.rollout_gpus = {d.rollout_gpus:g} is too few: each vLLM rollout actor needs "
+                f"rollout.tensor_parallel_size = {self.rollout.tensor_parallel_size} GPUs"
+            )
+        return self
+
 
 class SFTTrainerConfig(Section):
     epochs: float = Field(1.0, gt=0.0, description="passes over the training rows (fractions allowed)")
