@@ -1,9 +1,11 @@
 """What Ray costs and buys on one machine: reward throughput with 1 vs 2 reward actors, and
 the RL step time of ``dist.backend=ray`` vs the single process.
 
-1. Rewards: the math mix of ``bench/rewards_math.py`` (``--items`` verifications) scored by a
+1. Rewards: ``--items`` code responses of ``bench/rewards_code.py`` (16 stdin tests each, run
+   in the bubblewrap sandbox, ~0.1 s of CPU per response) scored by a
    :class:`klear.dist.groups.RewardGroup` of 1 actor, then of 2 actors, each a pool of one
-   process; rounds alternate, warm pools. Printed: items/s and the 2/1 ratio.
+   process; rounds alternate, warm pools. (Math verdicts take ~1 ms each: too little work per
+   item to show anything but Ray's per-call cost.) Printed: responses/s and the 2/1 ratio.
 2. RL steps: the same tiny-model config run by ``train_rl`` in one process and with
    ``--rollout-workers`` / ``--reward-workers`` / ``--learner-ranks`` actors; the mean
    ``time/step`` after the first step (warm-up), the difference per step (Ray's overhead:
@@ -29,8 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def reward_throughput(items: int, rounds: int) -> dict[str, float]:
     from klear.config import RLConfig, build_config
     from klear.dist.groups import RewardGroup
-    from rewards_math import make_mix
+    from rewards_code import PROGRAM, _problem
 
+    rows = [
+        {"data_source": "bench", "ability": "code", "reward_model": {"ground_truth": _problem(k)}}
+        for k in range(items)
+    ]
+    responses = [f"<think>.</think>```python\n{PROGRAM}```"] * items
     rates: dict[int, list[float]] = {1: [], 2: []}
     groups = {}
     for n in (1, 2):
@@ -39,17 +46,14 @@ def reward_throughput(items: int, rounds: int) -> dict[str, float]:
         )
         groups[n] = RewardGroup(cfg)
         groups[n].ready()
-        warm = make_mix(16, seed=10_000)
-        groups[n].score([m[0] for m in warm], [m[1] for m in warm])
+        groups[n].score(rows[:2], responses[:2])  # warm: sandboxes up
     try:
-        for k in range(rounds):
-            # a fresh mix each round, the same for both groups: no verdict comes from a warm cache
-            mix = make_mix(items, seed=k)
-            rows, responses = [m[0] for m in mix], [m[1] for m in mix]
+        for _ in range(rounds):
             for n in (1, 2):
                 t0 = time.perf_counter()
-                groups[n].score(rows, responses)
+                results = groups[n].score(rows, responses)
                 rates[n].append(items / (time.perf_counter() - t0))
+                assert all(r.correct for r in results), "a code test failed: the bench measures nothing"
     finally:
         for g in groups.values():
             g.close()
@@ -102,7 +106,7 @@ def step_times(steps: int, rollout: int, reward: int, ranks: int) -> dict[str, d
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--items", type=int, default=1024, help="math verifications per reward round")
+    ap.add_argument("--items", type=int, default=64, help="code responses (16 tests each) per reward round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=4, help="RL steps per run (the first is warm-up)")
     ap.add_argument("--rollout-workers", type=int, default=2)
@@ -123,7 +127,7 @@ def main() -> None:
         r = reward_throughput(args.items, args.rounds)
         print(f"cores: {os.cpu_count()}")
         print(
-            f"rewards, {args.items} math items: 1 actor {r['one']:.0f}/s, 2 actors {r['two']:.0f}/s, 2/1 = {r['ratio']:.2f}x"
+            f"code rewards, {args.items} responses x 16 tests: 1 actor {r['one']:.0f}/s, 2 actors {r['two']:.0f}/s, 2/1 = {r['ratio']:.2f}x"
         )
         s = step_times(args.steps, args.rollout_workers, args.reward_workers, args.learner_ranks)
         one, dist = s["single"], s["ray"]
