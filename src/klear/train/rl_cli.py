@@ -4,11 +4,12 @@ Examples:
   klear rl recipes/demo.yaml model.path=runs/demo/sft/final
   klear rl recipes/klear-8b-math-rl.yaml loss.type=cispo trainer.total_steps=200
   klear rl recipes/demo.yaml --no-resume        # start over even if OUT has checkpoints
+  klear rl recipes/demo.yaml dist.backend=ray dist.learner_ranks=2   # on Ray (docs/distributed.md)
 
 A run writes OUT/config.yaml (the resolved config), OUT/metrics.jsonl (one line per step),
 OUT/checkpoints/step_N/{model,trainer_state.pt} and OUT/curves.png. Started again with the
 same OUT, it resumes from the latest checkpoint exactly (model, optimizer, scheduler, RNG,
-data position).
+data position), on any number of learner ranks.
 """
 
 from __future__ import annotations
