@@ -149,6 +149,9 @@ def test_overlong_filter_masks_truncated_responses(tmp_path, overlong_filter):
     )
     if not overlong_filter:
         assert metrics["actor/grad_norm"] > 0
+        assert 0 < metrics["actor/ratio_min"] <= metrics["actor/ratio_max"]
+    else:  # no counted token: no ratio statistics (not a fake 0)
+        assert "actor/ratio_min" not in metrics and "actor/ratio_max" not in metrics
 
 
 def test_prompt_stream_epochs_and_state():

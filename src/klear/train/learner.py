@@ -186,6 +186,8 @@ def update_policy(
                         continue  # a per-micro-batch ratio; taken over the whole mini-batch below
                     if k in _GLOBAL_SUMS:
                         mb_sums[k] += float(v)
+                    elif k in ("ratio_max", "ratio_min") and w == 0:
+                        continue  # no token counted here (all overlong-filtered): no ratio to report
                     elif k == "ratio_max":
                         maxima[k] = max(maxima.get(k, float("-inf")), float(v))
                     elif k == "ratio_min":
