@@ -215,7 +215,11 @@ class RewardGroup:
 
     def __init__(self, cfg: RLConfig) -> None:
         r, d = cfg.reward, cfg.dist
-        actor = ray.remote(RewardWorker).options(num_cpus=r.num_workers, max_restarts=0)
+        # reserved by CPU count and spread over the nodes: one sandbox pool per node when
+        # dist.reward_workers equals the node count
+        actor = ray.remote(RewardWorker).options(
+            num_cpus=r.num_workers, max_restarts=0, scheduling_strategy="SPREAD"
+        )
         self.cfg = r
         self.actors = ActorSet(
             lambda _: actor.remote(r, r.num_workers), d.reward_workers, d.max_worker_restarts, "reward"
