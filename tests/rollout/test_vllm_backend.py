@@ -471,3 +471,31 @@ def test_eval_runner_builds_the_vllm_backend_with_yarn(fake, model_dir):
         and rope["original_max_position_embeddings"] == 512
     )
     assert rope["rope_theta"] == AutoConfig.from_pretrained(model_dir).rope_parameters["rope_theta"]
+
+
+@pytest.mark.slow
+def test_a_ray_rollout_worker_body_runs_the_vllm_backend_from_the_directory(fake, varied_dir, prompts):
+    """klear.dist's rollout actor (its plain body, no Ray here): the engine loads the model
+    directory itself, slices of a call sample what the whole call samples (keyed request seeds),
+    and a weights version other than the worker's is refused."""
+    from klear.config import RLConfig, build_config
+    from klear.dist.workers import RolloutWorker, VersionMismatch
+
+    cfg = build_config(
+        RLConfig, {"model": {"path": str(varied_dir), "dtype": "float32"}, "rollout": {"backend": "vllm"}}
+    )
+    worker = RolloutWorker(cfg, str(varied_dir), 1)
+    assert fake.LLM.instances[-1].model_path == str(varied_dir)  # no HF copy handed over
+    params = SamplingParams(n=2, max_new_tokens=6, seed=3)
+    groups = [10, 11, 12, 13]
+    whole = worker.generate(prompts, params, groups, 0)
+    halves = worker.generate(prompts[:1], params, groups[:1], 0) + worker.generate(
+        prompts[1:], params, groups[1:], 0
+    )
+    assert [r.response_ids for r in halves] == [r.response_ids for r in whole]
+    assert [r.group for r in whole] == [g for g in groups for _ in range(2)]
+    with pytest.raises(VersionMismatch, match="asked for policy version 1"):
+        worker.generate(prompts, params, groups, 1)
+    state = AutoModelForCausalLM.from_pretrained(varied_dir, dtype=torch.float32).state_dict()
+    assert worker.load_weights(state, 1) == 1
+    assert len(worker.generate(prompts, params, groups, 1)) == 2 * len(prompts)

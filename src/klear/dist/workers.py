@@ -38,11 +38,15 @@ class RolloutWorker:
 
         _threads(threads)
         quiet_transformers()
-        model, tokenizer = load_model(Path(model_dir), cfg.model, pick_device())
-        model.eval()
-        # the seed is unused: the group always passes each call's seed (keyed sampling)
         options = backend_options(cfg.rollout, cfg.model)
-        self.backend = backend_class(cfg.rollout.backend)(model, tokenizer, seed=cfg.run.seed, **options)
+        cls = backend_class(cfg.rollout.backend)
+        # the seed is unused: the group always passes each call's seed (keyed sampling)
+        if cfg.rollout.backend == "hf":  # the HF backend samples from a module of its own
+            model, tokenizer = load_model(Path(model_dir), cfg.model, pick_device())
+            model.eval()
+            self.backend = cls(model, tokenizer, seed=cfg.run.seed, **options)
+        else:  # an engine (vLLM) loads the directory itself: no second copy of the weights
+            self.backend = cls(str(model_dir), seed=cfg.run.seed, **options)
         self.version = 0
 
     def pid(self) -> int:
