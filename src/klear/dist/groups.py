@@ -19,7 +19,7 @@ import torch
 
 from klear.config import DistConfig, RLConfig
 from klear.dist.workers import LearnerRank, RewardWorker, RolloutWorker
-from klear.rollout import SamplingParams
+from klear.rollout import SamplingParams, group_keys
 from klear.rollout.hf import call_seed
 from klear.train.learner import Sample, merge_stats, shard
 from klear.types import RewardResult, Rollout
@@ -174,12 +174,10 @@ class RolloutGroup:
     def generate(
         self, prompts: Sequence[Any], sampling: SamplingParams, groups: Sequence[int | str] | None = None
     ) -> list[Rollout]:
-        if groups is not None and len(groups) != len(prompts):
-            raise ValueError(f"{len(groups)} groups for {len(prompts)} prompts")
         if sampling.seed is None:
             self.calls += 1
             sampling = sampling.replace(seed=call_seed(self.seed, self.calls))
-        keys = list(groups) if groups is not None else list(range(len(prompts)))
+        keys = group_keys(prompts, groups)
         chunks = [(list(prompts[a:b]), keys[a:b]) for a, b in split(len(prompts), len(self.actors))]
         version = self.version
         parts = self.actors.run(chunks, lambda a, c: a.generate.remote(c[0], sampling, c[1], version))

@@ -118,6 +118,15 @@ class RolloutBackend(Protocol):
         ...
 
 
+def group_keys(prompts: Sequence[Any], groups: Sequence[int | str] | None) -> list[int | str]:
+    """The group id of each prompt: ``groups`` (one per prompt) or, by default, the prompt's index."""
+    if groups is None:
+        return list(range(len(prompts)))
+    if len(groups) != len(prompts):
+        raise ValueError(f"{len(groups)} groups for {len(prompts)} prompts")
+    return list(groups)
+
+
 #: ``rollout.backend`` name -> "module:class" of the implementation (imported on use).
 BACKENDS: dict[str, str] = {
     "hf": "klear.rollout.hf:HFRolloutBackend",
@@ -151,4 +160,12 @@ def backend_options(rollout: RolloutConfig, model: ModelConfig) -> dict[str, Any
     return {}
 
 
-__all__ = ["BACKENDS", "PromptInput", "RolloutBackend", "SamplingParams", "backend_class", "backend_options"]
+__all__ = [
+    "BACKENDS",
+    "PromptInput",
+    "RolloutBackend",
+    "SamplingParams",
+    "backend_class",
+    "backend_options",
+    "group_keys",
+]

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from klear.rollout import PromptInput, SamplingParams
+from klear.rollout import PromptInput, SamplingParams, group_keys
 from klear.types import Rollout
 
 
@@ -240,13 +240,11 @@ class HFRolloutBackend:
         sampling: SamplingParams,
         groups: Sequence[int | str] | None = None,
     ) -> list[Rollout]:
-        if groups is not None and len(groups) != len(prompts):
-            raise ValueError(f"{len(groups)} groups for {len(prompts)} prompts")
+        keys = group_keys(prompts, groups)
         encoded = [self.encode(p) for p in prompts]
         expanded = [ids for ids in encoded for _ in range(sampling.n)]  # prompt-major
-        call_seed = self.next_call_seed() if sampling.seed is None else sampling.seed
-        keys = list(groups) if groups is not None else list(range(len(prompts)))
-        seeds = [row_seed(call_seed, keys[k // sampling.n], k % sampling.n) for k in range(len(expanded))]
+        seed = self.next_call_seed() if sampling.seed is None else sampling.seed
+        seeds = [row_seed(seed, keys[k // sampling.n], k % sampling.n) for k in range(len(expanded))]
         chunk = self.max_batch_size or len(expanded) or 1
         was_training = self.model.training
         self.model.eval()
@@ -276,7 +274,7 @@ class HFRolloutBackend:
                     logprobs=lps,
                     text=text,
                     truncated=trunc,
-                    group=groups[i] if groups is not None else i,
+                    group=keys[i],
                     sample=j,
                     meta={"finish_reason": "length" if trunc else "stop"},
                 )

@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from klear.rollout import PromptInput, SamplingParams
+from klear.rollout import PromptInput, SamplingParams, group_keys
 from klear.rollout.hf import call_seed, encode_prompt, row_seed, stop_token_ids
 from klear.types import Rollout
 
@@ -379,14 +379,13 @@ class VLLMRolloutBackend:
         sampling: SamplingParams,
         groups: Sequence[int | str] | None = None,
     ) -> list[Rollout]:
-        if groups is not None and len(groups) != len(prompts):
-            raise ValueError(f"{len(groups)} groups for {len(prompts)} prompts")
+        keys = group_keys(prompts, groups)
         encoded = [self.encode(p) for p in prompts]
         if any(len(ids) == 0 for ids in encoded):
             raise ValueError("empty prompt: every prompt needs at least one token")
         n = sampling.n
         # 1. One request per sample, prompt-major, each with its own seed.
-        seeds = self._seeds(sampling, list(groups) if groups is not None else list(range(len(prompts))))
+        seeds = self._seeds(sampling, keys)
         params = [
             self._vllm.SamplingParams(**vllm_sampling_kwargs(sampling, self.stop_ids, s)) for s in seeds
         ]
@@ -422,7 +421,7 @@ class VLLMRolloutBackend:
                     logprobs=logprobs[k],
                     text=texts[k],
                     truncated=truncated[k],
-                    group=groups[i] if groups is not None else i,
+                    group=keys[i],
                     sample=j,
                     meta={
                         "finish_reason": "length" if truncated[k] else "stop",
