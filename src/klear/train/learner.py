@@ -329,8 +329,10 @@ class LocalLearner:
 
     def full_state(self) -> dict[str, torch.Tensor] | None:
         """The unsharded model state on CPU (collective when sharded; None on ranks other than 0)."""
-        if not self.sharded:
-            return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        if not self.sharded:  # replicas: rank 0's copy is everyone's
+            return (
+                {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if self.rank == 0 else None
+            )
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(
