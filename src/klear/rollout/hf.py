@@ -81,6 +81,10 @@ def process_logits(logits: Tensor, temperature: float, top_k: int, top_p: float)
     return x.log_softmax(-1)
 
 
+#: uniforms drawn per row at once; a generator yields the same stream in blocks as one by one
+_UNIFORM_BLOCK = 64
+
+
 def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
     """Token index per row with ``P(index = k) = probs[k] / sum(probs)``, from uniforms ``u`` in [0, 1).
 
@@ -133,6 +137,7 @@ def sample_batch(
     if not sampling.greedy and (row_seeds is None or len(row_seeds) != bsz):
         raise ValueError("sampling needs one seed per prompt (row_seeds)")
     gens = [torch.Generator().manual_seed(int(s)) for s in row_seeds] if not sampling.greedy else []
+    uniforms = torch.zeros((bsz, _UNIFORM_BLOCK))  # row r's next uniforms, drawn a block at a time
 
     # 2. Prefill: one forward pass over the prompts fills the KV cache.
     out = model(
@@ -156,8 +161,10 @@ def sample_batch(
             token = logp.argmax(-1)
         else:
             logp = process_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-            u = torch.cat([torch.rand(1, generator=gens[r]) for r in rows.tolist()]).to(device)
-            token = inverse_cdf(logp.exp(), u)
+            if step % _UNIFORM_BLOCK == 0:  # one generator call per live row per block, not per token
+                for r in rows.tolist():
+                    uniforms[r] = torch.rand(_UNIFORM_BLOCK, generator=gens[r])
+            token = inverse_cdf(logp.exp(), uniforms[rows.cpu(), step % _UNIFORM_BLOCK].to(device))
         token_logp = logp.gather(-1, token[:, None]).squeeze(-1)
         done = torch.isin(token, stops)
         for r, t, lp, d in zip(
