@@ -19,8 +19,7 @@ import torch
 
 from klear.config import DistConfig, RLConfig
 from klear.dist.workers import LearnerRank, RewardWorker, RolloutWorker
-from klear.rollout import SamplingParams, group_keys
-from klear.rollout.hf import call_seed
+from klear.rollout import CallSeeds, SamplingParams, group_keys
 from klear.train.learner import Sample, merge_stats, shard
 from klear.types import RewardResult, Rollout
 
@@ -157,7 +156,7 @@ class RolloutGroup:
             num_cpus=d.rollout_cpus, num_gpus=d.rollout_gpus, max_restarts=0
         )
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.seed, self.calls, self.version = cfg.run.seed, 0, 0
+        self.seeds, self.version = CallSeeds(cfg.run.seed), 0
         self._weights: Any = None  # ObjectRef of the latest state dict (None: the initial model_dir)
 
         def make(_: int) -> Any:
@@ -174,9 +173,7 @@ class RolloutGroup:
     def generate(
         self, prompts: Sequence[Any], sampling: SamplingParams, groups: Sequence[int | str] | None = None
     ) -> list[Rollout]:
-        if sampling.seed is None:
-            self.calls += 1
-            sampling = sampling.replace(seed=call_seed(self.seed, self.calls))
+        sampling = sampling.replace(seed=self.seeds.next(sampling.seed))  # as one backend would
         keys = group_keys(prompts, groups)
         chunks = [(list(prompts[a:b]), keys[a:b]) for a, b in split(len(prompts), len(self.actors))]
         version = self.version
@@ -193,10 +190,10 @@ class RolloutGroup:
         self.actors.call_all("load_weights", ref, self.version)
 
     def get_rng_state(self) -> dict[str, int]:
-        return {"seed": self.seed, "calls": self.calls}
+        return self.seeds.state()
 
     def set_rng_state(self, state: dict[str, int]) -> None:
-        self.seed, self.calls = int(state["seed"]), int(state["calls"])
+        self.seeds.load(state)
 
     def pids(self) -> list[int]:
         return self.ready()

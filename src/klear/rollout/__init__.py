@@ -33,6 +33,7 @@ the backend is asked for.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, Union
@@ -118,6 +119,46 @@ class RolloutBackend(Protocol):
         ...
 
 
+def row_seed(call_seed: int, group: int | str, sample: int) -> int:
+    """A 63-bit seed for one sampled row, from the call's seed, the row's group and sample index."""
+    key = f"{call_seed}:{group!r}:{sample}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+def call_seed(seed: int, calls: int) -> int:
+    """The seed of a backend's ``calls``-th unseeded generate call."""
+    return row_seed(seed, "call", calls)
+
+
+class CallSeeds:
+    """A sampler's whole RNG state: its construction seed and a counter of unseeded calls.
+
+    Every backend (and ``klear.dist``'s rollout group) draws call seeds through one of these,
+    so their states mean the same thing and a checkpoint's ``sampler_rng`` resumes any of them.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self.calls = int(seed), 0
+
+    def next(self, fixed: int | None = None) -> int:
+        """The seed of the next call: ``fixed`` (``SamplingParams.seed``; the counter stays) or a fresh one."""
+        if fixed is not None:
+            return fixed
+        self.calls += 1
+        return call_seed(self.seed, self.calls)
+
+    def state(self) -> dict[str, int]:
+        return {"seed": self.seed, "calls": self.calls}
+
+    def load(self, state: Mapping[str, int]) -> None:
+        if not isinstance(state, Mapping) or set(state) != {"seed", "calls"}:
+            raise ValueError(
+                f"not a rollout RNG state: {type(state).__name__} (a checkpoint written by an older klear, "
+                "whose HF sampler kept a torch generator, cannot resume keyed sampling)"
+            )
+        self.seed, self.calls = int(state["seed"]), int(state["calls"])
+
+
 def group_keys(prompts: Sequence[Any], groups: Sequence[int | str] | None) -> list[int | str]:
     """The group id of each prompt: ``groups`` (one per prompt) or, by default, the prompt's index."""
     if groups is None:
@@ -162,10 +203,13 @@ def backend_options(rollout: RolloutConfig, model: ModelConfig) -> dict[str, Any
 
 __all__ = [
     "BACKENDS",
+    "CallSeeds",
     "PromptInput",
     "RolloutBackend",
     "SamplingParams",
     "backend_class",
     "backend_options",
+    "call_seed",
     "group_keys",
+    "row_seed",
 ]

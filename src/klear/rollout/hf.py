@@ -19,7 +19,6 @@ mixed with a call counter, which is the backend's whole RNG state (exact resume)
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from klear.rollout import PromptInput, SamplingParams, group_keys
+from klear.rollout import CallSeeds, PromptInput, SamplingParams, group_keys, row_seed
 from klear.types import Rollout
 
 
@@ -93,17 +92,6 @@ def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
     cdf = probs.float().cumsum(-1)
     target = (u.float() * cdf[:, -1])[:, None]
     return (cdf <= target).sum(-1).clamp(max=probs.shape[-1] - 1)
-
-
-def row_seed(call_seed: int, group: int | str, sample: int) -> int:
-    """A 63-bit seed for one sampled row, from the call's seed, the row's group and sample index."""
-    key = f"{call_seed}:{group!r}:{sample}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
-
-
-def call_seed(seed: int, calls: int) -> int:
-    """The seed of a backend's ``calls``-th unseeded generate call."""
-    return row_seed(seed, "call", calls)
 
 
 @torch.no_grad()
@@ -223,8 +211,7 @@ class HFRolloutBackend:
         self.pad_id = int(pad if pad is not None else self.stop_ids[0])
         self.max_batch_size = max_batch_size
         self.device = next(model.parameters()).device
-        self.seed = int(seed)
-        self.calls = 0  # the RNG state: call seeds are derived from (seed, calls)
+        self.seeds = CallSeeds(seed)  # the whole RNG state
 
     @classmethod
     def from_pretrained(
@@ -250,7 +237,7 @@ class HFRolloutBackend:
         keys = group_keys(prompts, groups)
         encoded = [self.encode(p) for p in prompts]
         expanded = [ids for ids in encoded for _ in range(sampling.n)]  # prompt-major
-        seed = self.next_call_seed() if sampling.seed is None else sampling.seed
+        seed = self.seeds.next(sampling.seed)
         seeds = [row_seed(seed, keys[k // sampling.n], k % sampling.n) for k in range(len(expanded))]
         chunk = self.max_batch_size or len(expanded) or 1
         was_training = self.model.training
@@ -295,17 +282,12 @@ class HFRolloutBackend:
         state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
         self.model.load_state_dict(state, strict=True)
 
-    def next_call_seed(self) -> int:
-        """The seed of the next call without a fixed ``SamplingParams.seed`` (advances the state)."""
-        self.calls += 1
-        return call_seed(self.seed, self.calls)
-
     def get_rng_state(self) -> dict[str, int]:
-        """The sampler's RNG state (for exact resume): its seed and the number of seeded calls."""
-        return {"seed": self.seed, "calls": self.calls}
+        """The sampler's RNG state (for exact resume): its seed and the number of unseeded calls."""
+        return self.seeds.state()
 
     def set_rng_state(self, state: dict[str, int]) -> None:
-        self.seed, self.calls = int(state["seed"]), int(state["calls"])
+        self.seeds.load(state)
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

@@ -63,8 +63,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from klear.rollout import PromptInput, SamplingParams, group_keys
-from klear.rollout.hf import call_seed, encode_prompt, row_seed, stop_token_ids
+from klear.rollout import CallSeeds, PromptInput, SamplingParams, group_keys, row_seed
+from klear.rollout.hf import encode_prompt, stop_token_ids
 from klear.types import Rollout
 
 if TYPE_CHECKING:
@@ -322,8 +322,7 @@ class VLLMRolloutBackend:
         )
         if not self.stop_ids:
             raise ValueError("no stop token: the tokenizer has no EOS; pass stop_ids")
-        self.seed = int(seed)
-        self.calls = 0
+        self.seeds = CallSeeds(seed)  # the whole RNG state (request seeds are keyed from it)
         self.weights_version = 0
         self.per_request_seeds = per_request_seeds
         self.dtype = dtype
@@ -341,7 +340,7 @@ class VLLMRolloutBackend:
                 overrides[key] = value
         args: dict[str, Any] = {
             "model": path,
-            "seed": self.seed,
+            "seed": self.seeds.seed,
             "tensor_parallel_size": int(tensor_parallel_size),
             "dtype": dtype,
             "gpu_memory_utilization": float(gpu_memory_utilization),
@@ -454,15 +453,10 @@ class VLLMRolloutBackend:
 
     def get_rng_state(self) -> dict[str, int]:
         """The seed-derivation state (for exact resume): the base seed and the call counter."""
-        return {"seed": self.seed, "calls": self.calls}
+        return self.seeds.state()
 
     def set_rng_state(self, state: Mapping[str, int]) -> None:
-        if not isinstance(state, Mapping) or set(state) != {"seed", "calls"}:
-            raise ValueError(
-                f"not a vLLM backend RNG state: {type(state).__name__} (a checkpoint written with another "
-                "rollout backend cannot resume this one's sampling)"
-            )
-        self.seed, self.calls = int(state["seed"]), int(state["calls"])
+        self.seeds.load(state)
 
     def close(self) -> None:
         """Shut the engine down and release its GPU memory (safe to call twice)."""
@@ -481,12 +475,7 @@ class VLLMRolloutBackend:
     # ------------------------------------------------------------------ internals
 
     def _seeds(self, sampling: SamplingParams, groups: Sequence[int | str]) -> list[int | None]:
-        # the call seed is drawn as the HF backend draws it (a fixed seed leaves the counter alone)
-        if sampling.seed is not None:
-            call = sampling.seed
-        else:
-            self.calls += 1
-            call = call_seed(self.seed, self.calls)
+        call = self.seeds.next(sampling.seed)  # as the HF backend draws it
         if sampling.greedy or not self.per_request_seeds:
             return [None] * (len(groups) * sampling.n)  # greedy draws nothing; unseeded: vLLM's own generator
         return list(request_seeds(call, groups, sampling.n))
