@@ -52,15 +52,12 @@ def connect(cfg: DistConfig, cpus: float, gpus: float) -> bool:
     have_gpus = torch.cuda.device_count()
     if gpus > have_gpus:
         raise RuntimeError(f"the dist settings need {gpus:g} GPUs; this machine has {have_gpus}")
-    # the actors import what this process can: its working directory and PYTHONPATH (custom rewards)
-    path = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     ray.init(
         num_cpus=max(os.cpu_count() or 1, math.ceil(cpus)),
         num_gpus=have_gpus,
         include_dashboard=False,
         object_store_memory=512 * 2**20,
         log_to_driver=True,
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(path)}},
     )
     return True
 
