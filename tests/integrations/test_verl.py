@@ -561,3 +561,14 @@ def test_recipe_composes_with_hydra():
 
     actor_cfg = omega_conf_to_dataclass(actor)
     assert type(actor_cfg.policy_loss) is kv.KlearPolicyLossConfig
+
+
+def test_a_bad_reward_config_names_the_key_and_where_it_came_from(tmp_path):
+    from klear.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"(?s)reward_kwargs.reward_config.*num_workers = 0"):
+        kv.reward_pool({"num_workers": 0})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("reward:\n  num_wokers: 2\n")
+    with pytest.raises(ConfigError, match=r"(?s)r\.yaml.*num_wokers"):
+        kv.reward_pool(recipe)

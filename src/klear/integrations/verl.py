@@ -62,7 +62,7 @@ from verl.workers.config import PolicyLossConfig
 
 from klear.algo.aggregate import masked_mean
 from klear.algo.losses import LOSSES
-from klear.config import AGG_MODES, LossConfig, RewardConfig
+from klear.config import AGG_MODES, LossConfig, RewardConfig, build_config, read_yaml
 from klear.rewards import registry as reward_registry
 from klear.rewards.pool import RewardPool
 from klear.types import RewardResult
@@ -260,12 +260,10 @@ def _reward_config(reward_config: Any) -> RewardConfig:
     if isinstance(reward_config, RewardConfig):
         return reward_config
     if isinstance(reward_config, (str, Path)):
-        import yaml
-
-        data = yaml.safe_load(Path(reward_config).read_text()) or {}
-        return RewardConfig(**data.get("reward", data))
+        data = read_yaml(reward_config) or {}
+        return build_config(RewardConfig, data.get("reward", data), str(reward_config))
     if isinstance(reward_config, Mapping) or hasattr(reward_config, "items"):
-        return RewardConfig(**_plain(reward_config))
+        return build_config(RewardConfig, _plain(reward_config), "reward_kwargs.reward_config")
     raise TypeError(
         f"reward_config: expected None, a dict or a YAML path, got {type(reward_config).__name__}"
     )
