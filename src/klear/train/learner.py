@@ -5,9 +5,9 @@ runs it on the same kept groups: every rank computes the normaliser of each *who
 mini-batch (it sees all of it), back-propagates only its own shard of the samples, and the
 gradients are summed across ranks before the optimizer step. Since each shard's loss is
 already divided by the global token count, the sum is exactly the one-rank gradient of the
-whole mini-batch (the global token-mean; tested to 1e-6 with 2 gloo ranks), and every rank
-takes the same optimizer step, so the replicas stay identical and a checkpoint is the same
-for any rank count.
+whole mini-batch (the global token-mean; tested to 1e-6 with 2 gloo ranks). Every rank then
+takes the same optimizer step, on its full replica (DDP) or on its shard (FSDP), and a
+checkpoint, written from the gathered full states, is the same for any rank count.
 
 :class:`LocalLearner` holds model, optimizer and schedule in this process (``dist.backend
 = none``); ``klear.dist`` runs one per Ray actor with a process group between them.
