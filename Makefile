@@ -1,19 +1,26 @@
-# Two entry points for a fresh machine; both install what they need first (idempotent).
-PY ?= python3
+# Two entry points for a fresh machine; both install what they need first (idempotent) into the
+# project virtual environment .venv, which works on a stock distribution Python (PEP 668).
+VENV ?= .venv
+BIN := $(VENV)/bin
+export KLEAR_VENV := $(VENV)
 
 .PHONY: install demo test lint bench
 
 install:
-	@bash scripts/install.sh
+	@bash scripts/install.sh test
 
-demo: install
-	klear demo
+demo:
+	@bash scripts/install.sh demo
+	$(BIN)/klear demo
 
-test: install
-	$(PY) -m pytest -q
+test:
+	@bash scripts/install.sh test
+	$(BIN)/python -m pytest -q
 
-lint: install
-	ruff check . && ruff format --check .
+lint:
+	@bash scripts/install.sh test
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench: install
-	$(PY) bench/loss_overhead.py
+bench:
+	@bash scripts/install.sh test
+	$(BIN)/python bench/loss_overhead.py
