@@ -592,7 +592,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe {str(path)!r} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe {str(path)!r} is not UTF-8 text (byte {exc.start + 1})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

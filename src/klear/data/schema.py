@@ -127,12 +127,18 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
     jsonl and parquet stream (parquet by record batch), so a large file is never held whole.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        with path.open("rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}: line {n}: not UTF-8 text (byte {exc.start + 1})") from None
                 if not line.strip():
                     continue
                 try:
@@ -144,6 +150,8 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
     elif suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text (byte {exc.start + 1})") from None
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(data, list):
@@ -155,11 +163,17 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
             import pyarrow.parquet as pq
         except ImportError:
             raise DataError(f"{path}: reading parquet needs pyarrow (`pip install pyarrow`)") from None
+        import pyarrow as pa
+
         n = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            for item in batch.to_pylist():
-                n += 1
-                yield f"row {n}", item
+        try:
+            batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+            for batch in batches:
+                for item in batch.to_pylist():
+                    n += 1
+                    yield f"row {n}", item
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path}: not a readable parquet file after row {n} ({exc})") from None
     else:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
 
