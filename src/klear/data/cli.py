@@ -20,7 +20,7 @@ import dataclasses
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,17 @@ MAX_REPORTED_ERRORS = 20
 # ---------------------------------------------------------------------------------------------
 # Arguments
 # ---------------------------------------------------------------------------------------------
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1] (pass rates, thresholds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]")
+    return value
 
 
 def _common(p: argparse.ArgumentParser, shard_size: int) -> None:
@@ -123,7 +134,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     ft.add_argument("input", help="RL rows with ability 'code'")
     ft.add_argument("--kept", required=True)
     ft.add_argument("--dropped", required=True)
-    ft.add_argument("--threshold", type=float, default=0.5, help="keep when pass rate > this (default 0.5)")
+    ft.add_argument(
+        "--threshold", type=_fraction, default=0.5, help="keep when pass rate > this (default 0.5)"
+    )
     ft.add_argument("--min-tests", type=int, default=16, help="keep only prompts with this many tests (16)")
     _sampling(ft, "the programs")
     _common(ft, 64)
@@ -132,7 +145,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     fm.add_argument("input", help="RL rows (math)")
     fm.add_argument("--kept", required=True)
     fm.add_argument("--dropped", required=True)
-    fm.add_argument("--majority", type=float, default=0.5, help="keep when pass rate > this (default 0.5)")
+    fm.add_argument(
+        "--majority", type=_fraction, default=0.5, help="keep when pass rate > this (default 0.5)"
+    )
     _sampling(fm, "the answers")
     _common(fm, 64)
 
@@ -154,12 +169,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     s.add_argument("--top-k", type=int, default=2, help="sources kept (default 2)")
     s.add_argument(
         "--easy-pass-rate",
-        type=float,
+        type=_fraction,
         default=0.5,
         help="difficulty (pass rate) at or above which a problem is easy: wrong responses dropped",
     )
     s.add_argument("--unknown-is-hard", action="store_true", help="rows without difficulty count as hard")
-    s.add_argument("--near-threshold", type=float, default=0.8, help="estimated Jaccard for a near duplicate")
+    s.add_argument(
+        "--near-threshold", type=_fraction, default=0.8, help="estimated Jaccard for a near duplicate"
+    )
     s.add_argument("--no-near", action="store_true", help="remove exact duplicates only")
     s.add_argument("--per-prompt", type=int, default=1, help="responses kept per prompt (default 1)")
     s.add_argument("--num-perm", type=int, default=128)
@@ -193,11 +210,18 @@ def _located_rows(path: str, kind: str) -> list[tuple[str, Any]]:
     return rows
 
 
-def _check_outputs(*paths: str | None) -> None:
-    """Fail before any work on an output type we cannot write, or one file named for two outputs."""
+def _check_outputs(*paths: str | None, inputs: Sequence[str] = ()) -> None:
+    """Fail before any work on an output type we cannot write, one file named for two outputs, an
+    output that is a directory, or an output that is one of the inputs (it would be replaced)."""
     from klear.data.schema import SUFFIXES, DataError
 
     given = [Path(p).resolve() for p in paths if p is not None]
+    for p in given:
+        if p.is_dir():
+            raise DataError(f"{p}: is a directory; give an output file name")
+    for src in inputs:
+        if Path(src).resolve() in given:
+            raise DataError(f"{src}: named as both input and output; writing would replace the input")
     if len(set(given)) != len(given):
         raise DataError(f"the same file is named for two outputs: {', '.join(str(p) for p in paths if p)}")
     for p in paths:
@@ -325,7 +349,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def run_convert(args: argparse.Namespace) -> int:
     from klear.data.convert import FieldMap, _prompt, convert_shard
-    from klear.data.schema import count_records, iter_records
+    from klear.data.schema import DataError, count_records, iter_records
     from klear.data.shards import (
         AtomicOutputs,
         ShardStats,
@@ -335,7 +359,7 @@ def run_convert(args: argparse.Namespace) -> int:
         run_sharded,
     )
 
-    _check_outputs(args.output, args.rejected)
+    _check_outputs(args.output, args.rejected, inputs=[args.input])
     fm = FieldMap(
         shape=args.shape,
         to=args.to,
@@ -351,6 +375,10 @@ def run_convert(args: argparse.Namespace) -> int:
         system_prompt=args.system_prompt,
         keep_keys=tuple(args.keep),
     )
+    if "{question}" not in args.prompt_template:
+        raise DataError(
+            f"--prompt-template {args.prompt_template!r} has no {{question}}: every question would be dropped"
+        )
     _prompt("x", fm)  # a bad template is a setting error, not a row error
     src = Path(args.input)
     work = Path(args.work_dir) if args.work_dir else default_work_dir(args.output)
@@ -453,7 +481,7 @@ def run_filter(args: argparse.Namespace) -> int:
     )
 
     mode = "code" if args.data_command == "filter-tests" else "math"
-    _check_outputs(args.kept, args.dropped, args.save_generations)
+    _check_outputs(args.kept, args.dropped, args.save_generations, inputs=[args.input])
     reward_cfg = _reward_config(args.config, args.overrides)
     if mode == "code":  # judge every test; all-or-nothing stops at the first failure
         reward_cfg = reward_cfg.model_copy(
@@ -606,7 +634,7 @@ def run_sft_select(args: argparse.Namespace) -> int:
         run_sharded,
     )
 
-    _check_outputs(args.output, args.dropped)
+    _check_outputs(args.output, args.dropped, inputs=args.inputs)
     if args.top_k < 1 or args.per_prompt < 1:
         raise DataError("--top-k and --per-prompt must be >= 1")
     if not 0.0 < args.near_threshold <= 1.0:
