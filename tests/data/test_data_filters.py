@@ -157,6 +157,8 @@ def test_majority_and_k_settings(tmp_path, math_rows):
     assert kept() == ["2"]  # 3/4, 1/4, 1/2 against > 0.5
     assert kept(majority=0.3) == ["2", "6"]  # a lower bar keeps the 1/2 prompt too
     assert kept(k=1) == ["2", "5", "6"]  # only the first response of each: all right
+    with pytest.raises(DataError, match=r"line 3: --k 3 but the generations hold 2 response"):
+        kept(k=3)  # the third prompt has two responses: a report saying k=3 would be false
 
 
 def test_generation_file_errors_name_file_line_field(tmp_path, klear, math_rows):

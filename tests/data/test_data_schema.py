@@ -145,3 +145,16 @@ def test_a_directory_is_not_reported_as_missing(tmp_path):
     (tmp_path / "rows.jsonl").mkdir()
     with pytest.raises(DataError, match="is a directory"):
         list(iter_records(tmp_path / "rows.jsonl"))
+
+
+@pytest.mark.parametrize("gt", [{"answer": "2"}, None, True, [], [["2"]]])
+def test_a_math_answer_of_the_wrong_type_is_refused(tmp_path, gt):
+    path = write_jsonl(tmp_path / "r.jsonl", [RL, {**RL, "reward_model": {"ground_truth": gt}}])
+    with pytest.raises(DataError, match=r"line 2: field 'reward_model.ground_truth': a math answer must be"):
+        load_rl_rows(path)
+
+
+@pytest.mark.parametrize("gt", ["2", 2, 2.5, ["1", "-2"]])
+def test_math_answers_that_score(tmp_path, gt):
+    path = write_jsonl(tmp_path / "r.jsonl", [{**RL, "reward_model": {"ground_truth": gt}}])
+    assert load_rl_rows(path)[0].reward_model.ground_truth == gt

@@ -60,6 +60,13 @@ class RewardSpec(BaseModel):
     ground_truth: Any
 
 
+def _math_answer(gt: Any) -> bool:
+    """A math ground truth we can score: a string, a number, or a non-empty list of those."""
+    if isinstance(gt, list | tuple):
+        return bool(gt) and all(_math_answer(g) and not isinstance(g, list | tuple) for g in gt)
+    return isinstance(gt, str | int | float) and not isinstance(gt, bool)
+
+
 class RLRow(BaseModel):
     """One RL prompt (verl's schema); unknown top-level keys are kept and written back."""
 
@@ -73,8 +80,14 @@ class RLRow(BaseModel):
     @model_validator(mode="after")
     def _code_tests_readable(self) -> RLRow:
         # a code row's tests must parse now: a bad spec found mid-training costs a run
+        gt = self.reward_model.ground_truth
         if self.ability == "code":
-            code_tests(self.reward_model.ground_truth)
+            code_tests(gt)
+        elif self.ability == "math" and not _math_answer(gt):
+            # scored as a string it would be wrong for every response: a silent -1 for the whole prompt
+            raise ValueError(
+                "a math answer must be a string or a number (or a list of them), got " + type(gt).__name__
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -128,18 +128,21 @@ def run(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- shared steps
 
 
-def _problems(args: argparse.Namespace) -> tuple[str, list[Any]]:
+def _problems(args: argparse.Namespace, *, with_rest: bool = False) -> Any:
+    """(benchmark name, the first ``--limit`` problems); with ``with_rest``, also the problems left out."""
     from klear.eval.benchmarks import benchmark_name, load_benchmark
     from klear.eval.runner import EvalError
 
     problems = load_benchmark(args.benchmark, args.question_key, args.answer_key, id_key=args.id_key)
+    rest: list[Any] = []
     if args.limit is not None:
         if args.limit < 1:
             raise EvalError(f"--limit {args.limit}: must be >= 1")
-        problems = problems[: args.limit]
+        problems, rest = problems[: args.limit], problems[args.limit :]
     if not problems:
         raise EvalError(f"{args.benchmark}: no problems")
-    return benchmark_name(args.benchmark), problems
+    name = benchmark_name(args.benchmark)
+    return (name, problems, rest) if with_rest else (name, problems)
 
 
 @contextmanager
@@ -302,8 +305,8 @@ def _score(args: argparse.Namespace) -> int:
     from klear.rewards.pool import RewardPool
 
     reward_cfg = eval_reward_config(args.overrides)
-    name, problems = _problems(args)
-    generations = read_generations(args.generations, problems)
+    name, problems, rest = _problems(args, with_rest=True)
+    generations = read_generations(args.generations, problems, skip=rest)  # --limit: the rest are ignored
     meta = {
         "model": None,  # unknown: the generations came from elsewhere
         "config": {
