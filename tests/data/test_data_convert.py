@@ -212,3 +212,12 @@ def test_rates_outside_zero_one_are_refused(klear, args):
     with pytest.raises(SystemExit) as exc:
         klear(*args)
     assert exc.value.code == 2
+
+
+def test_empty_input_or_corrupt_parquet_is_an_error_not_an_empty_output(tmp_path, klear):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    code, _, err = klear("convert", tmp_path / "empty.jsonl", "--output", tmp_path / "o.jsonl")
+    assert code == 2 and "no records to convert" in err and not (tmp_path / "o.jsonl").exists()
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really PAR1")
+    code, _, err = klear("convert", tmp_path / "bad.parquet", "--output", tmp_path / "o.jsonl")
+    assert code == 2 and "not a readable parquet file" in err and not (tmp_path / "o.jsonl").exists()

@@ -383,11 +383,14 @@ def run_convert(args: argparse.Namespace) -> int:
     src = Path(args.input)
     work = Path(args.work_dir) if args.work_dir else default_work_dir(args.output)
     items = ((f"{src}: {where}", i, rec) for i, (where, rec) in enumerate(iter_records(src)))
+    total = count_records(src)
+    if total == 0:
+        raise DataError(f"{src}: no records to convert")
     stats = ShardStats()
     rejected: list[dict[str, Any]] = []
     try:
         with progress_bar(not args.no_progress) as bar:
-            task = bar.add_task("convert", total=count_records(src))
+            task = bar.add_task("convert", total=total)
             with AtomicOutputs({"rows": args.output, "rejected": args.rejected}) as out:
                 for routed in run_sharded(
                     items,

@@ -203,7 +203,7 @@ def count_records(path: str | Path) -> int | None:
             import pyarrow.parquet as pq
 
             return pq.ParquetFile(path).metadata.num_rows
-    except (OSError, ImportError):
+    except (OSError, ImportError, ValueError):  # unreadable: iter_records says why
         return None
     return None
 
