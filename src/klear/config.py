@@ -16,11 +16,13 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from klear.errors import KlearError
+
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 
 
-class ConfigError(ValueError):
+class ConfigError(KlearError, ValueError):
     """A recipe or override that cannot be loaded; the message says exactly why."""
 
 

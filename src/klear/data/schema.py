@@ -37,6 +37,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from klear.errors import KlearError
 from klear.io import atomic_path, write_atomic
 
 #: File types every data command reads and writes.
@@ -44,7 +45,7 @@ SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
 RowKind = Literal["rl", "sft"]
 
 
-class DataError(ValueError):
+class DataError(KlearError, ValueError):
     """A data file that cannot be used; the message names file, line (or row) and field."""
 
 

@@ -128,6 +128,34 @@ def run(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- shared steps
 
 
+def _check_run_inputs(args: argparse.Namespace) -> None:
+    """Sampling settings, the model directory and the device, before the run directory exists."""
+    from klear.eval.runner import EvalError
+    from klear.preflight import check_model_dir
+    from klear.rollout import SamplingParams
+
+    fields = {
+        "n": "--n",
+        "temperature": "--temperature",
+        "top_p": "--top-p",
+        "max_new_tokens": "--max-new-tokens",
+    }
+    try:
+        SamplingParams(**{f: getattr(args, f) for f in fields}, top_k=args.top_k)
+    except ValueError as exc:  # "SamplingParams.top_p = 2.0: must be in (0, 1]"
+        field, _, rest = str(exc).removeprefix("SamplingParams.").partition(" = ")
+        raise EvalError(f"{fields.get(field, field)} {rest}") from None
+    if args.backend == "hf":
+        check_model_dir(args.model, "--model")
+    if args.device and args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EvalError(
+                f"--device {args.device}: no CUDA GPU is visible (torch.cuda.is_available() is False)"
+            )
+
+
 def _problems(args: argparse.Namespace, *, with_rest: bool = False) -> Any:
     """(benchmark name, the first ``--limit`` problems); with ``with_rest``, also the problems left out."""
     from klear.eval.benchmarks import benchmark_name, load_benchmark
@@ -233,6 +261,7 @@ def _run(args: argparse.Namespace) -> int:
         "answer_key": args.answer_key,
         "id_key": args.id_key,
     }
+    _check_run_inputs(args)  # nothing is written for a run that cannot start
     prepare_run_dir(out, run_identity(name, settings, identity), args.restart)  # before the slow load
     start = time.monotonic()
     backend = load_backend(

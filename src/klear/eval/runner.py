@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from klear.errors import KlearError
 from klear.eval.benchmarks import Problem
 from klear.eval.metrics import DEFAULT_N_BOOT, BenchmarkSummary, ScoredSample, summarize_samples
 from klear.eval.report import render_markdown
@@ -78,7 +79,7 @@ EVAL_REWARD_DEFAULTS: dict[str, Any] = {
 MAX_REPORTED_ERRORS = 20
 
 
-class EvalError(ValueError):
+class EvalError(KlearError, ValueError):
     """An evaluation input or run directory that cannot be used; the message says where and why."""
 
 

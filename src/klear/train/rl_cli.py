@@ -26,9 +26,11 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from klear.config import RLConfig, load_config
+    from klear.preflight import check_train_run
     from klear.train.rl import train_rl
 
     cfg = load_config(RLConfig, args.recipe, args.overrides)
+    check_train_run(cfg, "rl")  # before OUT is created or a model loaded
     result = train_rl(cfg, resume=not args.no_resume)
     last = result.history[-1] if result.history else {}
     print(f"done: {result.out_dir} (final model: {result.final_model})")
