@@ -175,27 +175,25 @@ def _problems(args: argparse.Namespace, *, with_rest: bool = False) -> Any:
 
 @contextmanager
 def _progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on stderr (only on a terminal); yields progress(done, total)."""
-    from rich.console import Console
+    """A bar on stderr on a terminal, a line every ~10 s otherwise; yields progress(done, total)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
-    console = Console(stderr=True)
-    with Progress(
+    from klear.progress import progress
+
+    columns = (
         TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
-        disable=not (enabled and console.is_terminal),
-    ) as bar:
+    )
+    with progress(enabled, *columns) as bar:
         task = bar.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:
