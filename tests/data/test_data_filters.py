@@ -264,11 +264,13 @@ def test_cli_rerun_reuses_shards_and_changed_settings_recompute(tmp_path, klear,
     work = tmp_path / "k.jsonl.work"
     before = {p.name: p.stat().st_mtime_ns for p in work.iterdir()}
     first = (tmp_path / "k.jsonl").read_text()
-    code, stdout, _ = klear(*args)
+    code, _, err = klear(*args)  # the outputs exist now: replaced only with --force
+    assert code == 2 and "k.jsonl, " in err and "already exists; pass --force" in err
+    code, stdout, _ = klear(*args, "--force")
     assert code == 0 and "shards: 0 computed, 2 reused" in stdout
     assert {p.name: p.stat().st_mtime_ns for p in work.iterdir()} == before
     assert (tmp_path / "k.jsonl").read_text() == first
-    code, stdout, _ = klear(*args[:-1])  # without --keep-work the work dir goes after success
+    code, stdout, _ = klear(*args[:-1], "--force")  # without --keep-work the work dir goes after success
     assert code == 0 and "shards: 0 computed, 2 reused" in stdout and not work.exists()
 
 

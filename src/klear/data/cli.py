@@ -54,6 +54,7 @@ def _common(p: argparse.ArgumentParser, shard_size: int) -> None:
     )
     g.add_argument("--keep-work", action="store_true", help="keep the work directory after success")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--force", action="store_true", help="replace output files that already exist")
 
 
 def _sampling(p: argparse.ArgumentParser, what: str) -> None:
@@ -273,7 +274,7 @@ def _located_rows(path: str, kind: str) -> list[tuple[str, Any]]:
     return rows
 
 
-def _check_outputs(*paths: str | None, inputs: Sequence[str] = ()) -> None:
+def _check_outputs(*paths: str | None, inputs: Sequence[str] = (), force: bool = False) -> None:
     """Fail before any work on an output type we cannot write, one file named for two outputs, an
     output that is a directory, or an output that is one of the inputs (it would be replaced)."""
     from klear.data.schema import SUFFIXES, DataError
@@ -285,6 +286,9 @@ def _check_outputs(*paths: str | None, inputs: Sequence[str] = ()) -> None:
     for src in inputs:
         if Path(src).resolve() in given:
             raise DataError(f"{src}: named as both input and output; writing would replace the input")
+    existing = [str(p) for p in paths if p is not None and Path(p).is_file()]
+    if existing and not force:
+        raise DataError(f"{', '.join(existing)}: already exists; pass --force to replace it")
     if len(set(given)) != len(given):
         raise DataError(f"the same file is named for two outputs: {', '.join(str(p) for p in paths if p)}")
     for p in paths:
@@ -422,7 +426,7 @@ def run_convert(args: argparse.Namespace) -> int:
         run_sharded,
     )
 
-    _check_outputs(args.output, args.rejected, inputs=[args.input])
+    _check_outputs(args.output, args.rejected, inputs=[args.input], force=args.force)
     fm = FieldMap(
         shape=args.shape,
         to=args.to,
@@ -547,7 +551,7 @@ def run_filter(args: argparse.Namespace) -> int:
     )
 
     mode = "code" if args.data_command == "filter-tests" else "math"
-    _check_outputs(args.kept, args.dropped, args.save_generations, inputs=[args.input])
+    _check_outputs(args.kept, args.dropped, args.save_generations, inputs=[args.input], force=args.force)
     reward_cfg = _reward_config(args.config, args.overrides)
     if mode == "code":  # judge every test; all-or-nothing stops at the first failure
         reward_cfg = reward_cfg.model_copy(
@@ -700,7 +704,7 @@ def run_sft_select(args: argparse.Namespace) -> int:
         run_sharded,
     )
 
-    _check_outputs(args.output, args.dropped, inputs=args.inputs)
+    _check_outputs(args.output, args.dropped, inputs=args.inputs, force=args.force)
     if args.top_k < 1 or args.per_prompt < 1:
         raise DataError("--top-k and --per-prompt must be >= 1")
     if not 0.0 < args.near_threshold <= 1.0:
