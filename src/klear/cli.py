@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "score responses offline with the reward pool (math, code, user functions)",
     ),
     "sft": ("klear.train.sft_cli", "supervised fine-tuning on chats (loss on assistant tokens)"),
+    "plan": ("klear.plan.cli", "per-GPU memory of a recipe's learner and rollout engines; does it fit"),
 }
 
 
