@@ -10,7 +10,7 @@ gradients plus the activations of :func:`klear.plan.memory.learner_memory`. glib
 runs with a fixed mmap threshold so freed buffers go back to the system instead of hiding
 in a heap the baseline already counts.
 
-    python -m klear.plan.validate [--hidden 128 --lengths 512 1024 2048 --vocabs 32000 151936]
+    python -m klear.plan.validate [--hidden 128 --layers 4 --lengths 256 512 1024 --vocabs 32000 151936]
 
 prints one JSON object per case and exits 1 if any case is off by more than ``--tolerance``.
 """
@@ -177,9 +177,9 @@ def compare(cases: list[Case], hidden: int = 128, layers: int = 2, chunk_tokens:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--layers", type=int, default=4)
     p.add_argument("--chunk", type=int, default=1024)
-    p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
+    p.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024])
     p.add_argument("--vocabs", type=int, nargs="+", default=[32000, 151936])
     p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--tolerance", type=float, default=0.25)
