@@ -27,7 +27,11 @@ def to_text(p: dict[str, Any]) -> str:
         f"model: {m['name']}, {m['params'] / 1e9:.2f}B parameters, vocab {m['vocab']:,}, "
         f"{m['layers']} layers (shape from {m['source']})",
         f"cluster: {c['nodes']} node(s) x {c['gpus_per_node']} GPUs x {c['gpu_memory_gib']:g} GiB"
-        + ("" if c["nodes_given"] else " (nodes: as many as the recipe needs)")
+        + (
+            ""
+            if c["nodes_given"]
+            else " (--nodes not given: " + ("one" if p["kind"] == "sft" else "as many as needed") + ")"
+        )
         + f"; the recipe uses {g['total']} GPUs (learner {g['learner']}, rollout {g['rollout']})",
         "",
     ]
