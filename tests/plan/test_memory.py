@@ -94,7 +94,7 @@ def test_engine_kv_cache_and_suggested_utilization():
     assert m["weights"] == Q8B.params() * 2 / 2
     assert m["kv_cache"] == 40 * GIB - m["weights"] - 2 * GIB
     assert m["kv_tokens"] == m["kv_cache"] // 73_728
-    assert m["fits_one_seq"] and not m["fits_all_seqs"]
+    assert m["fits_one_seq"] is True and m["fits_all_seqs"] is False
     u = utilization_for(Q8B, e, 4)
     at_u = engine_memory(Q8B, EngineSetup(**{**e.__dict__, "utilization": u}))
     assert at_u["full_length_seqs"] == pytest.approx(4, abs=1e-3)
@@ -123,6 +123,24 @@ def test_rl_does_not_fit_without_checkpointing_or_on_too_few_nodes():
     cfg = load_recipe("recipes/klear-8b-math-rl.yaml")
     p = plan(cfg, Cluster(nodes=4), arch="qwen3-8b")
     assert not p["fits"] and "needs 256 GPUs" in p["problems"][0]
+    cfg = load_recipe("recipes/klear-8b-math-rl.yaml", ["trainer.logits_chunk_tokens=0"])
+    p = plan(cfg, Cluster(), arch="qwen3-8b")
+    assert not p["fits"] and "logits_chunk_tokens" in p["problems"][0]
+    # one node: FSDP over 4 learner GPUs fits, DDP replicas (16 bytes/param each) do not
+    one_node = ["dist.learner_ranks=4", "dist.rollout_workers=2"]
+    p = plan(load_recipe("recipes/klear-8b-math-rl.yaml", one_node), Cluster(nodes=1), arch="qwen3-8b")
+    assert p["fits"] and p["gpus"]["total"] == 8, p["problems"]
+    ddp = [*one_node, "dist.learner_strategy=ddp"]
+    p = plan(load_recipe("recipes/klear-8b-math-rl.yaml", ddp), Cluster(nodes=1), arch="qwen3-8b")
+    assert not p["fits"] and "learner_strategy: fsdp" in p["problems"][0]
+
+
+def test_colocated_engine_takes_its_share_of_the_learner_gpu():
+    over = ["dist.backend=none", "rollout.vllm.gpu_memory_utilization=0.6"]
+    p = plan(load_recipe("recipes/klear-8b-math-rl.yaml", over), Cluster(gpu_memory_gb=80), arch="qwen3-1.7b")
+    assert p["learner"]["colocated_with_engine"] and p["gpus"]["total"] == 2  # tensor parallel 2
+    assert p["learner"]["budget"] == int(80 * GIB * 0.4) - 2 * GIB
+    assert p["rollout"]["suggested_utilization"] is None  # sharing the GPU: no advice to take more
 
 
 def test_sft_8b_recipe_sharding_follows_its_dist_section():

@@ -152,7 +152,7 @@ def kv_bytes_per_token(shape: ModelShape, dtype: str, tp: int = 1) -> int:
     return 2 * shape.layers * heads * shape.head_dim * dtype_bytes(dtype)
 
 
-def engine_memory(shape: ModelShape, e: EngineSetup) -> dict[str, float]:
+def engine_memory(shape: ModelShape, e: EngineSetup) -> dict[str, float | bool]:
     """Per-GPU bytes of a vLLM engine and how many full-length sequences its KV cache holds."""
     weights = shape.params() * dtype_bytes(e.dtype) / e.tp
     budget = e.utilization * e.gpu_bytes
@@ -168,8 +168,8 @@ def engine_memory(shape: ModelShape, e: EngineSetup) -> dict[str, float]:
         "kv_tokens": kv_tokens,
         "kv_needed_full": float(per_token * e.max_model_len * e.max_num_seqs),
         "full_length_seqs": kv_tokens / e.max_model_len,
-        "fits_one_seq": float(kv_tokens >= e.max_model_len),
-        "fits_all_seqs": float(kv_tokens >= e.max_model_len * e.max_num_seqs),
+        "fits_one_seq": kv_tokens >= e.max_model_len,
+        "fits_all_seqs": kv_tokens >= e.max_model_len * e.max_num_seqs,
     }
 
 
