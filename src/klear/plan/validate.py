@@ -36,9 +36,10 @@ class Case:
     vocab: int
     tokens: int  # prompt + response
     checkpointing: bool = False
+    chunk_tokens: int = 1024  # LM-head tokens per chunk; 0: the full-logits path
 
 
-def tiny_shape(vocab: int, hidden: int = 128, layers: int = 2) -> ModelShape:
+def tiny_shape(vocab: int, hidden: int = 128, layers: int = 4) -> ModelShape:
     """The validation model: a Qwen3 with 4 query / 2 kv heads and a 4x MLP, tied embeddings."""
     return ModelShape(
         name=f"tiny-h{hidden}-v{vocab}",
@@ -54,7 +55,7 @@ def tiny_shape(vocab: int, hidden: int = 128, layers: int = 2) -> ModelShape:
     )
 
 
-def predicted_increment(shape: ModelShape, case: Case, chunk_tokens: int) -> int:
+def predicted_increment(shape: ModelShape, case: Case) -> int:
     """The formula's bytes for one step above a warm process: gradients + activations."""
     m = learner_memory(
         shape,
@@ -65,7 +66,7 @@ def predicted_increment(shape: ModelShape, case: Case, chunk_tokens: int) -> int
             compute_dtype="float32",
             tokens=case.tokens,
             logit_tokens=case.tokens - PROMPT_TOKENS,
-            chunk_tokens=chunk_tokens,
+            chunk_tokens=case.chunk_tokens,
             checkpointing=case.checkpointing,
         ),
     )
@@ -120,7 +121,7 @@ def _step(model, vocab: int, tokens: int, chunk_tokens: int) -> None:
     logp.sum().backward()
 
 
-def _worker(cases: list[Case], hidden: int, layers: int, chunk_tokens: int) -> None:
+def _worker(cases: list[Case], hidden: int, layers: int) -> None:
     """Measure each case in this process (grouped by model), one JSON line per case."""
     import torch
 
@@ -133,7 +134,7 @@ def _worker(cases: list[Case], hidden: int, layers: int, chunk_tokens: int) -> N
             gc.collect()
             shape = tiny_shape(case.vocab, hidden, layers)
             model = _build(shape, case.checkpointing, max(c.tokens for c in cases))
-            _step(model, case.vocab, 2 * PROMPT_TOKENS, chunk_tokens)  # warm-up: kernels, allocator
+            _step(model, case.vocab, 2 * PROMPT_TOKENS, 1024)  # warm-up: kernels, allocator
             built[key] = model
         model = built[key]
         model.zero_grad(set_to_none=True)
@@ -141,20 +142,18 @@ def _worker(cases: list[Case], hidden: int, layers: int, chunk_tokens: int) -> N
         before = _status_kib("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
-        _step(model, case.vocab, case.tokens, chunk_tokens)
+        _step(model, case.vocab, case.tokens, case.chunk_tokens)
         peak = _status_kib("VmHWM")
         print(json.dumps({**case.__dict__, "measured": (peak - before) * 1024}), flush=True)
 
 
-def measure(
-    cases: list[Case], hidden: int = 128, layers: int = 2, chunk_tokens: int = 1024, timeout_s: float = 600
-) -> list[dict]:
+def measure(cases: list[Case], hidden: int = 128, layers: int = 4, timeout_s: float = 600) -> list[dict]:
     """Run the cases in one fresh subprocess; return each case with its measured increment (bytes)."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
     spec = json.dumps([c.__dict__ for c in cases])
     code = (
         "import json, sys; from klear.plan.validate import Case, _worker; "
-        f"_worker([Case(**c) for c in json.loads(sys.argv[1])], {hidden}, {layers}, {chunk_tokens})"
+        f"_worker([Case(**c) for c in json.loads(sys.argv[1])], {hidden}, {layers})"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, spec], env=env, capture_output=True, text=True, timeout=timeout_s
@@ -164,12 +163,12 @@ def measure(
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
-def compare(cases: list[Case], hidden: int = 128, layers: int = 2, chunk_tokens: int = 1024) -> list[dict]:
+def compare(cases: list[Case], hidden: int = 128, layers: int = 4) -> list[dict]:
     """Measured vs predicted increment per case, with their ratio (predicted / measured)."""
     rows = []
-    for r in measure(cases, hidden, layers, chunk_tokens):
-        case = Case(r["vocab"], r["tokens"], r["checkpointing"])
-        pred = predicted_increment(tiny_shape(case.vocab, hidden, layers), case, chunk_tokens)
+    for r in measure(cases, hidden, layers):
+        case = Case(**{k: r[k] for k in Case.__dataclass_fields__})
+        pred = predicted_increment(tiny_shape(case.vocab, hidden, layers), case)
         rows.append({**r, "predicted": pred, "ratio": pred / r["measured"]})
     return rows
 
@@ -184,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--tolerance", type=float, default=0.25)
     a = p.parse_args(argv)
-    cases = [Case(v, n, a.checkpointing) for v in a.vocabs for n in a.lengths]
+    cases = [Case(v, n, a.checkpointing, a.chunk) for v in a.vocabs for n in a.lengths]
     bad = 0
-    for row in compare(cases, a.hidden, a.layers, a.chunk):
+    for row in compare(cases, a.hidden, a.layers):
         print(json.dumps(row))
         bad += abs(row["ratio"] - 1.0) > a.tolerance
     return 1 if bad else 0
