@@ -42,3 +42,14 @@ def test_input_errors_exit_2_with_one_line(capsys, tmp_path):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("klear: error:") and needle in err, (argv, err)
+
+
+def test_shape_from_model_path_and_tiny_model(capsys, tmp_path):
+    cfg = {"hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+           "head_dim": 128, "intermediate_size": 3072, "vocab_size": 151936, "tie_word_embeddings": True}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert main(["plan", MATH, f"model.path={tmp_path}", "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)
+    assert p["model"]["source"] == str(tmp_path / "config.json") and p["model"]["layers"] == 28
+    assert main(["plan", "recipes/demo.yaml"]) == 0
+    assert "model.tiny" in capsys.readouterr().out
