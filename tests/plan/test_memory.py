@@ -141,6 +141,20 @@ def test_colocated_engine_takes_its_share_of_the_learner_gpu():
     assert p["learner"]["colocated_with_engine"] and p["gpus"]["total"] == 2  # tensor parallel 2
     assert p["learner"]["budget"] == int(80 * GIB * 0.4) - 2 * GIB
     assert p["rollout"]["suggested_utilization"] is None  # sharing the GPU: no advice to take more
+    # sleep mode: the learner trains on the whole GPU, but its resident state must leave the
+    # waking engine its share
+    sleep = [*over, "rollout.vllm.enable_sleep_mode=true"]
+    p = plan(
+        load_recipe("recipes/klear-8b-math-rl.yaml", sleep), Cluster(gpu_memory_gb=80), arch="qwen3-1.7b"
+    )
+    assert p["learner"]["budget"] == 80 * GIB - 4 * GIB and p["fits"], p["problems"]
+    resident = 16 * ARCHS["qwen3-1.7b"].params()  # fp32 weights + gradients + AdamW, ~27 GiB
+    assert p["learner"]["resident_during_generation"] == resident
+    over8b = [*sleep, "rollout.vllm.gpu_memory_utilization=0.9"]
+    p = plan(
+        load_recipe("recipes/klear-8b-math-rl.yaml", over8b), Cluster(gpu_memory_gb=80), arch="qwen3-1.7b"
+    )
+    assert not p["fits"] and "engine wakes" in p["problems"][0]
 
 
 def test_sft_8b_recipe_sharding_follows_its_dist_section():

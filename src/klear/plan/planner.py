@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from klear.plan.memory import (
+    ENGINE_OVERHEAD,
     GIB,
     VLLM_DEFAULT_MAX_NUM_SEQS,
     EngineSetup,
@@ -102,6 +103,8 @@ def plan(cfg: Any, cluster: Cluster, arch: str | None = None, recipe: str = "<co
             f"the recipe needs {gpus['total']} GPUs; {nodes} node(s) x {cluster.gpus_per_node} have "
             f"{gpus['available']}"
         )
+    if learner.get("problem"):
+        problems.append(learner["problem"])
     if learner["memory"]["total"] > learner["budget"]:
         problems.append(
             f"learner: {learner['memory']['total'] / GIB:.1f} GiB per GPU > {learner['budget'] / GIB:.1f} GiB "
@@ -187,13 +190,32 @@ def _rl(
     )
     colocated = vllm and not ray
     learner_budget = cluster.gpu_bytes - LEARNER_RESERVE
-    if colocated:
-        learner_budget = int(cluster.gpu_bytes * (1 - r.vllm.gpu_memory_utilization)) - LEARNER_RESERVE
+    share = int(cluster.gpu_bytes * (1 - r.vllm.gpu_memory_utilization)) - LEARNER_RESERVE
+    if colocated and r.vllm.enable_sleep_mode:
+        # the engine sleeps while the learner trains (its KV cache freed, weights offloaded or
+        # dropped), but wakes up next to the learner's resident state to generate
+        learner_budget -= int(ENGINE_OVERHEAD)
+        notes.append(
+            "dist.backend none with rollout.vllm.enable_sleep_mode: the learner trains on the whole GPU "
+            "(less the sleeping engine's overhead); its weights, gradients and AdamW state must leave "
+            f"the waking engine its gpu_memory_utilization ({share / GIB:.1f} GiB left for them)"
+        )
+    elif colocated:
+        learner_budget = share
         notes.append(
             "dist.backend none: the vLLM engine shares the learner's GPU; the learner gets "
             f"1 - gpu_memory_utilization = {1 - r.vllm.gpu_memory_utilization:.2f} of it"
         )
     learner = _learner_block(shape, setup, learner_budget, colocated)
+    resident = sum(learner["memory"][k] for k in ("weights", "gradients", "optimizer"))
+    learner["resident_during_generation"] = resident if colocated else 0
+    if colocated and r.vllm.enable_sleep_mode and resident > share:
+        learner["fits"] = False
+        learner["problem"] = (
+            f"learner: {resident / GIB:.1f} GiB of weights, gradients and AdamW state stay on the GPU while "
+            f"the engine wakes with gpu_memory_utilization {r.vllm.gpu_memory_utilization:g}, which leaves "
+            f"{share / GIB:.1f} GiB"
+        )
     learner_gpus = ranks * max(1, math.ceil(d.learner_gpus)) if ray else 1
     if ray and d.learner_gpus == 0:
         notes.append("dist.learner_gpus is 0: the learner would run on CPU; counted here as one GPU per rank")
