@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "score responses offline with the reward pool (math, code, user functions)",
     ),
     "sft": ("klear.cli.sft", "supervised fine-tuning on chats (loss on assistant tokens)"),
+    "plan": ("klear.cli.plan", "per-GPU memory of a recipe's learner and rollout engines; does it fit"),
 }
 
 
