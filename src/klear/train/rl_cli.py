@@ -25,11 +25,15 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from klear.config import RLConfig, load_config
-    from klear.train.rl import train_rl
+    from klear.config import ConfigError, RLConfig, load_config
+    from klear.data.schema import DataError
+    from klear.train.rl import NoSignalError, train_rl
 
     cfg = load_config(RLConfig, args.recipe, args.overrides)
-    result = train_rl(cfg, resume=not args.no_resume)
+    try:
+        result = train_rl(cfg, resume=not args.no_resume)
+    except (NoSignalError, DataError) as exc:  # a run that cannot learn, a prompt over the limit
+        raise ConfigError(str(exc)) from None
     last = result.history[-1] if result.history else {}
     print(f"done: {result.out_dir} (final model: {result.final_model})")
     if "val/greedy_acc" in last:
