@@ -18,3 +18,16 @@ def parity_with_infra(response, ground_truth, cfg):
     if n % 4 == 1:
         return RewardResult(score=-1.0, correct=False, flags=("sandbox_restart",), infra=True)
     return RewardResult(score=-1.0, correct=False, flags=("timeout",))
+
+
+def sleepy(response, ground_truth, cfg):
+    """Hangs past any item timeout: the pool must kill it (an infrastructure failure)."""
+    import time
+
+    time.sleep(30)
+    return 1.0
+
+
+def raises(response, ground_truth, cfg):
+    """A broken reward function: the harness failed, not the response."""
+    raise RuntimeError("reward server restarted")
