@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from klear.data.prompts import PromptTooLongError, fit_prompts, prompt_ids
+from klear.data.prompts import PromptTooLongError, fit_prompts, many_prompt_ids, prompt_ids
 
 from .conftest import write_jsonl
 
@@ -47,6 +47,11 @@ def test_lengths_are_counted_as_the_backend_encodes(tokenizer):
         30 + TEMPLATE_TOKENS,
         10 + TEMPLATE_TOKENS,
     ]
+
+
+def test_batch_encoding_equals_the_backends_one_by_one(tokenizer):
+    prompts = [r["prompt"] for r in ROWS] + ["plain text", [7, 8, 9]]
+    assert many_prompt_ids(tokenizer, prompts) == [prompt_ids(tokenizer, p) for p in prompts]
 
 
 def test_drop_leaves_long_prompts_out_and_counts_them(tokenizer):

@@ -12,7 +12,7 @@ Over the limit, ``data.truncation`` decides:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,21 @@ def prompt_ids(tokenizer: Any, prompt: Any) -> list[int]:
     return encode_prompt(tokenizer, prompt)
 
 
+def many_prompt_ids(tokenizer: Any, prompts: Sequence[Any]) -> list[list[int]]:
+    """:func:`prompt_ids` of many prompts; chat prompts are encoded in one batch call (the same ids,
+    several times faster on a fast tokenizer: 30K prompts take seconds, not a minute)."""
+    chats = [i for i, p in enumerate(prompts) if not isinstance(p, str) and p and isinstance(p[0], Mapping)]
+    out: list[list[int] | None] = [None] * len(prompts)
+    if chats and getattr(tokenizer, "chat_template", None):
+        texts = [
+            tokenizer.apply_chat_template(prompts[i], tokenize=False, add_generation_prompt=True)
+            for i in chats
+        ]
+        for i, ids in zip(chats, tokenizer(texts, add_special_tokens=False)["input_ids"], strict=True):
+            out[i] = list(ids)
+    return [ids if ids is not None else prompt_ids(tokenizer, p) for ids, p in zip(out, prompts, strict=True)]
+
+
 def fit_prompts(
     rows: Sequence[dict[str, Any]],
     tokenizer: Any,
@@ -63,8 +78,9 @@ def fit_prompts(
         raise ValueError(f"{len(locations)} locations for {len(rows)} rows")
     stats = PromptStats(rows=len(rows))
     out: list[dict[str, Any]] = []
-    for i, row in enumerate(rows):
-        ids = prompt_ids(tokenizer, row["prompt"])
+    for i, (row, ids) in enumerate(
+        zip(rows, many_prompt_ids(tokenizer, [r["prompt"] for r in rows]), strict=True)
+    ):
         stats.longest = max(stats.longest, len(ids))
         if len(ids) <= max_length:
             out.append(row)
