@@ -98,6 +98,14 @@ def test_long_prompt_error_names_file_line_and_length(tmp_path, capsys):
     code, err = run_cli(recipe, capsys)
     assert code == 2
     assert f"klear: error: {data}: line 4: prompt is 99 tokens, over data.max_prompt_length = 40" in err
+    cfg["data"].update(max_prompt_length=10, truncation="drop")
+    recipe.write_text(yaml.safe_dump({"kind": "rl", **cfg}))
+    code, err = run_cli(recipe, capsys)
+    assert code == 2
+    assert (
+        "klear: error: no training prompt fits data.max_prompt_length = 10 tokens (4 dropped, longest 99)"
+        in err
+    )
 
 
 @pytest.mark.parametrize("mask", [True, False])

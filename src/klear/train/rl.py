@@ -137,7 +137,9 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
     if cfg.validation.max_prompts is not None:
         val_rows = val_rows[: cfg.validation.max_prompts]
     if not train_rows:
-        raise ValueError(
+        from klear.data.schema import DataError
+
+        raise DataError(
             f"no training prompt fits data.max_prompt_length = {cfg.data.max_prompt_length} tokens "
             f"({prompt_stats.dropped} dropped, longest {prompt_stats.longest})"
         )
