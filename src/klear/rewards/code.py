@@ -13,10 +13,12 @@ the same way. A response that cannot be judged cleanly carries flags
 (``format``, ``no_answer``, ``timeout``, ``error``, ``sandbox_restart``), never a
 silent 0.
 
-Limit worth knowing: a HumanEval ``check(candidate)`` runs in the solution's own
-interpreter, so code that deliberately introspects that interpreter can forge a
-pass (true of every HumanEval harness). stdin and call-based tests cannot be
-forged that way: the sandbox never sees the expected outputs.
+Verdicts cannot be forged from inside the solution's process: stdin and call
+expected outputs never enter the sandbox, and a HumanEval ``check(candidate)`` runs
+in a separate judge process that never runs solution code: it calls the solution
+through pipes and admits only plain data back (see ``sandbox/_harness.py``). What
+stays possible: helpers the check takes from the prompt (HumanEval's ``poly``,
+``encode_cyclic``) are the solution's own, as in every HumanEval harness.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import json
 import math
 import random
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -271,41 +272,56 @@ def values_match(actual: Any, expected: Any, tol: float = 1e-6) -> bool:
     return type(actual) is type(expected) and actual == expected
 
 
-def _call_result(run: TestRun, nonce: str) -> tuple[bool, Any]:
-    """The harness's last record on the result channel, if it carries this test's nonce."""
-    marker = "\n" + nonce + " "
-    at = run.result.rfind(marker)
-    if at < 0:
-        return False, None
-    line = run.result[at + len(marker) :].split("\n", 1)[0]
+def _record(run: TestRun) -> dict[str, Any] | None:
+    """The judge's verdict record (call and check tests), or None when there is none.
+
+    Only the judge writes it, on a pipe the solution never holds; a huge integer that
+    json refuses to read back (over Python's digit limit) is no record either.
+    """
     try:
-        return True, json.loads(line)
-    except json.JSONDecodeError:
-        return False, None
+        record = json.loads(run.result)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
-def judge(test: TestCase, run: TestRun, nonce: str, tol: float) -> tuple[bool, str]:
+def judge(test: TestCase, run: TestRun, tol: float) -> tuple[bool, str]:
     """Did ``run`` pass ``test``? Returns (passed, reason) with reason one of
-    ok, wrong, runtime_error, timeout, output_limit, sandbox_restart, server_error."""
+    ok, wrong, runtime_error, timeout, output_limit, sandbox_restart, server_error.
+
+    stdin tests: the program's exit status and stdout. Call and check tests: the judge's
+    record alone (what the solution's process did after answering does not matter):
+    a check that returned, or a returned plain value that matches the expected one.
+    """
     if run.status in ("timeout", "output_limit", "sandbox_restart", "server_error"):
         return False, run.status
+    record = _record(run) if test.kind != "stdin" else None
+    if test.kind == "check" and record is not None and record.get("ok") is True:
+        return True, "ok"
+    if test.kind == "call" and record is not None and "value" in record:
+        value = record["value"]
+        ok = values_match(value, test.expected, tol)
+        if not ok and isinstance(test.expected, list) and len(test.expected) == 1:
+            ok = values_match(value, test.expected[0], tol)  # APPS wraps call outputs in a list
+        return (True, "ok") if ok else (False, "wrong")
     if run.signal is not None:
         # SIGXCPU (the CPU rlimit) is a timeout; any other signal is a crash.
         return False, "timeout" if run.signal == 24 else "runtime_error"
-    if run.exit_code != 0:
-        return False, "runtime_error"
     if test.kind == "stdin":
+        if run.exit_code != 0:
+            return False, "runtime_error"
         return (True, "ok") if tokens_match(run.stdout, test.expected, tol) else (False, "wrong")
-    found, record = _call_result(run, nonce)
-    if not found or not isinstance(record, dict):
-        return False, "wrong"
-    if test.kind == "check":
-        return (True, "ok") if record.get("ok") is True else (False, "wrong")
-    value = record.get("value")
-    ok = values_match(value, test.expected, tol)
-    if not ok and isinstance(test.expected, list) and len(test.expected) == 1:
-        ok = values_match(value, test.expected[0], tol)  # APPS wraps call outputs in a list
-    return (True, "ok") if ok else (False, "wrong")
+    if record is None or record.get("by") == "solution":
+        return False, "runtime_error"
+    return False, "wrong"  # the check failed
+
+
+def _failure_line(test: TestCase, run: TestRun) -> str:
+    """One line saying why a test failed: the judge's error, else the last line of stderr."""
+    record = _record(run) if test.kind != "stdin" else None
+    if record is not None and record.get("error"):
+        return _last_line(str(record["error"]))
+    return _last_line(run.stderr) or f"exit {run.exit_code} signal {run.signal}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,20 +387,21 @@ def code_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
             counts["not_run"] = len(tests) - i
             flags.append("timeout")
             break
-        nonce = secrets.token_hex(8)
         try:
-            run = box.run(code, test.payload(), nonce)
+            run = box.run(code, test.payload())
         except SandboxError as exc:
             return result(passed, len(tests), [*flags, "error"], code, f"test {i}: {exc}")
-        ok, reason = judge(test, run, nonce, ccfg.float_tol)
+        ok, reason = judge(test, run, ccfg.float_tol)
         passed += ok
         counts[reason] = counts.get(reason, 0) + 1
         if reason in ("timeout", "sandbox_restart"):
             flags.append(reason)
         elif reason == "server_error":
             flags.append("error")
-        if reason == "runtime_error" and first_error is None:
-            first_error = f"test {i}: {_last_line(run.stderr) or f'exit {run.exit_code} signal {run.signal}'}"
+        if first_error is None and (
+            reason == "runtime_error" or (reason == "wrong" and test.kind == "check")
+        ):
+            first_error = f"test {i}: {_failure_line(test, run)}"
         if ccfg.mode == "hard" and not ok:
             break  # all or nothing: the verdict is known
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))

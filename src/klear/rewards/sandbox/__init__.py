@@ -57,6 +57,8 @@ from klear.config import SandboxConfig
 log = logging.getLogger(__name__)
 
 _SERVER_SOURCE = (Path(__file__).with_name("_server.py")).read_text()
+#: The child and the judge (see _harness.py); the server loads it from its config.
+_HARNESS_SOURCE = (Path(__file__).with_name("_harness.py")).read_text()
 INSTALL_HINT = (
     "install bubblewrap: `apt-get install -y bubblewrap` (Debian/Ubuntu) or `dnf install bubblewrap`"
 )
@@ -79,7 +81,9 @@ class TestRun:
     status: ``exited`` (ran to the end; see exit_code/signal), ``timeout`` (wall clock),
     ``output_limit`` (stdout past the cap), ``sandbox_restart`` (the server died and was
     restarted), ``server_error`` (the server failed to run it).
-    result: the raw side channel (fd 3) on which the harness reports call results.
+    result: the judge's verdict record for call and check tests (JSON; empty for stdin
+    tests, or when the judge was killed): written by a process that never runs solution
+    code, on a pipe the solution never holds.
     """
 
     __test__ = False  # not a pytest class, despite the name
@@ -291,6 +295,7 @@ class Sandbox:
             "nofile": cfg.max_open_files,
             "nproc": cfg.max_processes,
             "max_output": cfg.max_output_bytes,
+            "harness": _HARNESS_SOURCE,
         }
 
     def start(self) -> None:
@@ -368,17 +373,18 @@ class Sandbox:
 
     # -- running --------------------------------------------------------------------------
 
-    def run(self, code: str, test: dict[str, Any], nonce: str) -> TestRun:
+    def run(self, code: str, test: dict[str, Any], nonce: str | None = None) -> TestRun:
         """Run ``code`` against one test (``{"kind": "stdin"|"call"|"check", ...}``).
 
         If the server dies or hangs, it is restarted and the test is reported as
         ``sandbox_restart`` (the caller scores it as failed); a failed restart raises
-        SandboxError.
+        SandboxError. ``nonce`` is ignored: the verdict channel no longer needs a secret
+        (kept so that older callers still work).
         """
         with self._lock:
             self.start()
             assert self._proc is not None
-            payload = json.dumps({"code": code, "test": test, "nonce": nonce}).encode()
+            payload = json.dumps({"code": code, "test": test}).encode()
             deadline = time.monotonic() + self.cfg.test_timeout_s + CLIENT_SLACK_S
             reply = None
             try:
