@@ -15,14 +15,17 @@ prompt's samples to one worker back to back).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import klear.rewards.sandbox as sandbox_mod
 from klear.config import CodeRewardConfig, RewardConfig, SandboxConfig
-from klear.rewards.code import code_reward
-from klear.rewards.sandbox import close_all
+from klear.rewards.code import code_reward, judge, parse_tests
+from klear.rewards.sandbox import Sandbox, SandboxUnavailable, TestRun, close_all
+from klear.rewards.sandbox._harness import MAX_DEPTH, check_plain
 
-pytestmark = pytest.mark.skipif(sandbox_mod.shutil.which("bwrap") is None, reason="bubblewrap not installed")
+needs_bwrap = pytest.mark.skipif(sandbox_mod.shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
 # One test each, with answers nobody guesses: an attack only passes by stealing them.
 STDIN_GT = {"inputs": ["123456 654321\n"], "outputs": ["777777\n"]}
@@ -267,6 +270,7 @@ LEAKS = {
 }
 
 
+@needs_bwrap
 @pytest.mark.parametrize(("gt", "attack", "honest"), list(LEAKS.values()), ids=list(LEAKS))
 def test_leak_attacks_fail(cfg, gt, attack, honest):
     assert_fails_and_honest_passes(cfg, gt, attack, honest)
@@ -325,6 +329,7 @@ VALUES = {
 }
 
 
+@needs_bwrap
 @pytest.mark.parametrize(("gt", "attack", "honest"), list(VALUES.values()), ids=list(VALUES))
 def test_lying_values_fail(cfg, gt, attack, honest):
     assert_fails_and_honest_passes(cfg, gt, attack, honest)
@@ -428,6 +433,208 @@ HARNESS = {
 }
 
 
+@needs_bwrap
 @pytest.mark.parametrize(("gt", "attack", "honest"), list(HARNESS.values()), ids=list(HARNESS))
 def test_harness_attacks_fail(cfg, gt, attack, honest):
     assert_fails_and_honest_passes(cfg, gt, attack, honest)
+
+
+# ------------------------------------------------------------------------------------------
+# The judge and the zygote, attacked from the child: each attack answers correctly only if
+# it got the capability, so "the attack fails" proves the capability is not there
+# ------------------------------------------------------------------------------------------
+
+# Search every other process's cmdline, environment, descriptors and memory for a marker.
+OTHERS_HOLD = (
+    "import os, re\n"
+    "def others_hold(marker):\n"
+    "    me = os.getpid()\n"
+    "    for pid in [p for p in os.listdir('/proc') if p.isdigit() and int(p) != me]:\n"
+    "        base = f'/proc/{pid}'\n"
+    "        paths = [f'{base}/cmdline', f'{base}/environ']\n"
+    "        try:\n"
+    "            paths += [f'{base}/fd/{n}' for n in os.listdir(f'{base}/fd')]\n"
+    "        except OSError:\n"
+    "            pass\n"
+    "        for path in paths:\n"
+    "            try:\n"
+    "                with open(path, 'rb') as f:\n"
+    "                    if marker in f.read(1 << 22):\n"
+    "                        return True\n"
+    "            except OSError:\n"
+    "                pass\n"
+    "        try:\n"
+    "            with open(f'{base}/maps') as maps, open(f'{base}/mem', 'rb', 0) as mem:\n"
+    "                for line in maps:\n"
+    "                    lo, hi = (int(x, 16) for x in line.split()[0].split('-'))\n"
+    "                    try:\n"
+    "                        mem.seek(lo)\n"
+    "                        if marker in mem.read(hi - lo):\n"
+    "                            return True\n"
+    "                    except (OSError, OverflowError, ValueError):\n"
+    "                        pass\n"
+    "        except OSError:\n"
+    "            pass\n"
+    "    return False\n"
+)
+CAPABILITIES = {
+    # The judge holds the check, hence 1522756: nothing of it may be readable from the child.
+    "judge_memory_fds_and_environment": (
+        CHECK_GT,
+        OTHERS_HOLD + "def square(x):\n    return x * x if others_hold(b'1522756') else 0\n",
+        CHECK_OK,
+    ),
+    # ptrace any other process (the judge, the zygote, the server).
+    "ptrace_another_process": (
+        CHECK_GT,
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "def attached():\n"
+        "    for p in os.listdir('/proc'):\n"
+        "        if p.isdigit() and int(p) != os.getpid() and libc.ptrace(16, int(p), 0, 0) == 0:\n"
+        "            return True\n"
+        "    return False\n"
+        "def square(x):\n    return x * x if attached() else 0\n",
+        CHECK_OK,
+    ),
+    # Only stdin/stdout/stderr and the two call pipes: no socket of the zygote, no verdict pipe.
+    "inherited_descriptors": (
+        CHECK_GT,
+        "import os\nextra = [int(n) for n in os.listdir('/proc/self/fd') if int(n) > 4]\n"
+        "extra = [n for n in extra if not os.readlink(f'/proc/self/fd/{n}').startswith('/proc')]\n"
+        "def square(x):\n    return x * x if extra else 0\n",
+        CHECK_OK,
+    ),
+    # Stop or kill every other process it can reach: the judge must not answer for it.
+    "signal_every_other_process": (
+        CHECK_GT,
+        "import os, signal\n"
+        "def square(x):\n"
+        "    for p in os.listdir('/proc'):\n"
+        "        if p.isdigit() and int(p) not in (1, os.getpid()):\n"
+        "            for sig in (signal.SIGSTOP, signal.SIGKILL):\n"
+        "                try:\n"
+        "                    os.kill(int(p), sig)\n"
+        "                except OSError:\n"
+        "                    pass\n"
+        "    return 0\n",
+        CHECK_OK,
+    ),
+}
+
+
+@needs_bwrap
+@pytest.mark.parametrize(("gt", "attack", "honest"), list(CAPABILITIES.values()), ids=list(CAPABILITIES))
+def test_the_judge_and_the_zygote_are_out_of_reach(cfg, gt, attack, honest):
+    assert_fails_and_honest_passes(cfg, gt, attack, honest)
+
+
+def verdicts(box: Sandbox, code: str, gt) -> list[bool]:
+    return [judge(t, box.run(code, t.payload()), 1e-6)[0] for t in parse_tests(gt).tests]
+
+
+@pytest.fixture(scope="module")
+def unpriv(cfg):
+    """A sandbox whose children share the server's uid (the unprivileged mode): only the
+    judge's and the zygote's non-dumpable state protects them, not a uid boundary."""
+    if os.geteuid() != 0 or sandbox_mod.shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to start a sandbox as an unprivileged user")
+    launcher = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    box = Sandbox(cfg.sandbox, privileged=False, launcher=launcher)
+    try:
+        box.start()
+    except SandboxUnavailable as exc:
+        pytest.skip(f"unprivileged user namespaces are not available here: {exc}")
+    yield box
+    box.close()
+
+
+UNPRIV = ["sibling_reply_via_frames", "sibling_call_value_via_frames", "check_code_lookup_table"]
+UNPRIV += ["always_true_eq_check", "patched_builtins_compile", "settrace_jumps_over_asserts", *CAPABILITIES]
+ALL = {**LEAKS, **VALUES, **HARNESS, **CAPABILITIES}
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name", UNPRIV)
+def test_unprivileged_mode_holds_too(unpriv, name):
+    gt, attack, honest = ALL[name]
+    assert verdicts(unpriv, honest, gt) == [True]
+    assert verdicts(unpriv, attack, gt) == [False]
+    assert verdicts(unpriv, honest, gt) == [True]
+
+
+# ------------------------------------------------------------------------------------------
+# Plain data, and the verdict from the judge's record (no sandbox needed)
+# ------------------------------------------------------------------------------------------
+
+
+class _Int(int):
+    pass
+
+
+_cycle: list = []
+_cycle.append(_cycle)
+_deep: list = []
+for _ in range(MAX_DEPTH + 5):
+    _deep = [_deep]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, True, -(10**40), 1.5, float("nan"), "s", b"b", [1, (2, {3}), frozenset({4})], {"k": [1], 2: None}],
+)
+def test_plain_data_is_admitted(value):
+    check_plain(value, 1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (_Int(3), "_Int is not plain"),
+        ([1, [2, _Int(3)]], "_Int is not plain"),
+        ({"k": object()}, "object is not plain"),
+        (1j, "complex is not plain"),
+        (_cycle, "deeper than"),
+        (_deep, "deeper than"),
+        (["x" * 1000] * 2000, "larger than"),  # one string, referenced 2000 times
+        (1 << (9 << 20), "larger than"),  # 1.1 MiB of digits
+    ],
+    ids=["int_subclass", "nested_subclass", "object", "complex", "cycle", "deep", "shared_refs", "huge_int"],
+)
+def test_non_plain_data_is_refused(value, why):
+    with pytest.raises(ValueError, match=why):
+        check_plain(value, 1 << 20)
+
+
+def _run(
+    result: str, exit_code: int | None = 0, signal: int | None = None, status: str = "exited"
+) -> TestRun:
+    return TestRun(status=status, exit_code=exit_code, signal=signal, result=result)
+
+
+CALL = parse_tests(CALL_GT).tests[0]
+CHECK = parse_tests(CHECK_GT).tests[0]
+
+
+@pytest.mark.parametrize(
+    ("test", "run", "verdict"),
+    [
+        (CHECK, _run('{"ok": true}'), (True, "ok")),
+        (CHECK, _run('{"ok": true}', exit_code=1), (True, "ok")),  # what the child did afterwards is moot
+        (CHECK, _run('{"ok": true}', status="timeout"), (False, "timeout")),
+        (CHECK, _run('{"ok": false, "by": "check", "error": "AssertionError"}'), (False, "wrong")),
+        (CHECK, _run('{"ok": false, "by": "solution", "error": "exited"}'), (False, "runtime_error")),
+        (CHECK, _run(""), (False, "runtime_error")),  # no record: the judge died
+        (CHECK, _run("", exit_code=None, signal=24), (False, "timeout")),
+        (CHECK, _run('{"value": 4}'), (False, "runtime_error")),  # a call record on a check test
+        (CALL, _run('{"value": 777777}'), (True, "ok")),
+        (CALL, _run('{"value": 777777}', exit_code=1), (False, "runtime_error")),
+        (CALL, _run('{"value": 777777}', exit_code=None, signal=9), (False, "runtime_error")),
+        (CALL, _run('{"value": 777777}{"value": 777777}'), (False, "wrong")),  # one record, not two
+        (CALL, _run('{"value": [777777]}'), (False, "wrong")),
+        (CALL, _run('{"ok": true}'), (False, "wrong")),  # a check's record on a call test
+        (CALL, _run('{"value": ' + "9" * 5000 + "}"), (False, "wrong")),  # over json's digit limit
+        (CALL, _run("[777777]"), (False, "wrong")),
+    ],
+)
+def test_the_verdict_comes_from_the_record(test, run, verdict):
+    assert judge(test, run, 1e-6) == verdict

@@ -13,12 +13,13 @@ the same way. A response that cannot be judged cleanly carries flags
 (``format``, ``no_answer``, ``timeout``, ``error``, ``sandbox_restart``), never a
 silent 0.
 
-Verdicts cannot be forged from inside the solution's process: stdin and call
-expected outputs never enter the sandbox, and a HumanEval ``check(candidate)`` runs
-in a separate judge process that never runs solution code: it calls the solution
-through pipes and admits only plain data back (see ``sandbox/_harness.py``). What
-stays possible: helpers the check takes from the prompt (HumanEval's ``poly``,
-``encode_cyclic``) are the solution's own, as in every HumanEval harness.
+Verdicts cannot be forged from inside the solution's process: expected outputs of
+stdin and call tests never enter the sandbox (a call's return value comes back as
+JSON and is compared here), and a HumanEval ``check(candidate)`` runs in a separate
+judge process that never runs solution code: it calls the solution through pipes and
+admits only plain data back (see ``sandbox/_harness.py``). What stays possible:
+helpers the check takes from the prompt (HumanEval's ``poly``, ``encode_cyclic``)
+are the solution's own, as in every HumanEval harness.
 """
 
 from __future__ import annotations
@@ -273,11 +274,8 @@ def values_match(actual: Any, expected: Any, tol: float = 1e-6) -> bool:
 
 
 def _record(run: TestRun) -> dict[str, Any] | None:
-    """The judge's verdict record (call and check tests), or None when there is none.
-
-    Only the judge writes it, on a pipe the solution never holds; a huge integer that
-    json refuses to read back (over Python's digit limit) is no record either.
-    """
+    """The one JSON object on the result channel, or None (nothing, junk, several records,
+    or an integer longer than json reads back)."""
     try:
         record = json.loads(run.result)
     except ValueError:
@@ -289,36 +287,43 @@ def judge(test: TestCase, run: TestRun, tol: float) -> tuple[bool, str]:
     """Did ``run`` pass ``test``? Returns (passed, reason) with reason one of
     ok, wrong, runtime_error, timeout, output_limit, sandbox_restart, server_error.
 
-    stdin tests: the program's exit status and stdout. Call and check tests: the judge's
-    record alone (what the solution's process did after answering does not matter):
-    a check that returned, or a returned plain value that matches the expected one.
+    stdin: exit status 0 and stdout matches. call: exit status 0 and the one record the
+    child wrote holds a value that matches (decoded here, so plain JSON data; the
+    expected value never entered the sandbox). check: the judge's record alone, which no
+    solution can write; what the solution's process did after answering does not matter.
     """
     if run.status in ("timeout", "output_limit", "sandbox_restart", "server_error"):
         return False, run.status
-    record = _record(run) if test.kind != "stdin" else None
-    if test.kind == "check" and record is not None and record.get("ok") is True:
-        return True, "ok"
-    if test.kind == "call" and record is not None and "value" in record:
-        value = record["value"]
-        ok = values_match(value, test.expected, tol)
-        if not ok and isinstance(test.expected, list) and len(test.expected) == 1:
-            ok = values_match(value, test.expected[0], tol)  # APPS wraps call outputs in a list
-        return (True, "ok") if ok else (False, "wrong")
+    if test.kind == "check":
+        record = _record(run)
+        if record is not None and record.get("ok") is True:
+            return True, "ok"
+        if run.signal == 24:  # SIGXCPU: the solution ran out of CPU time while the check ran
+            return False, "timeout"
+        return (
+            (False, "wrong")
+            if record is not None and record.get("by") == "check"
+            else (False, "runtime_error")
+        )
     if run.signal is not None:
         # SIGXCPU (the CPU rlimit) is a timeout; any other signal is a crash.
         return False, "timeout" if run.signal == 24 else "runtime_error"
-    if test.kind == "stdin":
-        if run.exit_code != 0:
-            return False, "runtime_error"
-        return (True, "ok") if tokens_match(run.stdout, test.expected, tol) else (False, "wrong")
-    if record is None or record.get("by") == "solution":
+    if run.exit_code != 0:
         return False, "runtime_error"
-    return False, "wrong"  # the check failed
+    if test.kind == "stdin":
+        return (True, "ok") if tokens_match(run.stdout, test.expected, tol) else (False, "wrong")
+    record = _record(run)
+    if record is None or "value" not in record:
+        return False, "wrong"
+    ok = values_match(record["value"], test.expected, tol)
+    if not ok and isinstance(test.expected, list) and len(test.expected) == 1:
+        ok = values_match(record["value"], test.expected[0], tol)  # APPS wraps call outputs in a list
+    return (True, "ok") if ok else (False, "wrong")
 
 
 def _failure_line(test: TestCase, run: TestRun) -> str:
     """One line saying why a test failed: the judge's error, else the last line of stderr."""
-    record = _record(run) if test.kind != "stdin" else None
+    record = _record(run) if test.kind == "check" else None
     if record is not None and record.get("error"):
         return _last_line(str(record["error"]))
     return _last_line(run.stderr) or f"exit {run.exit_code} signal {run.signal}"

@@ -9,15 +9,18 @@ request or a reply, so neither inherits anything of another test. Descriptors ar
 their only inputs.
 
 - The child becomes the test's uid, limits itself and runs the solution. A stdin test
-  ends there: the client compares its stdout. A call or check test then serves calls:
-  it reads ``(op, name, args, kwargs)`` frames from fd 3 and answers each on fd 4 with
-  the return value as marshal data.
-- The judge runs call- and check-based tests. It never runs solution code: it holds the
-  test (the arguments, or HumanEval's ``check(candidate)``), calls the solution through
-  proxies that go over the pipes, admits only plain data back (:func:`check_plain`;
-  marshal cannot even express a subclass or a custom ``__eq__``) and decides in its own
-  pristine interpreter, whose builtins and modules the solution cannot reach. Its
-  verdict goes to the server on a pipe the solution never holds; no secret is needed.
+  ends there: the client compares its stdout. A call test writes the return value as
+  JSON on fd 3; the client, which alone knows the expected value, decodes and compares
+  it, so nothing the solution writes there can be more than its own answer. A check
+  test serves calls: it reads ``(op, name, args, kwargs)`` frames from fd 3 and answers
+  each on fd 4 with the return value as marshal data.
+- The judge runs check-based tests (HumanEval ``check(candidate)``, whose asserts hold
+  the expected values). It never runs solution code: it holds the check, calls the
+  solution through proxies that go over the pipes, admits only plain data back
+  (:func:`check_plain`; marshal cannot even express a subclass or a custom ``__eq__``)
+  and decides in its own pristine interpreter, whose builtins and modules the solution
+  cannot reach. Its verdict goes to the server on a pipe the solution never holds; no
+  secret is needed.
 """
 
 import builtins
@@ -35,8 +38,9 @@ import traceback
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
-CALLS_FD = 3  # in the child: calls from the judge
-ANSWERS_FD = 4  # in the child: answers to the judge
+RESULT_FD = 3  # in a call test's child: the return value, as JSON
+CALLS_FD = 3  # in a check test's child: calls from the judge
+ANSWERS_FD = 4  # in a check test's child: answers to the judge
 #: Plain data nests at most this deep (a cycle or a 10^5-deep list is not an answer).
 MAX_DEPTH = 100
 _ATOMS = (type(None), bool, int, float, str, bytes)
@@ -137,6 +141,19 @@ def check_plain(value, budget):
             raise ValueError(f"the value is larger than {budget} bytes")
 
 
+def warm_up():
+    """Do once in the zygote what every test does, so that its forks find it initialised.
+
+    Measured: the first ``compile`` in a process costs ~2 ms of CPU more than later ones,
+    and a forked child pays it again for every test unless its parent already did.
+    """
+    code = compile(
+        "def f(x):\n    return [x * i for i in range(3)]\nassert f(2) == [0, 2, 4]\n", "<warm>", "exec"
+    )
+    exec(marshal.loads(marshal.dumps(code)), {"__builtins__": builtins})
+    json.loads(json.dumps({"code": "", "args": [[1, 2.5], {"k": None}], "ok": True}))
+
+
 # ------------------------------------------------------------------------------------------
 # The child: becomes the test's uid, limits itself, runs the solution in this warm interpreter
 # ------------------------------------------------------------------------------------------
@@ -159,10 +176,11 @@ def _limit(cfg):
 
 
 def run_child(cfg, fds):
-    """fds: request memfd, stdin memfd, stdout, stderr[, calls from the judge, answers to it]."""
+    """fds: request memfd, stdin memfd, stdout, stderr, then a call test's result pipe or a
+    check test's pipes from and to the judge."""
     request = json.loads(_read_all(fds[0]))
     os.setsid()  # own process group: the server kills the whole group afterwards
-    _place_fds(fds[1:])  # 0 stdin, 1 stdout, 2 stderr[, 3 calls, 4 answers]; all else closed
+    _place_fds(fds[1:])  # 0 stdin, 1 stdout, 2 stderr, 3 result or 3 calls and 4 answers
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
@@ -189,8 +207,10 @@ def run_child(cfg, fds):
     status = 0
     try:
         exec(compile(code, "<solution>", "exec"), ns)
-        if kind != "stdin":
-            _serve_calls(ns, kind)
+        if kind == "call":
+            _report_call(ns, request, cfg["max_output"])
+        elif kind == "check":
+            _serve_calls(ns)
     except SystemExit as exc:
         if exc.code is None or exc.code == 0:
             status = 0
@@ -209,8 +229,21 @@ def run_child(cfg, fds):
     exit_(status)
 
 
-def _serve_calls(ns, kind):
-    """Answer the judge's calls until it hangs up. Answers are whatever the solution returns."""
+def _report_call(ns, request, budget):
+    """A call test: the return value as JSON on the result pipe; the client compares it.
+
+    No judge is needed here: the expected value never enters the sandbox and the client
+    compares JSON it decodes itself (plain by construction), so whatever the solution
+    writes on this pipe is simply its answer. The plain-data check only makes the error
+    message clear.
+    """
+    value = _find_callable(ns, request["fn_name"])(*request["args"])
+    check_plain(value, budget)
+    _write_all(RESULT_FD, json.dumps({"value": value}).encode())
+
+
+def _serve_calls(ns):
+    """A check test: answer the judge's calls until it hangs up. Answers are whatever the solution returns."""
     while True:
         data = recv_frame(CALLS_FD, 1 << 30)
         if data is None:
@@ -225,8 +258,7 @@ def _serve_calls(ns, kind):
                 answer = ("value", ns[name])
         else:
             try:
-                fn = _find_callable(ns, name) if kind == "call" else ns[name]
-                answer = ("value", fn(*args, **kwargs))
+                answer = ("value", ns[name](*args, **kwargs))
             except Exception as exc:
                 traceback.print_exc()
                 answer = ("raise", type(exc).__name__, _text(exc))
@@ -320,13 +352,27 @@ def _global_names(code):
     return names
 
 
+def prepare_check(source, entry_point):
+    """A check test's task for the judge, as marshal bytes: the check compiled once by the
+    server (which caches it: every sample of a problem has the same check) and the global
+    names it uses. A check that does not compile becomes its own error message."""
+    try:
+        code = compile(source, "<test>", "exec")
+    except (SyntaxError, ValueError) as exc:
+        return marshal.dumps((entry_point, None, f"{type(exc).__name__}: {exc}", ()))
+    return marshal.dumps((entry_point, code, "", tuple(sorted(_global_names(code)))))
+
+
 def _check_test(task, channel):
     """HumanEval: run ``check(candidate)``; names the check uses but neither defines nor finds in
     builtins (helpers from the prompt) come from the solution, callables as proxies."""
+    entry_point, code, error, names = task
+    if code is None:
+        raise SyntaxError(f"the check does not compile: {error}")
     ns = {"__name__": "__main__", "__builtins__": builtins}
-    code = compile(task["test"], "<test>", "exec")
     exec(code, ns)
-    for name in sorted(_global_names(code) - set(ns) - set(dir(builtins))):
+    builtin_names = builtins.__dict__
+    for name in [n for n in names if n not in ns and n not in builtin_names]:
         answer = channel.ask("get", name)
         if answer[0] == "callable":
             ns[name] = Candidate(channel, name)
@@ -336,18 +382,14 @@ def _check_test(task, channel):
             except ValueError:
                 continue
             ns[name] = answer[1]
-    ns["check"](Candidate(channel, task["entry_point"]))
+    ns["check"](Candidate(channel, entry_point))
     return {"ok": True}
 
 
 def judge(task, channel):
-    """The verdict record: ``{"ok": true}`` (check), ``{"value": v}`` (call), or
-    ``{"ok": false, "by": "solution"|"check", "error": "..."}``."""
+    """The verdict record: ``{"ok": true}``, or ``{"ok": false, "by": "solution"|"check", "error": "..."}``."""
     try:
-        if task["kind"] == "check":
-            record = _check_test(task, channel)
-        else:
-            record = {"value": Candidate(channel, task["fn_name"])(*task["args"])}
+        record = _check_test(task, channel)
     except SolutionFailed as exc:
         record = {"ok": False, "by": "solution", "error": str(exc)}
     except BaseException as exc:  # the check failed (or raised what the solution raised)
@@ -360,8 +402,8 @@ def judge(task, channel):
 
 
 def run_judge(cfg, fds):
-    """fds: task memfd, answers from the child, calls to the child, verdict to the server."""
-    task = json.loads(_read_all(fds[0]))
+    """A check test's judge. fds: task memfd, answers from the child, calls to the child, verdict to the server."""
+    task = marshal.loads(_read_all(fds[0]))  # from prepare_check, in the server
     null = os.open(os.devnull, os.O_RDWR)
     _place_fds([null, null, null, *fds[1:]])  # 3 answers, 4 calls, 5 verdict
     prctl(PR_SET_DUMPABLE, 0)
@@ -369,15 +411,7 @@ def run_judge(cfg, fds):
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     _limit(cfg)
     os.chdir("/")
-    if hasattr(sys, "set_int_max_str_digits"):
-        sys.set_int_max_str_digits(0)  # a correct huge integer must still reach the client
     record = judge(task, _Channel(4, 3, cfg["max_output"]))
-    try:
-        data = json.dumps(record).encode()
-    except (TypeError, ValueError) as exc:  # a set, bytes: plain, but not JSON like the expected value
-        data = json.dumps(
-            {"ok": False, "by": "solution", "error": f"the value is not JSON data: {exc}"}
-        ).encode()
     with contextlib.suppress(OSError):
-        _write_all(5, data)
+        _write_all(5, json.dumps(record).encode())
     os._exit(0)

@@ -246,8 +246,9 @@ class _Zygote:
     def __init__(self, sock, pid):
         self.sock, self.pid, self.buf, self.pending = sock, pid, b"", []
 
-    def spawn(self, judged, fds):
-        socket.send_fds(self.sock, [b"J" if judged else b"S"], fds)
+    def spawn(self, child_fds, judge_fds):
+        """The first byte says how many descriptors are the child's; the rest are the judge's."""
+        socket.send_fds(self.sock, [bytes([len(child_fds)])], [*child_fds, *judge_fds])
 
     def messages(self):
         """Every (pid, value) message received so far and not yet taken; reads once if there is none."""
@@ -287,10 +288,10 @@ def _zygote(cfg, sock, harness):
             os._exit(0)
         if not msg:
             os._exit(0)
-        judged = msg == b"J"
-        jobs = [(harness.run_child, fds[:6] if judged else fds[:4])]
+        jobs = [(harness.run_child, fds[: msg[0]])]
+        judged = len(fds) > msg[0]
         if judged:
-            jobs.append((harness.run_judge, fds[6:10]))
+            jobs.append((harness.run_judge, fds[msg[0] :]))
         pids = []
         for fn, job_fds in jobs:
             pid = os.fork()
@@ -308,30 +309,42 @@ def _zygote(cfg, sock, harness):
             sock.sendall(_Zygote.MSG.pack(pid, wstatus))
 
 
-def run_test(cfg, zygote, code, test):
+@functools.lru_cache(maxsize=64)
+def _prepared_check(harness, source, entry_point):
+    return harness.prepare_check(source, entry_point)
+
+
+def run_test(cfg, zygote, harness, code, test):
     """Run one test: the zygote forks the child (and judge); collect output within the limits."""
     kind = test["kind"]
-    judged = kind != "stdin"
-    request = _memfd("request", json.dumps({"code": code, "kind": kind}).encode())
-    fd_in = _memfd("stdin", test.get("stdin", "").encode())
+    judged = kind == "check"
+    # The child's request: a check's test code goes to the judge alone.
+    request = {"code": code, **({"kind": kind} if judged else test)}
+    request.pop("stdin", None)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    sent = [request, fd_in, out_w, err_w]
-    readers = [out_r, err_r]
-    caps = {out_r: cfg["max_output"], err_r: STDERR_KEEP}
-    if judged:
+    res_r, res_w = os.pipe()
+    child_fds = [
+        _memfd("request", json.dumps(request).encode()),
+        _memfd("stdin", test.get("stdin", "").encode()),
+    ]
+    child_fds += [out_w, err_w]
+    judge_fds = []
+    if kind == "call":
+        child_fds.append(res_w)  # the child reports the return value (compared by the client)
+    elif judged:
         calls_r, calls_w = os.pipe()
         answers_r, answers_w = os.pipe()
-        res_r, res_w = os.pipe()
-        task = _memfd("task", json.dumps(test).encode())
-        sent += [calls_r, answers_w, task, answers_r, calls_w, res_w]
-        readers.append(res_r)
-        caps[res_r] = cfg["max_output"]
+        child_fds += [calls_r, answers_w]
+        task = _prepared_check(harness, test["test"], test["entry_point"])
+        judge_fds = [_memfd("task", task), answers_r, calls_w, res_w]
+    readers = [out_r, err_r, res_r]
+    caps = {out_r: cfg["max_output"], err_r: STDERR_KEEP, res_r: cfg["max_output"]}
     t0 = time.monotonic()
     try:
-        zygote.spawn(judged, sent)
+        zygote.spawn(child_fds, judge_fds)
     finally:
-        for fd in sent:
+        for fd in {*child_fds, *judge_fds, res_w}:
             os.close(fd)
     ((pid, judge_pid),) = zygote.take(1, 10.0)
     waiting = {pid} | ({judge_pid} if judged else set())
@@ -412,7 +425,7 @@ def run_test(cfg, zygote, code, test):
         "signal": os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None,
         "stdout": bufs[out_r].decode("utf-8", "replace"),
         "stderr": bufs[err_r].decode("utf-8", "replace"),
-        "result": bufs[res_r].decode("utf-8", "replace") if judged else "",
+        "result": bufs[res_r].decode("utf-8", "replace"),
         "seconds": seconds,
     }
 
@@ -440,14 +453,14 @@ def _load_harness(source):
     return harness
 
 
-def _serve(cfg, proto_in, proto_out, zygote):
+def _serve(cfg, proto_in, proto_out, zygote, harness):
     """The manager's loop. Each request is handled in run_test, whose locals are gone when it returns."""
     while True:
         req = _recv(proto_in)
         if req is None:
             return
         try:
-            reply = run_test(cfg, zygote, req["code"], req["test"])
+            reply = run_test(cfg, zygote, harness, req["code"], req["test"])
         except ZygoteGone:
             return  # exiting makes the client restart the sandbox and flag this test
         except Exception as exc:  # a server-side failure is reported, never mistaken for a verdict
@@ -470,6 +483,7 @@ def main():
     os.dup2(null, 1)
     os.close(null)
     os.makedirs(cfg["workdir"], exist_ok=True)
+    harness.warm_up()
     # Zygote trick: move every object alive now out of the collector's reach, so that a
     # collection in a child does not walk (and so copy-on-write copy) the inherited heap.
     gc.collect()
@@ -487,7 +501,7 @@ def main():
     theirs.close()
     _KEEP.add(pid)
     _send(proto_out, {"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]})
-    _serve(cfg, proto_in, proto_out, _Zygote(ours, pid))
+    _serve(cfg, proto_in, proto_out, _Zygote(ours, pid), harness)
 
 
 if __name__ == "__main__":
