@@ -58,6 +58,11 @@ CHECK_MATH_GT = {
     "test": "import math\n\ndef check(candidate):\n    assert math.isclose(candidate(1234), 1522756)\n",
     "entry_point": "square",
 }
+# The check uses the prompt's import of math, as some HumanEval-style checks do.
+CHECK_PROMPT_MATH_GT = {
+    "test": "def check(candidate):\n    assert math.isclose(candidate(1234), 1522756)\n",
+    "entry_point": "square",
+}
 CHECK_OK = "def square(x):\n    return x * x\n"
 WRONG_SQUARE = "def square(x):\n    return 0\n"
 
@@ -388,6 +393,12 @@ HARNESS = {
         "sys.settrace(tracer)\n" + WRONG_SQUARE,
         CHECK_OK,
     ),
+    # The check takes math from the solution's globals: hand it a fake module named math.
+    "fake_module_under_a_stdlib_name": (
+        CHECK_PROMPT_MATH_GT,
+        "import types\nmath = types.ModuleType('math')\nmath.isclose = lambda *a, **k: True\n" + WRONG_SQUARE,
+        "import math\n" + CHECK_OK,
+    ),
     "exit_zero_before_the_check": (CHECK_GT, "import os\n" + WRONG_SQUARE + "os._exit(0)\n", CHECK_OK),
     "sys_exit_zero_inside_the_candidate": (
         CHECK_GT,
@@ -638,3 +649,18 @@ CHECK = parse_tests(CHECK_GT).tests[0]
 )
 def test_the_verdict_comes_from_the_record(test, run, verdict):
     assert judge(test, run, 1e-6) == verdict
+
+
+@needs_bwrap
+def test_a_check_gets_the_prompts_helpers_and_modules(cfg):
+    """HumanEval checks call helpers the prompt defined (poly, encode_cyclic) and use its imports."""
+    gt = {
+        "test": "def check(candidate):\n    assert math.isclose(candidate(3), helper(3) + SHIFT)\n",
+        "entry_point": "f",
+    }
+    ok = "import math\nSHIFT = 1\ndef helper(x):\n    return x * x\ndef f(x):\n    return helper(x) + SHIFT\n"
+    assert code_reward(wrap(ok), gt, cfg).score == 1.0
+    res = code_reward(wrap(ok.replace("SHIFT\n", "SHIFT + 1\n")), gt, cfg)
+    assert (res.score, res.detail.endswith("AssertionError")) == (0.0, True), res.detail
+    missing = code_reward(wrap("def f(x):\n    return x\n"), gt, cfg)
+    assert missing.score == 0.0 and "NameError" in missing.detail, missing.detail

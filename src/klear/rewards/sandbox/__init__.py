@@ -13,6 +13,13 @@ open-file and process rlimits, a float wall-clock timeout and an output cap; aft
 each test every process it left behind is killed and the scratch directories are
 emptied. The server is non-dumpable, so a child cannot read its memory or /proc files.
 
+Verdicts (see _server.py and _harness.py): tests are forked from a zygote that never
+holds a request or reply, so no test process can find another test's output in its
+memory; stdin and call tests are compared here, outside, against expected values the
+sandbox never sees; HumanEval check tests run in a separate judge process that calls
+the solution over pipes, admits only plain data back and reports on a pipe the
+solution never holds.
+
 Two modes, chosen by whether we are root:
 
 - root: no user namespace (its processes would count as root's, which is exempt from
@@ -81,9 +88,10 @@ class TestRun:
     status: ``exited`` (ran to the end; see exit_code/signal), ``timeout`` (wall clock),
     ``output_limit`` (stdout past the cap), ``sandbox_restart`` (the server died and was
     restarted), ``server_error`` (the server failed to run it).
-    result: the judge's verdict record for call and check tests (JSON; empty for stdin
-    tests, or when the judge was killed): written by a process that never runs solution
-    code, on a pipe the solution never holds.
+    result: one JSON record, empty for stdin tests. Call tests: ``{"value": ...}``
+    written by the child (its own answer, compared by the caller). Check tests: the
+    judge's verdict, written by a process that never runs solution code, on a pipe the
+    solution never holds.
     """
 
     __test__ = False  # not a pytest class, despite the name

@@ -1,4 +1,4 @@
-"""The fork server that runs inside the sandbox: a manager, a zygote, and per test a child and a judge.
+"""The fork server that runs inside the sandbox: a manager, a zygote, and per test a child (and a judge).
 
 This file is never imported by Klear: the client reads its text and runs it with
 ``python -I -c`` inside bubblewrap, where the Klear checkout is not visible. It
@@ -14,22 +14,24 @@ process of that uid after each test.
 Two processes, so that nothing of one test reaches another:
 
 - the manager (this process after start-up) speaks the protocol, holds requests and
-  replies, collects output and cleans up. No test process is ever forked from it.
+  replies, collects output and cleans up. Nothing that runs solution code is forked
+  from it (only the cleanup helper, which runs this file's code alone).
 - the zygote, forked once before the first request, warm and then frozen, forks each
-  test's processes. It receives only descriptors and a one-byte kind from the manager
-  and sends back pids and exit statuses: a child forked from it inherits no request,
+  test's processes. It receives only descriptors (and one byte: how many are the
+  child's) from the manager and sends back pids and exit statuses: a child forked from it inherits no request,
   reply, output or verdict of any test, in any frame, object or freed memory.
 
 Per test the manager fills memfds (the child's request, stdin, the judge's task) and
 pipes, and hands them to the zygote with SCM_RIGHTS; the zygote forks the child and,
-for call and check tests, the judge (see ``_harness.py``), which holds the test and
-reports the verdict on a pipe only the manager reads.
+for check tests, the judge (see ``_harness.py``), which holds the check and reports
+the verdict on a pipe only the manager reads.
 
 Protocol on fds 0/1 (moved to private fds at start): frames of a 4-byte big-endian
 length then UTF-8 JSON. The first frame out is ``{"ready": true, ...}``. Each
 request ``{"code", "test"}`` gets exactly one reply with the child's status, exit
-code or signal, stdout (capped), stderr tail and the judge's record. Expected outputs
-of stdin and call tests never enter the sandbox: the client compares outside.
+code or signal, stdout (capped), stderr tail and the result record (a call's value,
+a check's verdict). Expected outputs of stdin and call tests never enter the sandbox:
+the client compares outside.
 """
 
 import bisect
@@ -402,8 +404,9 @@ def run_test(cfg, zygote, harness, code, test):
     seconds = time.monotonic() - t0
     # The server may not signal a child that already became the test uid (no CAP_KILL):
     # then _kill_leftovers' helper, running as that uid, does it.
+    # The group goes in any case: the child's own children may still be in it.
     for kill, target in ((os.kill, pid), (os.killpg, pid), (os.kill, judge_pid)):
-        if target in waiting:
+        if target in waiting or kill is os.killpg:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 kill(target, signal.SIGKILL)
     _kill_leftovers(cfg)
