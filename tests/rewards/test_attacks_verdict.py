@@ -22,7 +22,7 @@ import pytest
 import klear.rewards.sandbox as sandbox_mod
 from klear.config import CodeRewardConfig, RewardConfig, SandboxConfig
 from klear.rewards.code import code_reward, judge, parse_tests
-from klear.rewards.sandbox import Sandbox, SandboxUnavailable, TestRun, close_all
+from klear.rewards.sandbox import Sandbox, SandboxUnavailable, TestRun, close_all, get_sandbox
 from klear.rewards.sandbox._harness import MAX_DEPTH, check_plain
 
 needs_bwrap = pytest.mark.skipif(sandbox_mod.shutil.which("bwrap") is None, reason="bubblewrap not installed")
@@ -98,8 +98,11 @@ GC_STRINGS = (
     "            if isinstance(v, str):\n"
     "                yield v\n"
 )
+# A process that changed uid is not dumpable, and then its own /proc/self/mem is root's:
+# make it dumpable again first (any process may), so that the scan really reads.
 RAW_MEMORY = (
-    "import re\n"
+    "import ctypes, re\n"
+    "ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)\n"
     "def memory_matches(pattern):\n"
     "    found = []\n"
     "    with open('/proc/self/maps') as maps, open('/proc/self/mem', 'rb', 0) as mem:\n"
@@ -664,3 +667,22 @@ def test_a_check_gets_the_prompts_helpers_and_modules(cfg):
     assert (res.score, res.detail.endswith("AssertionError")) == (0.0, True), res.detail
     missing = code_reward(wrap("def f(x):\n    return x\n"), gt, cfg)
     assert missing.score == 0.0 and "NameError" in missing.detail, missing.detail
+
+
+@needs_bwrap
+def test_no_trace_of_a_previous_test_in_raw_memory(cfg):
+    """The strongest form of the sibling leak: after an honest run of test A, a run of test B
+    scans every writable page of its own memory for A's input and output. The control: the
+    same scan finds B's own input. The patterns are regexes, so the attack's own text does
+    not contain what it looks for."""
+    gt_a = {"inputs": ["111111 222222\n"], "outputs": ["333333\n"]}
+    assert code_reward(wrap(STDIN_OK), gt_a, cfg).score == 1.0
+    attack = RAW_MEMORY + (
+        "input()\n"
+        "control = bool(memory_matches(rb'(?<![0-9])40{5} 50{5}(?![0-9])'))\n"
+        "leak = bool(memory_matches(rb'(?<![0-9])(?:3{6}|1{6} 2{6})(?![0-9])'))\n"
+        "print(f'control={control} leak={leak}')\n"
+    )
+    box = get_sandbox(cfg.sandbox)
+    out = box.run(attack, {"kind": "stdin", "stdin": "400000 500000\n"})
+    assert out.stdout.split() == ["control=True", "leak=False"], (out.stdout, out.stderr[-500:])
