@@ -111,6 +111,8 @@ RAW_MEMORY = (
     "            if not perms.startswith('rw'):\n"
     "                continue\n"
     "            lo, hi = (int(x, 16) for x in addr.split('-'))\n"
+    "            if hi - lo > 1 << 28:\n"
+    "                continue\n"
     "            try:\n"
     "                mem.seek(lo)\n"
     "                found += re.findall(pattern, mem.read(hi - lo))\n"
@@ -683,6 +685,6 @@ def test_no_trace_of_a_previous_test_in_raw_memory(cfg):
         "leak = bool(memory_matches(rb'(?<![0-9])(?:3{6}|1{6} 2{6})(?![0-9])'))\n"
         "print(f'control={control} leak={leak}')\n"
     )
-    box = get_sandbox(cfg.sandbox)
-    out = box.run(attack, {"kind": "stdin", "stdin": "400000 500000\n"})
-    assert out.stdout.split() == ["control=True", "leak=False"], (out.stdout, out.stderr[-500:])
+    slow = cfg.sandbox.model_copy(update={"test_timeout_s": 20.0, "cpu_time_s": 20})  # a loaded CI machine
+    out = get_sandbox(slow).run(attack, {"kind": "stdin", "stdin": "400000 500000\n"})
+    assert out.stdout.split() == ["control=True", "leak=False"], out
