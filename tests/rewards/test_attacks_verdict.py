@@ -660,10 +660,10 @@ def test_the_verdict_comes_from_the_record(test, run, verdict):
 def test_a_check_gets_the_prompts_helpers_and_modules(cfg):
     """HumanEval checks call helpers the prompt defined (poly, encode_cyclic) and use its imports."""
     gt = {
-        "test": "def check(candidate):\n    assert math.isclose(candidate(3), helper(3) + SHIFT)\n",
+        "test": "def check(candidate):\n    assert m.isclose(candidate(3), helper(3) + SHIFT)\n",
         "entry_point": "f",
     }
-    ok = "import math\nSHIFT = 1\ndef helper(x):\n    return x * x\ndef f(x):\n    return helper(x) + SHIFT\n"
+    ok = "import math as m\nSHIFT = 1\ndef helper(x):\n    return x * x\ndef f(x):\n    return helper(x) + SHIFT\n"
     assert code_reward(wrap(ok), gt, cfg).score == 1.0
     res = code_reward(wrap(ok.replace("SHIFT\n", "SHIFT + 1\n")), gt, cfg)
     assert (res.score, res.detail.endswith("AssertionError")) == (0.0, True), res.detail

@@ -47,7 +47,8 @@ MAX_DEPTH = 100
 _ATOMS = (type(None), bool, int, float, str, bytes)
 _SEQUENCES = (list, tuple, set, frozenset)
 _FRAME = struct.Struct(">I")
-#: Modules a check may take by name from the solution's globals (a fresh import of our own).
+#: Standard modules a check may take from the solution's globals (``import math as m`` in the
+#: prompt): the judge imports its own copy, by the module's name; nothing else is imported.
 _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ("math", "random", "re", "string", "collections")))
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -384,8 +385,8 @@ def _check_test(task, channel):
         answer = channel.ask("get", name)
         if answer[0] == "callable":
             ns[name] = Candidate(channel, name)
-        elif answer[0] == "module" and answer[1:] == (name,) and name in _STDLIB:
-            ns[name] = importlib.import_module(name)  # our own copy: a module the prompt imported
+        elif answer[0] == "module" and len(answer) == 2 and answer[1] in _STDLIB:
+            ns[name] = importlib.import_module(answer[1])  # our own copy of what the prompt imported
         elif answer[0] == "value" and len(answer) == 2:
             try:
                 check_plain(answer[1], channel.budget)
