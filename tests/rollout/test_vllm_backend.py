@@ -460,7 +460,7 @@ def test_rl_trainer_runs_and_resumes_on_the_vllm_backend(fake, tmp_path):
 
 
 def test_eval_runner_builds_the_vllm_backend_with_yarn(fake, model_dir):
-    from klear.eval.runner import YarnSetting, load_backend
+    from klear.eval.backend import YarnSetting, load_backend
 
     backend = load_backend("vllm", model_dir, seed=4, yarn=YarnSetting(2.0, 512))
     (llm,) = fake.LLM.instances
