@@ -16,6 +16,7 @@ directory: the RL stage's ``model.path``) and ``summary.json``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from klear.config import ConfigError, DataConfig, SFTConfig, save_config
+from klear.train.checkpoint import latest_checkpoint, set_rng_state
 from klear.train.common import (
     PackedBatch,
     autocast,
@@ -38,10 +40,20 @@ from klear.train.common import (
     precision,
     quiet_transformers,
     resolve_model_dir,
-    save_model,
     token_logprobs,
 )
+from klear.train.learner import allreduce_grads, clip_grads, fsdp_shard, idle_pass
 from klear.train.metrics import MetricsLogger, plot_curves, read_metrics
+from klear.train.parallel import (
+    barrier,
+    join_ranks,
+    leave_ranks,
+    restore_full_checkpoint,
+    save_full_checkpoint,
+    save_full_model,
+)
+
+log = logging.getLogger("klear.sft")
 
 # ---------------------------------------------------------------------------------------------
 # Data: chats -> token ids + assistant mask
@@ -231,135 +243,242 @@ def packed_batch(batch: Sequence[Example], row_length: int, pad_id: int) -> tupl
 
 @dataclass
 class SFTResult:
-    """What a finished SFT run leaves: ``model_dir`` is the final plain HF directory."""
+    """What a finished SFT run leaves: ``model_dir`` is the final plain HF directory (written by rank 0)."""
 
     out_dir: Path
     model_dir: Path
     steps: int
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
+    lead: bool = True  # rank 0 (or the only process): the one that wrote the outputs
 
 
-def run_sft(cfg: SFTConfig) -> SFTResult:
-    """Train with ``cfg`` and return where the model went and the final metrics."""
+def rank_share(plan: Sequence[list[Example]], rank: int, world: int) -> tuple[list[list[Example]], int]:
+    """This rank's micro-batches of a step (strided over the step's plan) and how many passes the
+    busiest rank runs (sharded ranks run that many, padding with idle passes: each pass is collective)."""
+    return list(plan[rank::world]), math.ceil(len(plan) / world)
+
+
+def run_sft(cfg: SFTConfig, *, resume: bool = True) -> SFTResult:
+    """Train with ``cfg`` and return where the model went and the final metrics.
+
+    Launched by torchrun (RANK/WORLD_SIZE in the environment), every rank runs this same loop:
+    each takes a strided share of every step's micro-batches, the NLL is divided by the whole
+    step's target count, and the gradients are summed over the ranks (FSDP2's reduce-scatter,
+    or one all-reduce for ``dist.learner_strategy=ddp``), so the update equals one device's on
+    the same global batch. Only rank 0 writes. ``resume``: continue from the latest checkpoint
+    under ``run.out_dir`` (saved on any number of ranks).
+    """
     from klear.rollout import SamplingParams
     from klear.rollout.hf import HFRolloutBackend, stop_token_ids
     from klear.tasks.evaluate import exact_match_accuracy
 
     t_start = time.perf_counter()
     tc = cfg.trainer
-    # 1. Seeds, threads, output directory and the resolved config.
+    # 1. Ranks (torchrun's environment; none: one process), seeds, threads, output directory.
+    ranks = join_ranks(cfg.dist.timeout_s)
+    sharded = ranks.world > 1 and cfg.dist.learner_strategy == "fsdp"
     torch.manual_seed(cfg.run.seed)
     quiet_transformers()
     if tc.num_threads is not None:
         torch.set_num_threads(tc.num_threads)
     out = Path(cfg.run.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
+    try:
+        if ranks.lead:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out)
 
-    # 2. Model and tokenizer (the tiny model is built from the seed when no path is given).
-    device = pick_device()
-    model_dir = resolve_model_dir(cfg.model, out, cfg.run.seed)
-    model, tokenizer = load_model(model_dir, cfg.model, device)
-    _, amp_dtype = precision(cfg.model.dtype, device)
-    end_ids = stop_token_ids(tokenizer, model)
-    pad_id = tokenizer.pad_token_id
+        # 2. Model and tokenizer (the tiny model is built from the seed when no path is given, by rank 0).
+        device = pick_device()
+        model_dir = resolve_model_dir(cfg.model, out, cfg.run.seed) if ranks.lead else None
+        barrier(ranks)
+        model_dir = model_dir or (Path(cfg.model.path) if cfg.model.path else out / "init")
+        model, tokenizer = load_model(model_dir, cfg.model, device)
+        if sharded:
+            fsdp_shard(model, ranks.world, device)
+        _, amp_dtype = precision(cfg.model.dtype, device)
+        end_ids = stop_token_ids(tokenizer, model)
+        pad_id = tokenizer.pad_token_id
 
-    # 3. Data: chats -> token ids with assistant masks; held-out rows for evaluation.
-    examples, data_stats = build_examples(tokenizer, load_rows(cfg.data, "train"), tc.max_length, end_ids)
-    if not examples:
-        raise ValueError("no training examples: every row was empty or had no assistant tokens")
-    val_rows = [r for r in load_rows(cfg.data, "test") if "reward_model" in r]
-
-    # 4. Plan: every optimizer step's examples, packed by token count.
-    steps = plan_steps([len(e) for e in examples], tc.epochs, tc.batch_tokens, cfg.run.seed)
-    total_steps = min(len(steps), tc.max_steps or len(steps))
-    steps = steps[:total_steps]
-
-    # 5. Optimizer and schedule.
-    optimizer = make_optimizer(model, cfg.optim)
-    schedule = make_scheduler(optimizer, cfg.optim, total_steps)
-
-    backend = HFRolloutBackend(model, tokenizer, seed=cfg.run.seed, max_batch_size=tc.eval_batch_size)
-    greedy = SamplingParams(temperature=0.0, max_new_tokens=tc.eval_max_new_tokens)
-
-    def evaluate() -> dict[str, float]:
-        if not val_rows:
-            return {}
-        res = exact_match_accuracy(backend, val_rows, greedy)
-        return {f"val/{k}": v for k, v in res.items()}
-
-    metrics_file = MetricsLogger(out, cfg.logging, cfg.model_dump(mode="json"))
-    metrics_file.log(
-        0, {"event": "start", "examples": len(examples), "total_steps": total_steps, **data_stats}
-    )
-    last: dict[str, float] = {}
-    examples_seen = 0
-    model.train()
-    with _progress(cfg.logging.progress) as bar:
-        task = bar.add_task("sft", total=total_steps, status="")
-        for step, indices in enumerate(steps):
-            t0 = time.perf_counter()
-            # 6. Forward/backward over packed micro-batches; the loss is the mean NLL over every
-            #    assistant token of the step, so each micro-batch's sum is divided by the step total.
-            n_targets = sum(sum(examples[i].loss_mask[1:]) for i in indices)
-            loss_sum = 0.0
-            step_tokens = 0
-            for batch in micro_batches(examples, indices, tc.micro_batch_tokens):
-                packed, target = packed_batch(batch, tc.max_length, pad_id)
-                packed, target = packed.to(device), target.to(device)
-                with autocast(device, amp_dtype):
-                    logp = token_logprobs(model, packed.input_ids, packed.position_ids)
-                nll = -(logp * target).sum()
-                (nll / n_targets).backward()
-                loss_sum += float(nll.detach())
-                step_tokens += sum(len(ex) for ex in batch)
-
-            # 7. Clip, update, advance the schedule.
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), cfg.optim.grad_clip or float("inf")
+        # 3. Data: chats -> token ids with assistant masks; held-out rows for evaluation (every rank
+        #    tokenises everything, so every rank plans the same steps).
+        examples, data_stats = build_examples(tokenizer, load_rows(cfg.data, "train"), tc.max_length, end_ids)
+        if not examples:
+            raise ValueError("no training examples: every row was empty or had no assistant tokens")
+        val_rows = [r for r in load_rows(cfg.data, "test") if "reward_model" in r] if ranks.lead else []
+        if sharded and tc.eval_every and val_rows:
+            raise ConfigError(
+                f"trainer.eval_every = {tc.eval_every} with dist.learner_strategy=fsdp over {ranks.world} ranks: "
+                "a sharded model cannot generate on rank 0 alone; set trainer.eval_every=0 (the final model is "
+                "still evaluated) or evaluate checkpoints with klear eval"
             )
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            schedule.step()
 
-            # 8. Metrics, progress, periodic evaluation and checkpoints.
-            examples_seen += len(indices)
-            dt = time.perf_counter() - t0
-            last = {
-                "step": step + 1,
-                "epoch": examples_seen / len(examples),
-                "loss": loss_sum / n_targets,
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                "tokens": step_tokens,
-                "loss_tokens": n_targets,
-                "tokens_per_s": step_tokens / dt,
-                "seconds": time.perf_counter() - t_start,
-            }
-            if not math.isfinite(last["loss"]):
-                raise FloatingPointError(f"SFT loss is {last['loss']} at step {step + 1}")
-            is_last = step + 1 == total_steps
-            if tc.eval_every and (step + 1) % tc.eval_every == 0 and not is_last:
-                last.update(evaluate())
-                model.train()
-            if (step + 1) % tc.log_every == 0 or is_last or "val/accuracy" in last:
-                metrics_file.log(step + 1, last)
-            if tc.save_every and (step + 1) % tc.save_every == 0 and not is_last:
-                save_model(model, tokenizer, out / "checkpoints" / f"step_{step + 1}")
-            bar.update(task, advance=1, status=f"loss {last['loss']:.3f} lr {lr:.2e}")
+        # 4. Plan: every optimizer step's examples, packed by token count (the same on every rank).
+        steps = plan_steps([len(e) for e in examples], tc.epochs, tc.batch_tokens, cfg.run.seed)
+        total_steps = min(len(steps), tc.max_steps or len(steps))
+        steps = steps[:total_steps]
+        if ranks.world > 1 and tc.batch_tokens < ranks.world * tc.micro_batch_tokens:
+            log.warning(
+                "trainer.batch_tokens = %d is less than %d ranks x trainer.micro_batch_tokens = %d: "
+                "some ranks will idle in every step",
+                tc.batch_tokens,
+                ranks.world,
+                tc.micro_batch_tokens,
+            )
 
-    # 9. Final model, held-out evaluation, summary.
-    final_dir = save_model(model, tokenizer, out / "final")
-    last.update(evaluate())
-    last["seconds"] = time.perf_counter() - t_start
-    metrics_file.log(total_steps, {"event": "end", **last})
-    metrics_file.close()
-    plot_curves(read_metrics(metrics_file.path), SFT_CURVES, out / "curves.png", title=f"{cfg.run.name}: SFT")
-    summary = {"model_dir": str(final_dir), "steps": total_steps, **last, **data_stats}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return SFTResult(out, final_dir, total_steps, last["seconds"], last)
+        # 5. Optimizer and schedule; resume from the latest checkpoint (any rank count, either strategy).
+        optimizer = make_optimizer(model, cfg.optim)
+        schedule = make_scheduler(optimizer, cfg.optim, total_steps)
+        ckpt_root = out / "checkpoints"
+        ckpt = latest_checkpoint(ckpt_root) if resume else None
+        start_step, examples_seen = 0, 0
+        if ckpt is not None:
+            state = restore_full_checkpoint(ckpt, model, optimizer, schedule, sharded=sharded)
+            set_rng_state(state["rng"])
+            start_step, examples_seen = int(state["step"]), int(state["extra"]["examples_seen"])
+            log.info("resumed from %s (step %d)", ckpt, start_step)
+
+        def evaluate(eval_model: torch.nn.Module) -> dict[str, float]:
+            if not val_rows:
+                return {}
+            backend = HFRolloutBackend(
+                eval_model, tokenizer, seed=cfg.run.seed, max_batch_size=tc.eval_batch_size
+            )
+            res = exact_match_accuracy(
+                backend, val_rows, SamplingParams(temperature=0.0, max_new_tokens=tc.eval_max_new_tokens)
+            )
+            return {f"val/{k}": v for k, v in res.items()}
+
+        metrics_file = (
+            MetricsLogger(
+                out, cfg.logging, cfg.model_dump(mode="json"), resume_step=start_step if ckpt else None
+            )
+            if ranks.lead
+            else None
+        )
+        if metrics_file is not None and start_step == 0:
+            metrics_file.log(
+                0,
+                {
+                    "event": "start",
+                    "examples": len(examples),
+                    "total_steps": total_steps,
+                    "ranks": ranks.world,
+                    **data_stats,
+                },
+            )
+        last: dict[str, float] = {}
+        model.train()
+        with _progress(cfg.logging.progress and ranks.lead) as bar:
+            task = bar.add_task("sft", total=total_steps, completed=start_step, status="")
+            for step in range(start_step, total_steps):
+                indices = steps[step]
+                t0 = time.perf_counter()
+                # 6. Forward/backward over this rank's share of the packed micro-batches; the loss is the
+                #    mean NLL over every assistant token of the step (all ranks), so each micro-batch's sum
+                #    is divided by the step total, and summing the ranks' gradients gives the whole step's.
+                n_targets = sum(sum(examples[i].loss_mask[1:]) for i in indices)
+                mine, passes = rank_share(
+                    list(micro_batches(examples, indices, tc.micro_batch_tokens)), ranks.rank, ranks.world
+                )
+                sums = torch.zeros(2, dtype=torch.float64)  # NLL, tokens
+                for batch in mine:
+                    packed, target = packed_batch(batch, tc.max_length, pad_id)
+                    packed, target = packed.to(device), target.to(device)
+                    with autocast(device, amp_dtype):
+                        logp = token_logprobs(model, packed.input_ids, packed.position_ids)
+                    nll = -(logp * target).sum()
+                    (nll / n_targets).backward()
+                    sums += torch.tensor(
+                        [float(nll.detach()), sum(len(ex) for ex in batch)], dtype=torch.float64
+                    )
+                if sharded:
+                    for _ in range(passes - len(mine)):
+                        idle_pass(model, pad_id, backward=True)
+
+                # 7. Sum the gradients over the ranks (replicas; FSDP2 already reduce-scattered them),
+                #    clip, update, advance the schedule.
+                if ranks.world > 1:
+                    import torch.distributed as dist
+
+                    if not sharded:
+                        allreduce_grads(model)
+                    dist.all_reduce(sums)
+                grad_norm = clip_grads(model, cfg.optim.grad_clip)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                schedule.step()
+
+                # 8. Metrics, progress, periodic evaluation and checkpoints (rank 0 writes).
+                examples_seen += len(indices)
+                dt = time.perf_counter() - t0
+                loss_sum, step_tokens = float(sums[0]), int(sums[1])
+                last = {
+                    "step": step + 1,
+                    "epoch": examples_seen / len(examples),
+                    "loss": loss_sum / n_targets,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens": step_tokens,
+                    "loss_tokens": n_targets,
+                    "tokens_per_s": step_tokens / dt,
+                    "seconds": time.perf_counter() - t_start,
+                }
+                if not math.isfinite(last["loss"]):
+                    raise FloatingPointError(f"SFT loss is {last['loss']} at step {step + 1}")
+                is_last = step + 1 == total_steps
+                if tc.eval_every and (step + 1) % tc.eval_every == 0 and not is_last and val_rows:
+                    last.update(evaluate(model))
+                    model.train()
+                if metrics_file is not None and (
+                    (step + 1) % tc.log_every == 0 or is_last or "val/accuracy" in last
+                ):
+                    metrics_file.log(step + 1, last)
+                if tc.save_every and (step + 1) % tc.save_every == 0 and not is_last:
+                    extra = {"examples_seen": examples_seen}
+                    save_full_checkpoint(
+                        ckpt_root,
+                        step + 1,
+                        model,
+                        tokenizer,
+                        optimizer,
+                        schedule,
+                        extra,
+                        rank=ranks.rank,
+                        sharded=sharded,
+                    )
+                bar.update(task, advance=1, status=f"loss {last['loss']:.3f} lr {lr:.2e}")
+
+        # 9. Final model (gathered from the shards), held-out evaluation on rank 0, summary.
+        final_dir = out / "final"
+        save_full_model(model, tokenizer, final_dir, ranks.rank, sharded)
+        if not ranks.lead:
+            return SFTResult(out, final_dir, total_steps, time.perf_counter() - t_start, last, lead=False)
+        if sharded:  # rank 0 evaluates an unsharded copy of the final model; the shards go first
+            del model, optimizer, schedule
+            eval_model = load_model(final_dir, cfg.model, device)[0] if val_rows else None
+        else:
+            eval_model = model
+        last.update(evaluate(eval_model) if eval_model is not None else {})
+        last["seconds"] = time.perf_counter() - t_start
+        assert metrics_file is not None
+        metrics_file.log(total_steps, {"event": "end", **last})
+        metrics_file.close()
+        plot_curves(
+            read_metrics(metrics_file.path), SFT_CURVES, out / "curves.png", title=f"{cfg.run.name}: SFT"
+        )
+        summary = {
+            "model_dir": str(final_dir),
+            "steps": total_steps,
+            "ranks": ranks.world,
+            **last,
+            **data_stats,
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return SFTResult(out, final_dir, total_steps, last["seconds"], last)
+    finally:
+        leave_ranks(ranks)
 
 
 def _progress(enabled: bool):

@@ -5,6 +5,12 @@ Examples:
   klear sft recipes/demo-sft.yaml
   klear sft recipes/demo-sft.yaml trainer.max_steps=50 run.out_dir=runs/try
   klear sft recipes/klear-8b-sft.yaml model.path=/models/Qwen3-8B-Base data.train_files=[sft.jsonl]
+  torchrun --nproc-per-node 8 -m klear sft recipes/klear-8b-sft.yaml      (8 GPUs, FSDP2)
+
+On several ranks (torchrun sets RANK/WORLD_SIZE) every rank runs the same loop on its share of
+each step's micro-batches; dist.learner_strategy picks fsdp (sharded) or ddp (replicas); rank 0
+writes everything. Started again with the same run.out_dir it resumes from the latest checkpoint
+(trainer.save_every), on any number of ranks.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("recipe", help="YAML recipe (kind: sft)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4")
+    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in run.out_dir")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from klear.train.sft import run_sft
 
     cfg = load_config(SFTConfig, args.recipe, args.overrides)
-    result = run_sft(cfg)
+    result = run_sft(cfg, resume=not args.no_resume)
+    if not result.lead:
+        return 0
     shown = {k: v for k, v in result.metrics.items() if k in ("loss", "val/accuracy", "val/response_length")}
     print(
         f"sft: {result.steps} steps in {result.seconds:.1f}s; "

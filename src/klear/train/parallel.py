@@ -1,0 +1,204 @@
+"""Ranks of one training job, shared by the SFT trainer and the RL learner.
+
+- :func:`ranks_from_env` / :func:`join_ranks`: the launch environment torchrun (and Slurm
+  wrappers, verl-style launchers) set -- ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+  ``MASTER_ADDR``, ``MASTER_PORT`` -- and the process group over it (nccl on GPUs, gloo on
+  CPU). No variables: one process, no process group.
+- :func:`full_model_state`, :func:`save_full_checkpoint`, :func:`restore_full_checkpoint`:
+  checkpoints of a model that may be FSDP2-sharded or replicated over the ranks, written
+  from gathered full states (model weights as a plain HF directory, optimizer state keyed
+  by parameter name), so a checkpoint saved on any number of ranks, with either strategy,
+  loads on any other. Gathering is collective (every rank calls); only rank 0 writes.
+
+The sharding itself (``fsdp_shard``), the gradient all-reduce of replicas and the clipping
+of sharded gradients live in :mod:`klear.train.learner`, which both trainers use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from klear.config import ConfigError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process stands in the job: rank 0 of 1 when launched as a plain process."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owned: bool = False  # this process group was created by join_ranks (and leave_ranks ends it)
+
+    @property
+    def lead(self) -> bool:
+        """Rank 0: the one that writes logs, metrics and checkpoints."""
+        return self.rank == 0
+
+
+def ranks_from_env(env: Mapping[str, str] | None = None) -> Ranks:
+    """``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` as torchrun sets them (all absent: one process)."""
+    env = os.environ if env is None else env
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+        local = int(env.get("LOCAL_RANK", str(rank)))
+    except ValueError as err:
+        raise ConfigError(
+            f"the launch environment is not numeric: {err} (RANK, WORLD_SIZE, LOCAL_RANK)"
+        ) from err
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise ConfigError(
+            f"the launch environment is inconsistent: RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local} "
+            "(need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE; launch with torchrun)"
+        )
+    if world > 1 and not (env.get("MASTER_ADDR") and env.get("MASTER_PORT")):
+        raise ConfigError(
+            f"WORLD_SIZE={world} but MASTER_ADDR/MASTER_PORT are not set: launch the ranks with torchrun "
+            "(it sets them), e.g. torchrun --nproc-per-node 8 -m klear sft RECIPE"
+        )
+    return Ranks(rank, world, local)
+
+
+def join_ranks(timeout_s: float) -> Ranks:
+    """Join the process group the launch environment describes (nccl on GPUs, gloo on CPU).
+
+    On a GPU machine each rank takes GPU ``LOCAL_RANK`` first, so ``pick_device()``'s
+    ``cuda`` (and FSDP's device mesh) mean this rank's own GPU.
+    """
+    ranks = ranks_from_env()
+    if ranks.world == 1:
+        return ranks
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        if ranks.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"LOCAL_RANK={ranks.local_rank} but this node has {torch.cuda.device_count()} GPUs: "
+                "use --nproc-per-node <= the GPUs per node"
+            )
+        torch.cuda.set_device(ranks.local_rank)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if dist.is_initialized():  # the caller's group
+        return ranks
+    dist.init_process_group(
+        backend, rank=ranks.rank, world_size=ranks.world, timeout=timedelta(seconds=timeout_s)
+    )
+    return Ranks(ranks.rank, ranks.world, ranks.local_rank, owned=True)
+
+
+def leave_ranks(ranks: Ranks) -> None:
+    import torch.distributed as dist
+
+    if ranks.owned and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ranks: Ranks) -> None:
+    if ranks.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def full_model_state(model: torch.nn.Module, rank: int, sharded: bool) -> dict[str, torch.Tensor] | None:
+    """The unsharded model state on CPU (collective when sharded; None on ranks other than 0)."""
+    if not sharded:  # replicas: rank 0's copy is everyone's
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()} if rank == 0 else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank != 0:
+        return None
+    if getattr(model.config, "tie_word_embeddings", False):  # gathered copies no longer share storage
+        for key in getattr(model, "_tied_weights_keys", None) or ():
+            state.pop(key, None)  # saved once, as the one-device model saves it
+    return state
+
+
+def save_full_model(
+    model: torch.nn.Module, tokenizer: Any, out: Path, rank: int, sharded: bool
+) -> Path | None:
+    """A plain HF directory of the full model (collective when sharded; rank 0 writes, others get None)."""
+    state = full_model_state(model, rank, sharded)
+    if rank != 0:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True, state_dict=state)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def save_full_checkpoint(
+    root: Path,
+    step: int,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    extra: dict[str, Any],
+    *,
+    rank: int,
+    sharded: bool,
+) -> Path | None:
+    """``root/step_N`` (see :mod:`klear.train.checkpoint`) from full states; collective when sharded."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    from klear.train.checkpoint import save_checkpoint
+
+    model_state = full_model_state(model, rank, sharded)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    optim_state = get_optimizer_state_dict(model, optimizer, options=options)
+    if rank != 0:
+        return None
+    return save_checkpoint(
+        root,
+        step,
+        model,
+        tokenizer,
+        None,
+        scheduler,
+        extra,
+        model_state=model_state,
+        optimizer_state=optim_state,
+    )
+
+
+def restore_full_checkpoint(
+    ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, *, sharded: bool
+) -> dict[str, Any]:
+    """Weights, optimizer and schedule from ``ckpt`` (any rank count, either strategy); returns the
+    rest of its state (step, RNG, extra). Every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    from klear.train.checkpoint import load_trainer_state
+    from klear.train.learner import load_weights
+
+    state = load_trainer_state(ckpt)
+    if sharded:
+        from safetensors.torch import load_file
+
+        weights = load_file(str(Path(ckpt) / "model" / "model.safetensors"))
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+    else:
+        load_weights(model, Path(ckpt) / "model")
+    optim = state.pop("optimizer")
+    if all(isinstance(k, int) for k in optim["state"]):  # a plain optimizer.state_dict()
+        optimizer.load_state_dict(optim)
+    else:  # keyed by parameter name: any rank count, either strategy
+        set_optimizer_state_dict(model, optimizer, optim, options=StateDictOptions(full_state_dict=True))
+    scheduler.load_state_dict(state.pop("scheduler"))
+    return state

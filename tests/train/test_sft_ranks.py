@@ -1,0 +1,145 @@
+"""SFT on several ranks (torchrun's environment, gloo on CPU): the same update as one device, resumable on any count."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from klear.config import ConfigError, SFTConfig, build_config
+from klear.train.parallel import ranks_from_env
+from klear.train.sft import rank_share, run_sft
+
+
+def _cfg(out: Path, strategy: str = "fsdp", **overrides) -> SFTConfig:
+    return build_config(
+        SFTConfig,
+        {
+            "run": {"out_dir": str(out), "seed": 0},
+            "model": {"tiny": True, "dtype": "float32"},
+            "data": {"task": "addition", "train_size": 24, "val_size": 2},
+            "optim": {"lr": 3e-3, "schedule": "cosine", "warmup_steps": 1, "weight_decay": 0.1},
+            # ~5 micro-batches per step: the ranks get unequal shares (idle passes under FSDP)
+            "trainer": {
+                "max_steps": 2,
+                "max_length": 160,
+                "batch_tokens": 900,
+                "micro_batch_tokens": 200,
+                "save_every": 1,
+                "log_every": 1,
+                "eval_max_new_tokens": 4,
+                "num_threads": 1,
+                **overrides,
+            },
+            "dist": {"learner_strategy": strategy},
+            "logging": {"progress": False},
+        },
+    )
+
+
+def _rank_main(rank: int, out: str, port: int, strategy: str) -> None:
+    os.environ.update(
+        {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
+    )
+    os.environ["MASTER_PORT"] = str(port)
+    run_sft(_cfg(Path(out), strategy))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def _steps(out: Path) -> list[dict]:
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in lines if "loss" in r and r.get("event") is None]
+
+
+def _assert_same(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], init: dict[str, torch.Tensor]
+) -> None:
+    assert a.keys() == b.keys()
+    moved = 0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
+        moved += int(not torch.equal(a[k], init[k]))
+    assert moved == len(a)  # every tensor was trained: the comparison is not of untouched weights
+
+
+def _two_ranks(out: Path, strategy: str) -> None:
+    mp.start_processes(_rank_main, args=(str(out), _free_port(), strategy), nprocs=2, start_method="spawn")
+
+
+@pytest.mark.slow
+def test_two_fsdp_ranks_equal_one_device_and_their_checkpoint_resumes_on_one(tmp_path, monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    one = run_sft(_cfg(tmp_path / "one"))
+    _two_ranks(tmp_path / "two", "fsdp")
+    init = _weights(tmp_path / "one" / "init")
+    _assert_same(_weights(tmp_path / "two" / "final"), _weights(one.model_dir), init)
+    # rank 0 logged the global loss, token counts and gradient norm of each step
+    for a, b in zip(_steps(tmp_path / "two"), _steps(tmp_path / "one"), strict=True):
+        assert a["tokens"] == b["tokens"] and a["loss_tokens"] == b["loss_tokens"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["ranks"] == 2 and "val/accuracy" in summary  # rank 0 evaluated the gathered model
+
+    # the 2-rank checkpoint of step 1 (full states) resumes on one device to the same step-2 weights
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "two" / "checkpoints", resumed / "checkpoints")
+    assert (resumed / "checkpoints" / "latest").read_text().strip() == "step_000001"
+    again = run_sft(_cfg(resumed))
+    _assert_same(_weights(again.model_dir), _weights(one.model_dir), init)
+    assert [r["step"] for r in _steps(resumed)] == [2]  # step 1 was not run again
+
+
+@pytest.mark.slow
+def test_two_ddp_replicas_equal_one_device(tmp_path, monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    one = run_sft(_cfg(tmp_path / "one", save_every=0))
+    _two_ranks(tmp_path / "two", "ddp")
+    _assert_same(
+        _weights(tmp_path / "two" / "final"), _weights(one.model_dir), _weights(tmp_path / "one" / "init")
+    )
+
+
+def test_rank_shares_cover_every_micro_batch_once():
+    plan = [[object()] for _ in range(5)]
+    for world in (1, 2, 3, 7):
+        shares = [rank_share(plan, r, world) for r in range(world)]
+        got = [id(mb) for share, _ in shares for mb in share]
+        assert sorted(got) == sorted(id(mb) for mb in plan)
+        assert all(passes == max(len(s) for s, _ in shares) for _, passes in shares)
+
+
+def test_launch_environment_is_checked():
+    assert ranks_from_env({}).world == 1 and ranks_from_env({}).lead
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
+    r = ranks_from_env(env)
+    assert (r.rank, r.world, r.local_rank, r.lead) == (1, 2, 1, False)
+    with pytest.raises(ConfigError, match="RANK=2 WORLD_SIZE=2"):
+        ranks_from_env({**env, "RANK": "2"})
+    with pytest.raises(ConfigError, match="MASTER_ADDR"):
+        ranks_from_env({"RANK": "0", "WORLD_SIZE": "2"})
+    with pytest.raises(ConfigError, match="not numeric"):
+        ranks_from_env({"WORLD_SIZE": "two"})
+
+
+def test_bad_strategy_is_refused_at_load(tmp_path):
+    with pytest.raises(ConfigError, match="learner_strategy"):
+        _cfg(tmp_path, strategy="zero3")
