@@ -140,6 +140,12 @@ def test_launch_environment_is_checked():
         ranks_from_env({"WORLD_SIZE": "two"})
 
 
+def test_the_8b_recipe_shards_its_ranks():
+    from klear.config import load_config
+
+    assert load_config(SFTConfig, "recipes/klear-8b-sft.yaml").dist.learner_strategy == "fsdp"
+
+
 def test_bad_strategy_is_refused_at_load(tmp_path):
     with pytest.raises(ConfigError, match="learner_strategy"):
         _cfg(tmp_path, strategy="zero3")

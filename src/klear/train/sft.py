@@ -8,9 +8,14 @@ examples are packed into padding-free rows; warmup + cosine LR; global grad-norm
 bfloat16 autocast on GPUs that have it. The model directory can be any local HF causal
 LM (Qwen3-8B-Base in the paper's recipe) or the built-in tiny model.
 
-Outputs under ``run.out_dir``: ``config.yaml`` (resolved), ``metrics.jsonl``,
-``checkpoints/step_N/`` (every ``trainer.save_every`` steps), ``final/`` (plain HF
-directory: the RL stage's ``model.path``) and ``summary.json``.
+Launched by torchrun, the same loop runs on every rank (FSDP2 or DDP, ``dist.learner_strategy``):
+each rank takes a share of every step's micro-batches and the ranks' gradients add up to the
+one-device gradient (docs/distributed.md).
+
+Outputs under ``run.out_dir`` (rank 0 writes): ``config.yaml`` (resolved), ``metrics.jsonl``,
+``checkpoints/step_N/`` (every ``trainer.save_every`` steps: model, optimizer, schedule, RNG;
+a run started again resumes from the latest), ``final/`` (plain HF directory: the RL stage's
+``model.path``) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -310,14 +315,14 @@ def run_sft(cfg: SFTConfig, *, resume: bool = True) -> SFTResult:
             raise ConfigError(
                 f"trainer.eval_every = {tc.eval_every} with dist.learner_strategy=fsdp over {ranks.world} ranks: "
                 "a sharded model cannot generate on rank 0 alone; set trainer.eval_every=0 (the final model is "
-                "still evaluated) or evaluate checkpoints with klear eval"
+                "still evaluated) or evaluate checkpoints with klear eval run"
             )
 
         # 4. Plan: every optimizer step's examples, packed by token count (the same on every rank).
         steps = plan_steps([len(e) for e in examples], tc.epochs, tc.batch_tokens, cfg.run.seed)
         total_steps = min(len(steps), tc.max_steps or len(steps))
         steps = steps[:total_steps]
-        if ranks.world > 1 and tc.batch_tokens < ranks.world * tc.micro_batch_tokens:
+        if ranks.lead and ranks.world > 1 and tc.batch_tokens < ranks.world * tc.micro_batch_tokens:
             log.warning(
                 "trainer.batch_tokens = %d is less than %d ranks x trainer.micro_batch_tokens = %d: "
                 "some ranks will idle in every step",
