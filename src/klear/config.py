@@ -131,8 +131,24 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description=(
-            "auto: float32 weights, bfloat16 autocast on a CUDA GPU that supports it, float32 on CPU; "
-            "float32: no autocast; bfloat16/float16: weights held and trained in that dtype"
+            "master weights and optimizer state: auto = float32; bfloat16/float16 hold the weights and "
+            "AdamW state themselves in that dtype (no master copy: small updates round away, see "
+            "model.allow_low_precision_weights)"
+        ),
+    )
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description=(
+            "dtype of the forward/backward arithmetic: autocast on one device, FSDP2 param_dtype on "
+            "ranks (gradients reduced in float32); auto = bfloat16 on a CUDA GPU that has it when "
+            "model.dtype is auto, else model.dtype. Also the vLLM engine dtype"
+        ),
+    )
+    allow_low_precision_weights: bool = Field(
+        False,
+        description=(
+            "accept bfloat16/float16 master weights at an optim.lr below the dtype's rounding threshold "
+            "(most AdamW updates then round to nothing)"
         ),
     )
     gradient_checkpointing: bool = False
@@ -146,6 +162,47 @@ class ModelConfig(Section):
         if (self.yarn_factor is None) != (self.yarn_original_max_position is None):
             raise ValueError("model.yarn_factor and model.yarn_original_max_position must be set together")
         return self
+
+    def weight_dtype(self) -> str:
+        """The master weight (and optimizer state) dtype name: ``dtype`` with auto read as float32."""
+        return "float32" if self.dtype == "auto" else self.dtype
+
+    def compute_dtype_on(self, cuda_bf16: bool) -> str:
+        """The compute dtype name on a device (``cuda_bf16``: a CUDA GPU with bfloat16 support)."""
+        if self.compute_dtype != "auto":
+            return self.compute_dtype
+        if self.dtype == "auto" and cuda_bf16:
+            return "bfloat16"
+        return self.weight_dtype()
+
+    def engine_dtype(self) -> str:
+        """The dtype a GPU inference engine (vLLM) serves the policy in: the GPU compute dtype."""
+        return self.compute_dtype_on(cuda_bf16=True)
+
+
+#: explicit mantissa bits of the low-precision weight dtypes
+_MANTISSA_BITS = {"bfloat16": 7, "float16": 10}
+#: typical weight magnitude of a trained transformer (init std 0.02): an AdamW step moves a
+#: weight by about lr, and rounds away when that is below half its spacing, |w| * 2^-(bits+1)
+_TYPICAL_WEIGHT = 0.02
+
+
+def lowest_exact_lr(weight_dtype: str) -> float:
+    """The learning rate below which AdamW updates of typical weights round away in ``weight_dtype``."""
+    bits = _MANTISSA_BITS.get(weight_dtype)
+    return 0.0 if bits is None else _TYPICAL_WEIGHT * 2.0 ** -(bits + 1)
+
+
+def check_weight_precision(model: ModelConfig, optim: OptimConfig) -> None:
+    """Refuse low-precision master weights at a learning rate whose updates round to nothing."""
+    floor = lowest_exact_lr(model.weight_dtype())
+    if optim.lr < floor and not model.allow_low_precision_weights:
+        raise ValueError(
+            f"model.dtype = {model.dtype} holds the weights and AdamW state in {model.dtype} with no "
+            f"float32 master copy, and at optim.lr = {optim.lr:g} (below {floor:.2g}) most updates round "
+            f"away: the run would silently not learn. Use model.dtype: float32 with model.compute_dtype: "
+            f"bfloat16 (mixed precision), or set model.allow_low_precision_weights: true"
+        )
 
 
 class OptimConfig(Section):
@@ -205,7 +262,8 @@ class VLLMConfig(Section):
         0.5, gt=0.0, le=1.0, description="share of GPU memory vLLM may take (the trainer shares the GPU)"
     )
     dtype: Literal["bfloat16", "float16", "float32"] | None = Field(
-        None, description="engine dtype; null: model.dtype (auto -> bfloat16)"
+        None,
+        description="engine dtype; null: the model's GPU compute dtype (ModelConfig.engine_dtype: auto -> bfloat16)",
     )
     max_model_len: int | None = Field(None, gt=0, description="null: the model config's (after YaRN)")
     enable_prefix_caching: bool = True
@@ -365,6 +423,12 @@ class RLTrainerConfig(Section):
     ppo_mini_batch_size: int = Field(16, ge=1, description="prompts per optimizer update")
     ppo_epochs: int = Field(1, ge=1)
     micro_batch_tokens: int = Field(16384, ge=1, description="token budget per forward/backward")
+    logits_chunk_tokens: int = Field(
+        1024,
+        ge=0,
+        description="LM-head tokens per chunk for log-probs and entropy (klear.models.logprobs); "
+        "0: full [B, L, V] logits",
+    )
     save_every: int = Field(50, ge=0, description="checkpoint every N steps (0: only at the end)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
     old_logprobs: Literal["auto", "recompute", "rollout"] = Field(
@@ -451,6 +515,11 @@ class RLConfig(Section):
     dist: DistConfig = Field(default_factory=DistConfig)
 
     @model_validator(mode="after")
+    def _precision(self) -> RLConfig:
+        check_weight_precision(self.model, self.optim)
+        return self
+
+    @model_validator(mode="after")
     def _dist(self) -> RLConfig:
         d = self.dist
         if (
@@ -475,6 +544,9 @@ class SFTTrainerConfig(Section):
         16384, gt=0, description="tokens per optimizer step (examples packed, no padding)"
     )
     micro_batch_tokens: int = Field(16384, gt=0, description="tokens per forward/backward (one packed row)")
+    logits_chunk_tokens: int = Field(
+        1024, ge=0, description="LM-head tokens per chunk for the NLL (klear.models.logprobs); 0: full logits"
+    )
     log_every: int = Field(10, ge=1, description="steps between metric lines in metrics.jsonl")
     save_every: int = Field(0, ge=0, description="steps between checkpoints (0: only the final model)")
     eval_every: int = Field(0, ge=0, description="steps between held-out evaluations (0: only at the end)")
@@ -533,6 +605,11 @@ class SFTConfig(Section):
     trainer: SFTTrainerConfig = Field(default_factory=SFTTrainerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     dist: SFTDistConfig = Field(default_factory=SFTDistConfig)
+
+    @model_validator(mode="after")
+    def _precision(self) -> SFTConfig:
+        check_weight_precision(self.model, self.optim)
+        return self
 
 
 # ---------------------------------------------------------------------------------------------

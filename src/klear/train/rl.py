@@ -331,7 +331,7 @@ def reuse_rollout_logprobs(cfg: RLConfig, device: torch.device) -> bool:
         return mode == "rollout"
     r = cfg.rollout
     untruncated = r.top_p == 1.0 and r.top_k <= 0 and r.temperature > 0
-    return r.backend == "hf" and untruncated and precision(cfg.model.dtype, device)[1] is None
+    return r.backend == "hf" and untruncated and precision(cfg.model, device)[1] is None
 
 
 def _step_metrics(generated, samples, kept, gen_batches, update, timing, reward_metrics) -> dict[str, float]:

@@ -299,9 +299,10 @@ def run_sft(cfg: SFTConfig, *, resume: bool = True) -> SFTResult:
         barrier(ranks)
         model_dir = model_dir or (Path(cfg.model.path) if cfg.model.path else out / "init")
         model, tokenizer = load_model(model_dir, cfg.model, device)
-        if sharded:
-            fsdp_shard(model, ranks.world, device)
-        _, amp_dtype = precision(cfg.model.dtype, device)
+        _, amp_dtype = precision(cfg.model, device)
+        if sharded:  # FSDP2's mixed-precision policy gathers the parameters in the compute dtype
+            fsdp_shard(model, ranks.world, device, amp_dtype)
+        step_autocast = None if sharded else amp_dtype  # one device, or replicas: autocast
         end_ids = stop_token_ids(tokenizer, model)
         pad_id = tokenizer.pad_token_id
 
@@ -390,8 +391,14 @@ def run_sft(cfg: SFTConfig, *, resume: bool = True) -> SFTResult:
                 for batch in mine:
                     packed, target = packed_batch(batch, tc.max_length, pad_id)
                     packed, target = packed.to(device), target.to(device)
-                    with autocast(device, amp_dtype):
-                        logp = token_logprobs(model, packed.input_ids, packed.position_ids)
+                    with autocast(device, step_autocast):
+                        logp = token_logprobs(
+                            model,
+                            packed.input_ids,
+                            packed.position_ids,
+                            chunk_tokens=tc.logits_chunk_tokens,
+                            mask=target,
+                        )
                     nll = -(logp * target).sum()
                     (nll / n_targets).backward()
                     sums += torch.tensor(
