@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from klear.config import ConfigError, SFTConfig, build_config
 from klear.train.parallel import ranks_from_env
-from klear.train.sft import rank_share, run_sft
+from klear.train.sft import run_sft
+from klear.train.sft_data import rank_share
 
 
 def _cfg(out: Path, strategy: str = "fsdp", **overrides) -> SFTConfig:
