@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"klear {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (for bug reports)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         mod = importlib.import_module(module)
@@ -52,22 +55,76 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _on_sigterm(signum: int, frame: object) -> None:
+    from klear.errors import Terminated
+
+    raise Terminated()
+
+
+def describe_error(exc: BaseException) -> tuple[str, int] | None:
+    """The one-line message and exit code for an error a user can fix; None for an internal error."""
+    from klear.errors import KlearError
+
+    if isinstance(exc, KlearError):
+        return str(exc), 2
+    if isinstance(exc, UnicodeDecodeError):
+        return f"input is not UTF-8 text ({exc.reason} at byte {exc.start + 1})", 2
+    if isinstance(exc, OSError) and exc.filename is not None:  # a path we were told to use
+        where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        return f"{where}: {exc.strerror or exc}", 2
+    if isinstance(exc, MemoryError):
+        return "out of memory (lower the batch or sequence sizes)", 2
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    from klear.config import ConfigError
+    """Run one command inside the error boundary.
+
+    Exit codes: 0 success; 1 an internal error (one line, and a hint to rerun with ``--debug``);
+    2 bad input, settings or environment (one ``klear: error:`` line naming file, line and field,
+    or the config key); 130 Ctrl-C; 143 SIGTERM (handled like Ctrl-C: temp files removed, workers
+    reaped).
+    """
+    import signal
+
+    from klear.errors import Terminated
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
+    import threading
+
+    own_sigterm = threading.current_thread() is threading.main_thread() and signal.getsignal(
+        signal.SIGTERM
+    ) in (signal.SIG_DFL, None)
+    if own_sigterm:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args._run(args) or 0)
-    except ConfigError as exc:
-        print(f"klear: error: {exc}", file=sys.stderr)
-        return 2
+    except Terminated:
+        print("klear: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("klear: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        known = describe_error(exc)
+        if known is not None:
+            print(f"klear: error: {known[0]}", file=sys.stderr)
+            return known[1]
+        print(
+            f"klear: internal error: {type(exc).__name__}: {exc}\n"
+            "  rerun with `klear --debug ...` for the traceback, and please report it",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        if own_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -150,3 +150,19 @@ def test_the_8b_recipe_shards_its_ranks():
 def test_bad_strategy_is_refused_at_load(tmp_path):
     with pytest.raises(ConfigError, match="learner_strategy"):
         _cfg(tmp_path, strategy="zero3")
+
+
+def test_klear_sft_resumes_only_under_the_saved_config(tmp_path, capsys):
+    from klear.cli import main
+    from klear.config import load_config, save_config
+
+    out = tmp_path / "run"
+    cfg = load_config(SFTConfig, "recipes/demo-sft.yaml", [f"run.out_dir={out}"])
+    save_config(cfg, out)
+    ckpt = out / "checkpoints" / "step_000003"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.pt").write_bytes(b"")
+    (out / "checkpoints" / "latest").write_text("step_000003\n")
+    assert main(["sft", "recipes/demo-sft.yaml", f"run.out_dir={out}", "optim.lr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr: 0.003 -> 0.1" in err and "--resume-anyway" in err

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,17 @@ MAX_REPORTED_ERRORS = 20
 # ---------------------------------------------------------------------------------------------
 # Arguments
 # ---------------------------------------------------------------------------------------------
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1] (pass rates, thresholds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]")
+    return value
 
 
 def _common(p: argparse.ArgumentParser, shard_size: int) -> None:
@@ -43,6 +54,7 @@ def _common(p: argparse.ArgumentParser, shard_size: int) -> None:
     )
     g.add_argument("--keep-work", action="store_true", help="keep the work directory after success")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--force", action="store_true", help="replace output files that already exist")
 
 
 def _sampling(p: argparse.ArgumentParser, what: str) -> None:
@@ -59,9 +71,13 @@ def _sampling(p: argparse.ArgumentParser, what: str) -> None:
     )
     g.add_argument("--backend", default="hf", help="rollout backend for --model (default hf)")
     g.add_argument("--device", help="device for --model (default: the backend's, cpu for hf)")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--max-new-tokens", type=int, default=4096)
+    g.add_argument(
+        "--temperature", type=float, default=1.0, help="--model: sampling temperature (default 1.0)"
+    )
+    g.add_argument("--top-p", type=float, default=1.0, help="--model: nucleus sampling (default 1.0: off)")
+    g.add_argument(
+        "--max-new-tokens", type=int, default=4096, help="--model: tokens per response (default 4096)"
+    )
     g.add_argument("--batch-size", type=int, help="max sequences per forward pass (hf)")
     g.add_argument("--save-generations", metavar="FILE", help="also write the sampled responses and rewards")
     g.add_argument("--report", metavar="FILE", help="statistics as JSON (default: KEPT.report.json)")
@@ -76,6 +92,60 @@ def _sampling(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+#: What each action's --help says: plain words and examples (the modules' docstrings are for developers).
+HELP = {
+    "validate": """Check every row of a data file against the RL or SFT schema and print a summary
+(row count, data sources, abilities, lengths; in tokens with --tokenizer). Exit status 1 when a
+row is invalid, listing each as FILE: line N: field 'F': problem.
+
+Examples:
+  klear data validate rl.jsonl
+  klear data validate sft.parquet --kind sft --tokenizer /models/Qwen3-8B-Base
+""",
+    "convert": """Convert data in a common shape to our rows, with an explicit field mapping.
+
+Shapes: qa (a question and an answer: an RL math row, or a two-turn SFT row with --to sft),
+messages (chats, ShareGPT turns too: an SFT row), code (a problem statement and tests as
+TACO/APPS, LiveCodeBench or HumanEval: an RL code row whose tests are checked by the code
+reward's own parser). Unnamed keys are found among the usual names. Every output row is
+validated, so a converted file always loads back.
+
+Examples:
+  klear data convert raw.jsonl --output rl.jsonl --question-key problem --answer-key solution
+  klear data convert chats.jsonl --output sft.jsonl --shape messages
+  klear data convert taco.parquet --output code.jsonl --shape code --skip-invalid --rejected bad.jsonl
+  klear data convert qa.jsonl --output rl.jsonl --prompt-template "{question} Put the answer in \\boxed{{}}."
+""",
+    "filter-tests": """Keep code prompts whose tests are trustworthy, as the paper did: a prompt with at
+least --min-tests tests is kept when a strong model's k samples pass all of them more than
+--threshold of the time (a prompt it rarely passes more likely has wrong tests than is hard).
+Responses are sampled from --model or read from --generations; scoring uses the reward pool.
+
+Examples:
+  klear data filter-tests code.jsonl --kept kept.jsonl --dropped dropped.jsonl --model /models/strong --k 16
+  klear data filter-tests code.jsonl --kept kept.jsonl --dropped dropped.jsonl --generations gens.jsonl
+""",
+    "filter-math": """Keep math prompts that more than --majority of k samples solve, and tag every
+prompt with its pass rate (extra_info.difficulty, read by sft-select). Responses are sampled from
+--model or read from --generations.
+
+Examples:
+  klear data filter-math math.jsonl --kept kept.jsonl --dropped dropped.jsonl --model /models/strong --k 8
+  klear data filter-math math.jsonl --kept kept.jsonl --dropped dropped.jsonl --generations gens.jsonl
+""",
+    "sft-select": """Select SFT data the way the paper found works: keep only the --top-k
+highest-quality sources (scores from --quality, or measured by --quality-command), drop wrong
+responses on easy problems but keep them on hard ones (difficulty = pass rate, easy at or above
+--easy-pass-rate), and remove exact and near-duplicate prompts (MinHash), keeping the copy from
+the better source.
+
+Examples:
+  klear data sft-select a.jsonl b.jsonl c.jsonl --output sft.jsonl --quality scores.json --top-k 2
+  klear data sft-select *.jsonl --output sft.jsonl --quality-command "python score.py {file}" --dropped out.jsonl
+""",
+}
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -88,21 +158,24 @@ def configure(p: argparse.ArgumentParser) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
-    from klear.data import convert, filters, sft_select
-
-    v = add("validate", "check a data file and print a summary", None)
-    v.add_argument("file")
+    v = add("validate", "check a data file and print a summary", HELP["validate"])
+    v.add_argument("file", help="a .jsonl, .json or .parquet data file")
     v.add_argument(
         "--kind", choices=["auto", "rl", "sft"], default="auto", help="row schema (default: detect)"
     )
     v.add_argument("--tokenizer", metavar="DIR", help="report lengths in tokens of this local tokenizer")
 
     c = add(
-        "convert", "convert question/answer, messages or code-problem files to our schema", convert.__doc__
+        "convert", "convert question/answer, messages or code-problem files to our schema", HELP["convert"]
     )
-    c.add_argument("input")
+    c.add_argument("input", help="the file to convert (.jsonl, .json or .parquet)")
     c.add_argument("--output", required=True, help=".jsonl, .json or .parquet")
-    c.add_argument("--shape", choices=["qa", "messages", "code"], default="qa")
+    c.add_argument(
+        "--shape",
+        choices=["qa", "messages", "code"],
+        default="qa",
+        help="qa: question + answer; messages: chats; code: a problem + tests (default qa)",
+    )
     c.add_argument("--to", choices=["rl", "sft"], help="row kind (default: sft for messages, rl otherwise)")
     for key in ("question", "answer", "messages", "tests", "fn-name", "source"):
         c.add_argument(f"--{key}-key", metavar="KEY", help=f"input field holding the {key.replace('-', ' ')}")
@@ -118,27 +191,33 @@ def configure(p: argparse.ArgumentParser) -> None:
     ft = add(
         "filter-tests",
         "keep code prompts a strong model passes (> 0.5 of k) with >= 16 tests",
-        filters.__doc__,
+        HELP["filter-tests"],
     )
     ft.add_argument("input", help="RL rows with ability 'code'")
-    ft.add_argument("--kept", required=True)
-    ft.add_argument("--dropped", required=True)
-    ft.add_argument("--threshold", type=float, default=0.5, help="keep when pass rate > this (default 0.5)")
+    ft.add_argument("--kept", required=True, help="where the kept rows go (.jsonl, .json or .parquet)")
+    ft.add_argument("--dropped", required=True, help="where the dropped rows go, each with its reason")
+    ft.add_argument(
+        "--threshold", type=_fraction, default=0.5, help="keep when pass rate > this (default 0.5)"
+    )
     ft.add_argument("--min-tests", type=int, default=16, help="keep only prompts with this many tests (16)")
     _sampling(ft, "the programs")
     _common(ft, 64)
 
-    fm = add("filter-math", "keep math prompts a majority of k samples solve; tag pass rate", filters.__doc__)
+    fm = add(
+        "filter-math", "keep math prompts a majority of k samples solve; tag pass rate", HELP["filter-math"]
+    )
     fm.add_argument("input", help="RL rows (math)")
-    fm.add_argument("--kept", required=True)
-    fm.add_argument("--dropped", required=True)
-    fm.add_argument("--majority", type=float, default=0.5, help="keep when pass rate > this (default 0.5)")
+    fm.add_argument("--kept", required=True, help="where the kept rows go (.jsonl, .json or .parquet)")
+    fm.add_argument("--dropped", required=True, help="where the dropped rows go, each with its reason")
+    fm.add_argument(
+        "--majority", type=_fraction, default=0.5, help="keep when pass rate > this (default 0.5)"
+    )
     _sampling(fm, "the answers")
     _common(fm, 64)
 
-    s = add("sft-select", "top-K sources, correctness by difficulty, duplicate removal", sft_select.__doc__)
+    s = add("sft-select", "top-K sources, correctness by difficulty, duplicate removal", HELP["sft-select"])
     s.add_argument("inputs", nargs="+", help="SFT row files")
-    s.add_argument("--output", required=True)
+    s.add_argument("--output", required=True, help="the selected SFT rows (.jsonl, .json or .parquet)")
     s.add_argument("--dropped", help="also write dropped rows with 'selection.reason'")
     s.add_argument("--report", help="report JSON (default: OUTPUT.report.json)")
     q = s.add_mutually_exclusive_group(required=True)
@@ -154,16 +233,18 @@ def configure(p: argparse.ArgumentParser) -> None:
     s.add_argument("--top-k", type=int, default=2, help="sources kept (default 2)")
     s.add_argument(
         "--easy-pass-rate",
-        type=float,
+        type=_fraction,
         default=0.5,
         help="difficulty (pass rate) at or above which a problem is easy: wrong responses dropped",
     )
     s.add_argument("--unknown-is-hard", action="store_true", help="rows without difficulty count as hard")
-    s.add_argument("--near-threshold", type=float, default=0.8, help="estimated Jaccard for a near duplicate")
+    s.add_argument(
+        "--near-threshold", type=_fraction, default=0.8, help="estimated Jaccard for a near duplicate"
+    )
     s.add_argument("--no-near", action="store_true", help="remove exact duplicates only")
     s.add_argument("--per-prompt", type=int, default=1, help="responses kept per prompt (default 1)")
-    s.add_argument("--num-perm", type=int, default=128)
-    s.add_argument("--bands", type=int, default=32)
+    s.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (default 128)")
+    s.add_argument("--bands", type=int, default=32, help="LSH bands over the permutations (default 32)")
     s.add_argument("--shingle", type=int, default=5, help="character n-gram size")
     _common(s, 10000)
 
@@ -193,11 +274,21 @@ def _located_rows(path: str, kind: str) -> list[tuple[str, Any]]:
     return rows
 
 
-def _check_outputs(*paths: str | None) -> None:
-    """Fail before any work on an output type we cannot write, or one file named for two outputs."""
+def _check_outputs(*paths: str | None, inputs: Sequence[str] = (), force: bool = False) -> None:
+    """Fail before any work on an output type we cannot write, one file named for two outputs, an
+    output that is a directory, or an output that is one of the inputs (it would be replaced)."""
     from klear.data.schema import SUFFIXES, DataError
 
     given = [Path(p).resolve() for p in paths if p is not None]
+    for p in given:
+        if p.is_dir():
+            raise DataError(f"{p}: is a directory; give an output file name")
+    for src in inputs:
+        if Path(src).resolve() in given:
+            raise DataError(f"{src}: named as both input and output; writing would replace the input")
+    existing = [str(p) for p in paths if p is not None and Path(p).is_file()]
+    if existing and not force:
+        raise DataError(f"{', '.join(existing)}: already exists; pass --force to replace it")
     if len(set(given)) != len(given):
         raise DataError(f"the same file is named for two outputs: {', '.join(str(p) for p in paths if p)}")
     for p in paths:
@@ -325,7 +416,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def run_convert(args: argparse.Namespace) -> int:
     from klear.data.convert import FieldMap, _prompt, convert_shard
-    from klear.data.schema import count_records, iter_records
+    from klear.data.schema import DataError, count_records, iter_records
     from klear.data.shards import (
         AtomicOutputs,
         ShardStats,
@@ -335,7 +426,7 @@ def run_convert(args: argparse.Namespace) -> int:
         run_sharded,
     )
 
-    _check_outputs(args.output, args.rejected)
+    _check_outputs(args.output, args.rejected, inputs=[args.input], force=args.force)
     fm = FieldMap(
         shape=args.shape,
         to=args.to,
@@ -351,15 +442,22 @@ def run_convert(args: argparse.Namespace) -> int:
         system_prompt=args.system_prompt,
         keep_keys=tuple(args.keep),
     )
+    if "{question}" not in args.prompt_template:
+        raise DataError(
+            f"--prompt-template {args.prompt_template!r} has no {{question}}: every question would be dropped"
+        )
     _prompt("x", fm)  # a bad template is a setting error, not a row error
     src = Path(args.input)
     work = Path(args.work_dir) if args.work_dir else default_work_dir(args.output)
     items = ((f"{src}: {where}", i, rec) for i, (where, rec) in enumerate(iter_records(src)))
+    total = count_records(src)
+    if total == 0:
+        raise DataError(f"{src}: no records to convert")
     stats = ShardStats()
     rejected: list[dict[str, Any]] = []
     try:
         with progress_bar(not args.no_progress) as bar:
-            task = bar.add_task("convert", total=count_records(src))
+            task = bar.add_task("convert", total=total)
             with AtomicOutputs({"rows": args.output, "rejected": args.rejected}) as out:
                 for routed in run_sharded(
                     items,
@@ -453,7 +551,7 @@ def run_filter(args: argparse.Namespace) -> int:
     )
 
     mode = "code" if args.data_command == "filter-tests" else "math"
-    _check_outputs(args.kept, args.dropped, args.save_generations)
+    _check_outputs(args.kept, args.dropped, args.save_generations, inputs=[args.input], force=args.force)
     reward_cfg = _reward_config(args.config, args.overrides)
     if mode == "code":  # judge every test; all-or-nothing stops at the first failure
         reward_cfg = reward_cfg.model_copy(
@@ -606,7 +704,7 @@ def run_sft_select(args: argparse.Namespace) -> int:
         run_sharded,
     )
 
-    _check_outputs(args.output, args.dropped)
+    _check_outputs(args.output, args.dropped, inputs=args.inputs, force=args.force)
     if args.top_k < 1 or args.per_prompt < 1:
         raise DataError("--top-k and --per-prompt must be >= 1")
     if not 0.0 < args.near_threshold <= 1.0:

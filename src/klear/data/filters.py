@@ -131,6 +131,11 @@ def _responses_for(
             found = generations.get(prompt_key(row.prompt))
             if not found:
                 raise DataError(f"{where}: field 'prompt': no generations for this prompt")
+            if k and len(found) < k:
+                raise DataError(
+                    f"{where}: --k {k} but the generations hold {len(found)} response(s) for this prompt; "
+                    f"lower --k or leave it out to use all of them"
+                )
             out.append(found[:k] if k else found)
         return out
     if generate is None or not k:

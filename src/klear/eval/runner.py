@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from klear.errors import KlearError
 from klear.eval.benchmarks import Problem
 from klear.eval.metrics import DEFAULT_N_BOOT, BenchmarkSummary, ScoredSample, summarize_samples
 from klear.eval.report import render_markdown
@@ -78,7 +79,7 @@ EVAL_REWARD_DEFAULTS: dict[str, Any] = {
 MAX_REPORTED_ERRORS = 20
 
 
-class EvalError(ValueError):
+class EvalError(KlearError, ValueError):
     """An evaluation input or run directory that cannot be used; the message says where and why."""
 
 
@@ -560,7 +561,11 @@ class Generations:
 
 
 def read_generations(
-    path: str | os.PathLike[str], problems: Sequence[Problem], *, max_errors: int = MAX_REPORTED_ERRORS
+    path: str | os.PathLike[str],
+    problems: Sequence[Problem],
+    *,
+    skip: Sequence[Problem] = (),
+    max_errors: int = MAX_REPORTED_ERRORS,
 ) -> Generations:
     """Responses per problem from a jsonl file; every problem must end with the same number of samples.
 
@@ -568,7 +573,8 @@ def read_generations(
     does) or by 0-based ``index``, and carries ``responses`` (a list of strings)
     or ``response`` (one string); several lines for one problem accumulate in file
     order, or at their ``sample`` index when lines give one (so a ``samples.jsonl``
-    scores back in its own order). All problems of the benchmark must be present.
+    scores back in its own order). All problems of the benchmark must be present; lines
+    for the problems in ``skip`` (those a ``--limit`` left out) are ignored.
     Every error names the file and the 1-based line; up to ``max_errors`` are
     reported together.
     """
@@ -577,6 +583,8 @@ def read_generations(
         raise EvalError(f"{p}: no such generations file")
     by_id = {prob.id: prob for prob in problems}
     by_index = {prob.index: prob for prob in problems}
+    skip_id = {prob.id: prob for prob in skip}
+    skip_index = {prob.index: prob for prob in skip}
     slots: dict[str, dict[int, str]] = {}
     lines: dict[str, list[int]] = {}
     errors: list[str] = []
@@ -596,6 +604,8 @@ def read_generations(
                 errors.append(f"{where}: expected a JSON object, got {type(row).__name__}")
                 continue
             problem, why = _generation_problem(row, by_id, by_index)
+            if problem is None and _generation_problem(row, skip_id, skip_index)[0] is not None:
+                continue  # a problem outside --limit
             if problem is None:
                 errors.append(f"{where}: {why}")
                 continue
