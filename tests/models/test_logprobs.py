@@ -142,3 +142,23 @@ def test_autocast_matches_the_full_logits_path_under_bf16():
         a, _ = response_logprobs(model, batch, chunk_tokens=3)
         b, _ = response_logprobs(model, batch, chunk_tokens=0)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_packed_sft_logprobs_match_the_full_logits_path_where_masked():
+    from klear.train.common import pack_rows, token_logprobs
+
+    model = _model(tied=False)
+    packed = pack_rows([[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16]], row_length=9, pad_id=0)
+    target = packed.scatter([[0, 1, 1, 1, 0], [1, 1, 0], [0, 0, 1, 0]])
+    results = []
+    for chunk in (2, 0):
+        model.zero_grad(set_to_none=True)
+        logp = token_logprobs(model, packed.input_ids, packed.position_ids, chunk_tokens=chunk, mask=target)
+        nll = -(logp * target).sum()
+        nll.backward()
+        results.append((logp * target, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (lp_c, g_c), (lp_r, g_r) = results
+    torch.testing.assert_close(lp_c, lp_r, rtol=1e-5, atol=1e-7)
+    assert int((lp_c != 0).sum()) == int(target.sum()) == 6
+    for name in g_r:
+        torch.testing.assert_close(g_c[name], g_r[name], rtol=1e-5, atol=1e-6)

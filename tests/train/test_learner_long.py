@@ -81,7 +81,7 @@ def test_mixed_precision_learns_at_lr_1e6_where_bf16_weights_do_not(model_dir, t
     )  # the old 8B setting: weights and AdamW state in bf16
     before, after, _ = _step(model_dir, low)
     assert all(v.dtype == torch.bfloat16 for v in after.values())
-    assert _changed_fraction(before, after) < 0.2  # most updates rounded away
+    assert _changed_fraction(before, after) < 0.05  # most updates rounded away (measured 1.9%)
 
 
 def test_compute_dtype_autocasts_on_one_device(model_dir, tmp_path):

@@ -425,6 +425,11 @@ def fsdp_shard(
     divided by the global token count. ``compute_dtype`` (e.g. bfloat16 over float32 master
     weights): parameters are gathered in it for forward and backward, and gradients are
     reduced in float32 into the float32 shards (FSDP2 ``MixedPrecisionPolicy``).
+
+    Build the optimizer right after this, before any forward: after a forward the root
+    module holds its gathered (unsharded) parameters until backward, and an optimizer made
+    then would step those copies and never the shards (the root's embeddings and final norm
+    would silently stay fixed).
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
