@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from klear.config import ConfigError, SFTConfig, build_config
 from klear.train.parallel import ranks_from_env
-from klear.train.sft import run_sft
+from klear.train.sft import check_rank_settings, run_sft
 from klear.train.sft_data import rank_share
 
 
@@ -139,6 +139,18 @@ def test_launch_environment_is_checked():
         ranks_from_env({"RANK": "0", "WORLD_SIZE": "2"})
     with pytest.raises(ConfigError, match="not numeric"):
         ranks_from_env({"WORLD_SIZE": "two"})
+
+
+def test_periodic_evaluation_is_refused_only_where_rank_0_lacks_the_whole_model(tmp_path):
+    cfg = _cfg(tmp_path, eval_every=1)
+    with pytest.raises(
+        ConfigError, match=r"trainer\.eval_every = 1 with dist\.learner_strategy=fsdp over 2 ranks"
+    ):
+        check_rank_settings(cfg, 2, has_val=True)
+    check_rank_settings(cfg, 1, has_val=True)  # one device
+    check_rank_settings(cfg, 2, has_val=False)  # nothing to evaluate
+    check_rank_settings(_cfg(tmp_path, "ddp", eval_every=1), 2, has_val=True)  # replicas
+    check_rank_settings(_cfg(tmp_path, eval_every=0), 2, has_val=True)  # final evaluation only
 
 
 def test_the_8b_recipe_shards_its_ranks():

@@ -86,6 +86,17 @@ class SFTResult:
     lead: bool = True  # rank 0 (or the only process): the one that wrote the outputs
 
 
+def check_rank_settings(cfg: SFTConfig, world: int, has_val: bool) -> None:
+    """Refuse what ``world`` ranks cannot do: periodic evaluation needs the whole model on rank 0,
+    which FSDP shards (replicas have it; the final model is always evaluated, from ``final/``)."""
+    if world > 1 and cfg.dist.learner_strategy == "fsdp" and cfg.trainer.eval_every and has_val:
+        raise ConfigError(
+            f"trainer.eval_every = {cfg.trainer.eval_every} with dist.learner_strategy=fsdp over {world} ranks: "
+            "a sharded model cannot generate on rank 0 alone; set trainer.eval_every=0 (the final model is "
+            "still evaluated), use dist.learner_strategy=ddp, or evaluate checkpoints with klear eval run"
+        )
+
+
 def run_sft(cfg: SFTConfig, *, resume: bool = True) -> SFTResult:
     """Train with ``cfg`` and return where the model went and the final metrics.
 
@@ -111,6 +122,9 @@ def run_sft(cfg: SFTConfig, *, resume: bool = True) -> SFTResult:
         torch.set_num_threads(tc.num_threads)
     out = Path(cfg.run.out_dir)
     try:
+        # held-out rows: every rank reads them, so a refusal is every rank's (none waits in a collective)
+        val_rows = [r for r in load_rows(cfg.data, "test") if "reward_model" in r]
+        check_rank_settings(cfg, ranks.world, bool(val_rows))
         if ranks.lead:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out)
@@ -133,13 +147,7 @@ def run_sft(cfg: SFTConfig, *, resume: bool = True) -> SFTResult:
         examples, data_stats = build_examples(tokenizer, load_rows(cfg.data, "train"), tc.max_length, end_ids)
         if not examples:
             raise ValueError("no training examples: every row was empty or had no assistant tokens")
-        val_rows = [r for r in load_rows(cfg.data, "test") if "reward_model" in r] if ranks.lead else []
-        if sharded and tc.eval_every and val_rows:
-            raise ConfigError(
-                f"trainer.eval_every = {tc.eval_every} with dist.learner_strategy=fsdp over {ranks.world} ranks: "
-                "a sharded model cannot generate on rank 0 alone; set trainer.eval_every=0 (the final model is "
-                "still evaluated) or evaluate checkpoints with klear eval run"
-            )
+        val_rows = val_rows if ranks.lead else []  # rank 0 evaluates
 
         # 4. Plan: every optimizer step's examples, packed by token count (the same on every rank).
         steps = plan_steps([len(e) for e in examples], tc.epochs, tc.batch_tokens, cfg.run.seed)
