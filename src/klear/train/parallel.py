@@ -117,19 +117,23 @@ def full_model_state(model: torch.nn.Module, rank: int, sharded: bool) -> dict[s
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if rank != 0:
-        return None
-    if getattr(model.config, "tie_word_embeddings", False):  # gathered copies no longer share storage
-        for key in getattr(model, "_tied_weights_keys", None) or ():
-            state.pop(key, None)  # saved once, as the one-device model saves it
-    return state
+    return state if rank == 0 else None
+
+
+def _untied(model: torch.nn.Module, state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """``state`` for saving: a tied weight once, as the one-device model saves it (gathered
+    copies no longer share storage, so ``save_pretrained`` would write both)."""
+    if state is None or not getattr(model.config, "tie_word_embeddings", False):
+        return state
+    tied = set(getattr(model, "_tied_weights_keys", None) or ())
+    return {k: v for k, v in state.items() if k not in tied}
 
 
 def save_full_model(
     model: torch.nn.Module, tokenizer: Any, out: Path, rank: int, sharded: bool
 ) -> Path | None:
     """A plain HF directory of the full model (collective when sharded; rank 0 writes, others get None)."""
-    state = full_model_state(model, rank, sharded)
+    state = _untied(model, full_model_state(model, rank, sharded))
     if rank != 0:
         return None
     out.mkdir(parents=True, exist_ok=True)
@@ -155,7 +159,7 @@ def save_full_checkpoint(
 
     from klear.train.checkpoint import save_checkpoint
 
-    model_state = full_model_state(model, rank, sharded)
+    model_state = _untied(model, full_model_state(model, rank, sharded))
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     optim_state = get_optimizer_state_dict(model, optimizer, options=options)
     if rank != 0:
