@@ -83,16 +83,30 @@ def _two_ranks(out: Path, strategy: str) -> None:
     mp.start_processes(_rank_main, args=(str(out), _free_port(), strategy), nprocs=2, start_method="spawn")
 
 
+def _resume_from_step_1(src: Path, dst: Path) -> None:
+    shutil.copytree(src / "checkpoints", dst / "checkpoints")
+    assert (dst / "checkpoints" / "latest").read_text().strip() == "step_000001"
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+    """Two steps in one process (no launch environment): the reference every rank count must equal."""
+    env = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if k in os.environ}
+    try:
+        out = tmp_path_factory.mktemp("one")
+        result = run_sft(_cfg(out))
+    finally:
+        os.environ.update(env)
+    return out, _weights(result.model_dir), _weights(out / "init")
+
+
 @pytest.mark.slow
-def test_two_fsdp_ranks_equal_one_device_and_their_checkpoint_resumes_on_one(tmp_path, monkeypatch):
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(k, raising=False)
-    one = run_sft(_cfg(tmp_path / "one"))
+def test_two_fsdp_ranks_equal_one_device_and_their_checkpoint_resumes_on_one(one_device, tmp_path):
+    one_out, one, init = one_device
     _two_ranks(tmp_path / "two", "fsdp")
-    init = _weights(tmp_path / "one" / "init")
-    _assert_same(_weights(tmp_path / "two" / "final"), _weights(one.model_dir), init)
+    _assert_same(_weights(tmp_path / "two" / "final"), one, init)
     # rank 0 logged the global loss, token counts and gradient norm of each step
-    for a, b in zip(_steps(tmp_path / "two"), _steps(tmp_path / "one"), strict=True):
+    for a, b in zip(_steps(tmp_path / "two"), _steps(one_out), strict=True):
         assert a["tokens"] == b["tokens"] and a["loss_tokens"] == b["loss_tokens"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
@@ -100,23 +114,22 @@ def test_two_fsdp_ranks_equal_one_device_and_their_checkpoint_resumes_on_one(tmp
     assert summary["ranks"] == 2 and "val/accuracy" in summary  # rank 0 evaluated the gathered model
 
     # the 2-rank checkpoint of step 1 (full states) resumes on one device to the same step-2 weights
-    resumed = tmp_path / "resumed"
-    shutil.copytree(tmp_path / "two" / "checkpoints", resumed / "checkpoints")
-    assert (resumed / "checkpoints" / "latest").read_text().strip() == "step_000001"
-    again = run_sft(_cfg(resumed))
-    _assert_same(_weights(again.model_dir), _weights(one.model_dir), init)
-    assert [r["step"] for r in _steps(resumed)] == [2]  # step 1 was not run again
+    _resume_from_step_1(tmp_path / "two", tmp_path / "resumed")
+    again = run_sft(_cfg(tmp_path / "resumed"))
+    _assert_same(_weights(again.model_dir), one, init)
+    assert [r["step"] for r in _steps(tmp_path / "resumed")] == [2]  # step 1 was not run again
 
 
 @pytest.mark.slow
-def test_two_ddp_replicas_equal_one_device(tmp_path, monkeypatch):
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(k, raising=False)
-    one = run_sft(_cfg(tmp_path / "one", save_every=0))
-    _two_ranks(tmp_path / "two", "ddp")
-    _assert_same(
-        _weights(tmp_path / "two" / "final"), _weights(one.model_dir), _weights(tmp_path / "one" / "init")
-    )
+def test_two_ddp_replicas_equal_one_device_and_resume_as_fsdp_shards(one_device, tmp_path):
+    _, one, init = one_device
+    _two_ranks(tmp_path / "ddp", "ddp")
+    _assert_same(_weights(tmp_path / "ddp" / "final"), one, init)
+    # a checkpoint resumed on sharded ranks: rank 0 reads it and broadcasts, each rank keeps its shard
+    _resume_from_step_1(tmp_path / "ddp", tmp_path / "fsdp")
+    _two_ranks(tmp_path / "fsdp", "fsdp")
+    _assert_same(_weights(tmp_path / "fsdp" / "final"), one, init)
+    assert [r["step"] for r in _steps(tmp_path / "fsdp")] == [2]
 
 
 def test_rank_shares_cover_every_micro_batch_once():

@@ -287,10 +287,10 @@ def allreduce_grads(model: torch.nn.Module, group: Any = None) -> None:
 
 
 def load_weights(model: torch.nn.Module, model_dir: Path) -> None:
-    """Load a checkpoint's ``model.safetensors`` into ``model`` (tied embeddings are saved once)."""
-    from safetensors.torch import load_file
+    """Load a checkpoint's safetensors (one file or shards) into ``model`` (tied embeddings are saved once)."""
+    from klear.train.parallel import read_weights
 
-    weights = load_file(str(Path(model_dir) / "model.safetensors"))
+    weights = read_weights(Path(model_dir))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or any("lm_head" not in k for k in missing):
         raise RuntimeError(

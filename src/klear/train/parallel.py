@@ -177,32 +177,60 @@ def save_full_checkpoint(
     )
 
 
+def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of an HF directory's safetensors: ``model.safetensors``, or the shards its
+    ``model.safetensors.index.json`` lists (what ``save_pretrained`` writes past ``max_shard_size``)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    if not index.is_file():
+        return load_file(str(model_dir / "model.safetensors"))
+    weights: dict[str, torch.Tensor] = {}
+    for name in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        weights.update(load_file(str(model_dir / name)))
+    return weights
+
+
 def restore_full_checkpoint(
     ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, *, sharded: bool
 ) -> dict[str, Any]:
     """Weights, optimizer and schedule from ``ckpt`` (any rank count, either strategy); returns the
-    rest of its state (step, RNG, extra). Every rank calls it."""
+    rest of its state (step, RNG, extra). Every rank calls it.
+
+    Sharded: only rank 0 reads the weights and the optimizer state and broadcasts them tensor by
+    tensor, each rank keeping its shard (host memory of one full state on rank 0, not on every
+    rank: 8B with AdamW is ~130 GB); the others map the trainer state without reading its tensors.
+    """
+    import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         set_model_state_dict,
         set_optimizer_state_dict,
     )
 
-    from klear.train.checkpoint import load_trainer_state
     from klear.train.learner import load_weights
 
-    state = load_trainer_state(ckpt)
+    path = Path(ckpt) / "trainer_state.pt"
+    lead = not sharded or dist.get_rank() == 0
+    # our own file, written by save_checkpoint: it holds numpy RNG state, hence weights_only=False
+    state = torch.load(path, map_location="cpu", weights_only=False, mmap=not lead)
+    optim = state.pop("optimizer")
     if sharded:
-        from safetensors.torch import load_file
-
-        weights = load_file(str(Path(ckpt) / "model" / "model.safetensors"))
-        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+        options = StateDictOptions(full_state_dict=True, strict=False, broadcast_from_rank0=True)
+        weights = read_weights(Path(ckpt) / "model") if lead else {}
+        set_model_state_dict(model, weights, options=options)
+        optim = optim if lead else {}
+        set_optimizer_state_dict(
+            model, optimizer, optim, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        )
     else:
         load_weights(model, Path(ckpt) / "model")
-    optim = state.pop("optimizer")
-    if all(isinstance(k, int) for k in optim["state"]):  # a plain optimizer.state_dict()
-        optimizer.load_state_dict(optim)
-    else:  # keyed by parameter name: any rank count, either strategy
-        set_optimizer_state_dict(model, optimizer, optim, options=StateDictOptions(full_state_dict=True))
+        if all(isinstance(k, int) for k in optim["state"]):  # a plain optimizer.state_dict()
+            optimizer.load_state_dict(optim)
+        else:  # keyed by parameter name: saved on any rank count, with either strategy
+            set_optimizer_state_dict(model, optimizer, optim, options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(state.pop("scheduler"))
     return state
