@@ -191,3 +191,19 @@ def test_klear_sft_resumes_only_under_the_saved_config(tmp_path, capsys):
     assert main(["sft", "recipes/demo-sft.yaml", f"run.out_dir={out}", "optim.lr=0.1"]) == 2
     err = capsys.readouterr().err
     assert "optim.lr: 0.003 -> 0.1" in err and "--resume-anyway" in err
+
+
+def test_weights_are_read_from_one_file_or_from_shards(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from klear.tasks.tiny import build_tiny_model
+    from klear.train.parallel import read_weights
+
+    model = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "one", seed=3))
+    model.save_pretrained(tmp_path / "shards", max_shard_size="20KB")  # past the limit: an index + shards
+    assert (tmp_path / "shards" / "model.safetensors.index.json").is_file()
+    assert len(list((tmp_path / "shards").glob("model-*.safetensors"))) > 2
+    one, shards = read_weights(tmp_path / "one"), read_weights(tmp_path / "shards")
+    assert one.keys() == shards.keys() and len(one) > 10
+    for k in one:
+        assert torch.equal(one[k], shards[k])
