@@ -111,12 +111,12 @@ def test_out_dir_that_is_a_file_is_refused(inputs, capsys):
 
 
 def test_internal_error_is_exit_1_with_a_debug_hint(monkeypatch, capsys):
-    import klear.config_cli
+    import klear.cli.config
 
     def boom(args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(klear.config_cli, "run", boom)
+    monkeypatch.setattr(klear.cli.config, "run", boom)
     assert main(["config", DEMO_RL]) == 1
     err = capsys.readouterr().err
     assert "klear: internal error: RuntimeError: a bug" in err and "--debug" in err and "Traceback" not in err
@@ -130,7 +130,7 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     marker = tmp_path / "cleaned"
     script.write_text(
         "import time, sys\n"
-        "import klear.config_cli as c\n"
+        "import klear.cli.config as c\n"
         "from klear.cli import main\n"
         "def slow(args):\n"
         "    try:\n"

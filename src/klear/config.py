@@ -236,7 +236,14 @@ class DataConfig(Section):
     train_size: int = Field(20000, gt=0, description="problems drawn from the task's train split")
     val_size: int = Field(200, ge=0, description="held-out problems drawn from the task's test split")
     task_seed: int = Field(0, description="seed of the task's problem streams (independent of run.seed)")
-    max_prompt_length: int = Field(1024, gt=0)
+    max_prompt_length: int = Field(
+        1024, gt=0, description="tokens of a prompt after the chat template (RL prompt loading)"
+    )
+    truncation: Literal["error", "drop", "left"] = Field(
+        "drop",
+        description="a prompt over max_prompt_length: error (stop, naming file and line), drop it "
+        "(counted in data/prompts_dropped_too_long), or left (keep its last tokens; data/prompts_truncated)",
+    )
     shuffle: bool = True
 
     @field_validator("task")
@@ -378,6 +385,12 @@ class RewardConfig(Section):
             "soft mapping, else 0; custom functions: 0)"
         ),
     )
+    mask_failures: bool = Field(
+        True,
+        description="leave responses whose reward is an infrastructure failure (pool kill, sandbox error or "
+        "restart, verifier timeout, bad ground truth) out of the loss and of their group's statistics; "
+        "the model's own failures stay wrong answers",
+    )
     math: MathRewardConfig = Field(default_factory=MathRewardConfig)
     code: CodeRewardConfig = Field(default_factory=CodeRewardConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
@@ -433,6 +446,12 @@ class RLTrainerConfig(Section):
     )
     save_every: int = Field(50, ge=0, description="checkpoint every N steps (0: only at the end)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+    max_idle_steps: int = Field(
+        5,
+        ge=0,
+        description="stop with an error after this many consecutive steps in which no group has signal "
+        "(every group's rewards equal); 0: never stop",
+    )
     old_logprobs: Literal["auto", "recompute", "rollout"] = Field(
         "auto",
         description=(

@@ -154,14 +154,19 @@ def test_two_gloo_ranks_give_the_one_rank_gradient(model_dir, tmp_path, strategy
 
 
 def _mixed_precision_step(rank: int, world: int, port: int, model_dir: str, out: str) -> None:
-    """One update at the 8B recipes' precision and lr: float32 master weights, bfloat16 compute
-    (FSDP2 param_dtype over ranks, autocast on one device), lr 1e-6, weight decay 0.1."""
+    """One update at the 8B recipes' settings: float32 master weights, bfloat16 compute (FSDP2
+    param_dtype over ranks, autocast on one device), activation checkpointing, lr 1e-6, decay 0.1."""
     torch.set_num_threads(1)
     cfg = build_config(
         RLConfig,
         {
             "run": {"out_dir": out},
-            "model": {"tiny": True, "dtype": "float32", "compute_dtype": "bfloat16"},
+            "model": {
+                "tiny": True,
+                "dtype": "float32",
+                "compute_dtype": "bfloat16",
+                "gradient_checkpointing": True,  # as in the recipes: composes with FSDP2 units
+            },
             "rollout": {"n": 3, "max_new_tokens": 16},
             "trainer": {"ppo_mini_batch_size": 8, "micro_batch_tokens": 40},
             "loss": {"type": "gppo", "sft_alpha": 0.1},

@@ -138,10 +138,19 @@ def test_head_never_sees_prompt_positions(monkeypatch):
 def test_autocast_matches_the_full_logits_path_under_bf16():
     model = _model(tied=True).float()
     batch = _batch(97)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        a, _ = response_logprobs(model, batch, chunk_tokens=3)
-        b, _ = response_logprobs(model, batch, chunk_tokens=0)
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    out = []
+    for chunk in (3, 0):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logp, _ = response_logprobs(model, batch, chunk_tokens=chunk)
+        logp.sum().backward()
+        out.append((logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (a, ga), (b, gb) = out
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)  # the same bf16 matmul, the same fp32 softmax
+    for name, g in gb.items():
+        assert ga[name].dtype == torch.float32
+        # backward: ours accumulates the head gradient in fp32 over chunks, autograd in one bf16 matmul
+        torch.testing.assert_close(ga[name], g, rtol=0, atol=0.02 * float(g.abs().max()) + 1e-6)
 
 
 def test_packed_sft_logprobs_match_the_full_logits_path_where_masked():

@@ -38,9 +38,13 @@ def test_low_precision_weights_at_a_small_lr_are_refused(kind):
     assert build_config(kind, mixed).model.compute_dtype == "bfloat16"
 
 
-def test_bad_compute_dtype_is_refused():
+def test_bad_compute_dtype_and_chunk_are_refused():
     with pytest.raises(ConfigError, match=r"compute_dtype"):
         build_config(RLConfig, {"model": {"tiny": True, "compute_dtype": "int8"}})
+    for kind in (RLConfig, SFTConfig):
+        with pytest.raises(ConfigError, match=r"logits_chunk_tokens"):
+            build_config(kind, {"trainer": {"logits_chunk_tokens": -1}})
+        assert build_config(kind, {"trainer": {"logits_chunk_tokens": 0}}).trainer.logits_chunk_tokens == 0
 
 
 def test_precision_and_engine_dtype():

@@ -44,6 +44,7 @@ from klear.eval.benchmarks import Problem
 from klear.eval.metrics import DEFAULT_N_BOOT, BenchmarkSummary, ScoredSample, summarize_samples
 from klear.eval.report import render_markdown
 from klear.io import write_atomic
+from klear.rewards.think import judged_texts, think_prefix
 
 if TYPE_CHECKING:
     from klear.config import RewardConfig
@@ -65,7 +66,9 @@ DEFAULT_MATH_INSTRUCTION = "Please reason step by step, and put your final answe
 #: Reward settings that differ from training for evaluation (each can be overridden):
 #: - ``math.no_think_start_score: null``: thinking models' chat templates (Qwen3,
 #:   Klear-Reasoner) open ``<think>`` in the prompt, so a response rightly has only
-#:   ``</think>``; the answer must still come after ``</think>``.
+#:   ``</think>``; the answer must still come after ``</think>``. A run of ours judges the
+#:   think prefix the template opened + the response (:mod:`klear.rewards.think`, as the RL
+#:   trainer does); a generations file from elsewhere comes without its prompt, hence this.
 #: - ``code.max_tests: null``: a code answer is correct only if it passes every test
 #:   (LiveCodeBench's rule), not a random 16 as in RL.
 #: - ``code.mode: hard``: correctness is all-or-nothing anyway, and hard mode stops
@@ -465,6 +468,7 @@ def run_eval(
         write_atomic(samples_path, kept)
     samples_path.touch()
     todo = [p for p in problems if p.id not in disk.complete]
+    prefix = think_prefix(getattr(backend, "tokenizer", None))
     done_count = len(problems) - len(todo)
     if progress is not None:
         progress(done_count, len(problems))
@@ -489,13 +493,13 @@ def run_eval(
                 f"the backend returned {len(rollouts)} rollouts for {len(chunk)} problems x n = {settings.n}"
             )
         score_rows = [rows[p.id] for p in chunk for _ in range(settings.n)]
-        results = pool.score(score_rows, [r.text for r in rollouts])
+        texts = judged_texts(prefix, [r.text for r in rollouts])  # what RL's reward judges too
+        results = pool.score(score_rows, texts)
         score_seconds += time.monotonic() - t1
         for i, problem in enumerate(chunk):
             part = range(i * settings.n, (i + 1) * settings.n)
             records = [
-                sample_record(problem, j, rollouts[k].text, results[k], rollouts[k])
-                for j, k in enumerate(part)
+                sample_record(problem, j, texts[k], results[k], rollouts[k]) for j, k in enumerate(part)
             ]
             _append_lines(samples_path, records)
             records_by_id[problem.id] = records

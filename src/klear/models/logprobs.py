@@ -106,7 +106,7 @@ class ChunkedLogprobs(torch.autograd.Function):
                 if grad_h is not None:
                     grad_h[s : s + chunk] = (dz @ w).to(grad_h.dtype)
                 if grad_w is not None:
-                    grad_w += (dz.T @ h).float()
+                    grad_w.add_(dz.T @ h)  # accumulated in float32 across chunks
                 del dz, p
         return (
             grad_h,

@@ -36,6 +36,9 @@ from klear.rewards.sandbox import SandboxError, TestRun, get_sandbox
 from klear.types import RewardResult
 
 THINK_END = "</think>"
+#: Test outcomes that are failures of the sandbox, not verdicts on the program: the result is
+#: flagged ``infra`` (masked out of training with ``reward.mask_failures``).
+INFRA_REASONS = frozenset({"sandbox_restart", "server_error"})
 _CODE_BLOCK = re.compile(r"```(?:python|py|python3)[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -338,7 +341,7 @@ def code_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
     low = _score(0, 1, ccfg)
 
     def result(
-        passed: int, total: int, flags: list[str], code: str | None, detail: str | None
+        passed: int, total: int, flags: list[str], code: str | None, detail: str | None, infra: bool = False
     ) -> RewardResult:
         return RewardResult(
             score=_score(passed, total, ccfg) if total else low,
@@ -349,12 +352,13 @@ def code_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
             answer=code,
             seconds=time.monotonic() - t0,
             detail=detail,
+            infra=infra,
         )
 
     try:
         spec = parse_tests(ground_truth)
     except ValueError as exc:
-        return result(0, 0, ["error"], None, f"bad ground truth: {exc}")
+        return result(0, 0, ["error"], None, f"bad ground truth: {exc}", infra=True)
     code = extract_code(response)
     if code is None:
         if THINK_END not in response:
@@ -362,7 +366,7 @@ def code_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
         return result(0, 0, ["no_answer"], None, "no ```python block after </think>")
     tests = select_tests(spec, ccfg)
     box = get_sandbox(cfg.sandbox)
-    passed, flags, counts, first_error = 0, [], {}, None
+    passed, flags, counts, first_error, infra = 0, [], {}, None, False
     # Stay inside the pool's hard bound per item: past it the pool kills this worker (and its
     # sandbox). Tests that would start too late to finish in time are counted failed, flagged.
     budget = cfg.item_timeout_s - cfg.sandbox.test_timeout_s - 1.0
@@ -375,7 +379,7 @@ def code_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
         try:
             run = box.run(code, test.payload(), nonce)
         except SandboxError as exc:
-            return result(passed, len(tests), [*flags, "error"], code, f"test {i}: {exc}")
+            return result(passed, len(tests), [*flags, "error"], code, f"test {i}: {exc}", infra=True)
         ok, reason = judge(test, run, nonce, ccfg.float_tol)
         passed += ok
         counts[reason] = counts.get(reason, 0) + 1
@@ -383,10 +387,12 @@ def code_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
             flags.append(reason)
         elif reason == "server_error":
             flags.append("error")
+        # the harness failed, not the program (its own timeouts and crashes are verdicts)
+        infra = infra or reason in INFRA_REASONS
         if reason == "runtime_error" and first_error is None:
             first_error = f"test {i}: {_last_line(run.stderr) or f'exit {run.exit_code} signal {run.signal}'}"
         if ccfg.mode == "hard" and not ok:
             break  # all or nothing: the verdict is known
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     detail = f"{passed}/{len(tests)} passed ({summary})" + (f"; {first_error}" if first_error else "")
-    return result(passed, len(tests), flags, code, detail)
+    return result(passed, len(tests), flags, code, detail, infra)

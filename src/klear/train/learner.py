@@ -152,7 +152,7 @@ def update_policy(
     lead = rank == 0  # per-mini-batch counts are taken once, on rank 0
     mb_groups = cfg.trainer.ppo_mini_batch_size
     global_keys = [k for k in _GLOBAL_SUMS if k != "sft_loss" or cfg.loss.sft_alpha > 0]
-    for _epoch in range(cfg.trainer.ppo_epochs):
+    for epoch in range(cfg.trainer.ppo_epochs):
         for start in range(0, len(kept), mb_groups):
             samples = [s for g in kept[start : start + mb_groups] for s in g]
             masks = [loss_mask(s, cfg) for s in samples]
@@ -167,7 +167,7 @@ def update_policy(
             mine = [order[k] for k in shard(len(order), rank, world)]
             rollouts = [samples[i].rollout for i in mine]
             plan = micro_batches(rollouts, cfg.trainer.micro_batch_tokens) if rollouts else []
-            if _epoch == 0:  # a sequence over the budget runs alone; counted, once per rank and sample
+            if epoch == 0:  # a sequence over the budget runs alone; counted, once per rank and sample
                 sums["over_budget_seqs"] += float(over_budget(rollouts, cfg.trainer.micro_batch_tokens))
             if lockstep:
                 busiest = max(

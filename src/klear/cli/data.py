@@ -1,6 +1,6 @@
 """Prepare data: validate, convert, and curate it the way the paper did.
 
-  klear data validate FILE [--kind rl|sft] [--tokenizer DIR]
+  klear data validate FILE [--kind rl|sft] [--tokenizer DIR] [--max-prompt-length N | --config RECIPE]
   klear data convert RAW.jsonl --output rl.jsonl --shape qa|messages|code [--question-key K ...]
   klear data filter-tests code.jsonl --kept kept.jsonl --dropped dropped.jsonl (--model DIR | --generations G)
   klear data filter-math math.jsonl --kept kept.jsonl --dropped dropped.jsonl (--model DIR | --generations G)
@@ -164,6 +164,22 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--kind", choices=["auto", "rl", "sft"], default="auto", help="row schema (default: detect)"
     )
     v.add_argument("--tokenizer", metavar="DIR", help="report lengths in tokens of this local tokenizer")
+    v.add_argument(
+        "--max-prompt-length",
+        type=int,
+        metavar="N",
+        help="count RL prompts over N tokens (needs a tokenizer); exit 1 with --truncation error",
+    )
+    v.add_argument(
+        "--truncation",
+        choices=["error", "drop", "left"],
+        help="what training does with them (default: the recipe's data.truncation, else drop)",
+    )
+    v.add_argument(
+        "--config",
+        metavar="RECIPE",
+        help="RL recipe: data.max_prompt_length, data.truncation and (without --tokenizer) model.path",
+    )
 
     c = add(
         "convert", "convert question/answer, messages or code-problem files to our schema", HELP["convert"]
@@ -331,8 +347,19 @@ def percentiles(values: list[int]) -> dict[str, float]:
     return {"p50": rank(50), "p90": rank(90), "p99": rank(99), "max": float(ordered[-1])}
 
 
-def summarize_file(path: str, kind: str, tokenizer: Any = None, progress: bool = False) -> dict[str, Any]:
-    """Rows, counts by source/ability (RL) or source/correct (SFT), lengths, and every bad row's message."""
+def summarize_file(
+    path: str,
+    kind: str,
+    tokenizer: Any = None,
+    progress: bool = False,
+    max_prompt_length: int | None = None,
+) -> dict[str, Any]:
+    """Rows, counts by source/ability (RL) or source/correct (SFT), lengths, and every bad row's message.
+
+    With ``max_prompt_length`` (and a tokenizer), also the RL prompts longer than that, each as
+    ``FILE: line N: prompt is L tokens`` (the length the rollout backend would encode).
+    """
+    from klear.data.prompts import prompt_ids
     from klear.data.schema import count_records, detect_kind, iter_rows
     from klear.data.shards import progress_bar
 
@@ -357,15 +384,20 @@ def summarize_file(path: str, kind: str, tokenizer: Any = None, progress: bool =
         return len(tokenizer.encode("\n".join(t["content"] for t in turns), add_special_tokens=False))
 
     n = 0
+    too_long: list[str] = []
     with progress_bar(progress) as bar:
         task = bar.add_task(f"validate {Path(path).name}", total=count_records(path))
-        for _, row in iter_rows(path, kind, errors):  # type: ignore[arg-type]
+        for where, row in iter_rows(path, kind, errors):  # type: ignore[arg-type]
             n += 1
             bar.advance(task)
             d = row.to_dict()
             if kind == "rl":
                 count("data_source", d["data_source"])
                 count("ability", d["ability"])
+                if tokenizer is not None and max_prompt_length is not None:
+                    length = len(prompt_ids(tokenizer, d["prompt"]))
+                    if length > max_prompt_length:
+                        too_long.append(f"{path}: {where}: prompt is {length} tokens")
                 lengths.setdefault("prompt", []).append(size(d["prompt"], True))
             else:
                 count("source", d.get("source"))
@@ -385,16 +417,49 @@ def summarize_file(path: str, kind: str, tokenizer: Any = None, progress: bool =
         "counts": counts,
         "unit": unit,
         "lengths": {k: percentiles(v) for k, v in lengths.items()},
+        "max_prompt_length": max_prompt_length,
+        "too_long": too_long,
     }
 
 
-def run_validate(args: argparse.Namespace) -> int:
+def _prompt_limit(args: argparse.Namespace) -> tuple[Any, int | None, str]:
+    """(tokenizer, max_prompt_length, truncation) from --tokenizer/--max-prompt-length/--truncation,
+    the recipe of --config filling what is not given."""
+    from klear.config import ConfigError
+
+    tokenizer_dir, limit, mode, tiny = args.tokenizer, args.max_prompt_length, args.truncation, False
+    if args.config:
+        from klear.config import load_recipe
+
+        cfg = load_recipe(args.config)
+        data = getattr(cfg, "data", None)
+        if data is None or not hasattr(data, "truncation"):
+            raise ConfigError(f"recipe {args.config!r} has no RL 'data' section (is it an RL recipe?)")
+        limit = limit if limit is not None else data.max_prompt_length
+        mode = mode or data.truncation
+        if tokenizer_dir is None:
+            tokenizer_dir, tiny = cfg.model.path, cfg.model.path is None and cfg.model.tiny
+    if limit is not None and limit <= 0:
+        raise ConfigError(f"--max-prompt-length {limit}: must be positive")
     tokenizer = None
-    if args.tokenizer:
+    if tokenizer_dir:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    s = summarize_file(args.file, args.kind, tokenizer, progress=True)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    elif tiny:
+        from klear.tasks.tiny import build_tokenizer
+
+        tokenizer = build_tokenizer()
+    if limit is not None and tokenizer is None:
+        raise ConfigError(
+            "--max-prompt-length counts tokens: give --tokenizer DIR (or a recipe with model.path)"
+        )
+    return tokenizer, limit, mode or "drop"
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    tokenizer, limit, mode = _prompt_limit(args)
+    s = summarize_file(args.file, args.kind, tokenizer, progress=True, max_prompt_length=limit)
     for e in s["errors"][:MAX_REPORTED_ERRORS]:
         _err(e)
     if s["invalid"] > MAX_REPORTED_ERRORS:
@@ -406,7 +471,15 @@ def run_validate(args: argparse.Namespace) -> int:
     for name, pct in s["lengths"].items():
         unit = "" if name.startswith("difficulty") else f" {s['unit']}"
         print(f"  {name}{unit}: " + "  ".join(f"{k} {v:g}" for k, v in pct.items()))
-    return 1 if s["invalid"] or not s["rows"] else 0
+    over = s["too_long"]
+    if limit is not None and s["kind"] == "rl":
+        fate = {"error": "training stops on the first", "drop": "dropped", "left": "truncated on the left"}
+        print(f"  prompts over max_prompt_length {limit}: {len(over)} (data.truncation {mode}: {fate[mode]})")
+        for line in over[:MAX_REPORTED_ERRORS]:
+            print(f"    {line}")
+        if len(over) > MAX_REPORTED_ERRORS:
+            print(f"    ... and {len(over) - MAX_REPORTED_ERRORS} more")
+    return 1 if s["invalid"] or not s["rows"] or (over and mode == "error") else 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The ``klear`` command line.
 
-Each subcommand lives next to the code it drives and is listed once in
-``COMMANDS``: name -> module exposing ``configure(parser)`` and ``run(args) -> int``.
+Every command's parser lives in this package, one module per command group, and is listed once in
+``COMMANDS``: name -> module exposing ``configure(parser)`` and ``run(args) -> int``; each calls
+library functions and turns nothing into messages itself except through the error boundary in
+:func:`main`.
 Those modules import heavy libraries (torch, transformers) inside ``run`` only,
 so ``klear --help`` stays instant.
 """
@@ -17,18 +19,19 @@ from klear import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
     "demo": (
-        "klear.demo_cli",
+        "klear.cli.demo",
         "the whole pipeline on the built-in tiny task: SFT, GPPO RL, held-out accuracy",
     ),
-    "config": ("klear.config_cli", "validate a recipe with overrides and print the resolved config"),
-    "rl": ("klear.train.rl_cli", "reinforcement learning (GPPO) on verifiable rewards"),
-    "eval": ("klear.eval.cli", "avg@k / pass@k / maj@k on a benchmark; re-score generations"),
-    "data": ("klear.data.cli", "validate, convert and curate data (filter-tests, filter-math, sft-select)"),
+    "config": ("klear.cli.config", "validate a recipe with overrides and print the resolved config"),
+    "rl": ("klear.cli.rl", "reinforcement learning (GPPO) on verifiable rewards"),
+    "eval": ("klear.cli.eval", "avg@k / pass@k / maj@k on a benchmark; re-score generations"),
+    "data": ("klear.cli.data", "validate, convert and curate data (filter-tests, filter-math, sft-select)"),
     "reward": (
-        "klear.rewards.cli",
+        "klear.cli.reward",
         "score responses offline with the reward pool (math, code, user functions)",
     ),
-    "sft": ("klear.train.sft_cli", "supervised fine-tuning on chats (loss on assistant tokens)"),
+    "sft": ("klear.cli.sft", "supervised fine-tuning on chats (loss on assistant tokens)"),
+    "plan": ("klear.cli.plan", "per-GPU memory of a recipe's learner and rollout engines; does it fit"),
 }
 
 
