@@ -207,3 +207,16 @@ def test_weights_are_read_from_one_file_or_from_shards(tmp_path):
     assert one.keys() == shards.keys() and len(one) > 10
     for k in one:
         assert torch.equal(one[k], shards[k])
+
+
+def test_rng_state_of_a_bigger_node_restores_on_fewer_gpus(monkeypatch):
+    from klear.train.checkpoint import rng_state, set_rng_state
+
+    state = rng_state()
+    state["cuda"] = [torch.tensor([i], dtype=torch.uint8) for i in range(8)]  # saved on 8 GPUs
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: calls.append((int(s[0]), i)))
+    set_rng_state(state)
+    assert calls == [(0, 0), (1, 1)]
