@@ -23,7 +23,7 @@ class FakeBox:
     def __init__(self, run: TestRun | Exception):
         self.outcome = run
 
-    def run(self, code, payload, nonce):
+    def run(self, code, payload):
         if isinstance(self.outcome, Exception):
             raise self.outcome
         return self.outcome

@@ -20,11 +20,11 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from klear.config import ModelConfig, RLConfig, RolloutConfig, build_config
-from klear.eval.yarn import apply_yarn
+from klear.models.tiny import build_tiny_model
+from klear.models.yarn import apply_yarn
 from klear.rollout import SamplingParams, backend_class, backend_options
 from klear.rollout.hf import HFRolloutBackend, process_logits
 from klear.tasks import task_rows
-from klear.tasks.tiny import build_tiny_model
 from tests.rollout import fake_vllm
 
 ROOT = Path(__file__).resolve().parents[2]

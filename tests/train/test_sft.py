@@ -10,9 +10,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from klear.config import OptimConfig, SFTConfig, build_config, load_config
+from klear.models.tiny import build_tiny_model, build_tokenizer
 from klear.rollout.hf import stop_token_ids
 from klear.tasks import task_rows
-from klear.tasks.tiny import build_tiny_model, build_tokenizer
 from klear.train.common import lr_factor, pack_rows, token_logprobs
 from klear.train.sft import (
     Example,

@@ -11,7 +11,7 @@ no reward pool, so they can be tested in isolation:
 - :mod:`klear.eval.metrics`: per-sample correctness in, a
   :class:`~klear.eval.metrics.BenchmarkSummary` out (metric keys spelled with the
   actual k, each with a seeded bootstrap confidence interval over problems);
-- :mod:`klear.eval.yarn`: rope scaling for long-context inference on an HF config;
+- :mod:`klear.models.yarn`: rope scaling for long-context inference on an HF config;
 - :mod:`klear.eval.report`: the markdown table, next to the paper's numbers;
 - :mod:`klear.eval.runner`: generate through a rollout backend, score through the
   reward pool, write ``samples.jsonl`` (resumable), ``summary.json`` and

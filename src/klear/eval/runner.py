@@ -771,7 +771,7 @@ def score_generations(
 
 @dataclass(frozen=True)
 class YarnSetting:
-    """YaRN rope scaling asked for on the command line (see :mod:`klear.eval.yarn`)."""
+    """YaRN rope scaling asked for on the command line (see :mod:`klear.models.yarn`)."""
 
     factor: float
     original_max_position_embeddings: int
@@ -789,12 +789,12 @@ def load_backend(
 ) -> Any:
     """A rollout backend for a local model directory, with YaRN applied to the model config when asked.
 
-    ``hf``: the config is loaded, passed through :func:`klear.eval.yarn.apply_yarn`,
+    ``hf``: the config is loaded, passed through :func:`klear.models.yarn.apply_yarn`,
     and the model built from it, so the scaling the model runs with is exactly the
     config recorded in ``summary.json``. Other registered backends (vLLM) are
     built with ``cls.from_pretrained(model_dir, seed=..., yarn=(factor, original))``;
     the vLLM backend turns that into ``hf_overrides`` holding the whole rope section
-    :func:`klear.eval.yarn.apply_yarn` writes (rope_theta included).
+    :func:`klear.models.yarn.apply_yarn` writes (rope_theta included).
     """
     from klear.rollout import backend_class
 
@@ -816,7 +816,7 @@ def load_backend(
 
     config = AutoConfig.from_pretrained(path)
     if yarn is not None:
-        from klear.eval.yarn import apply_yarn
+        from klear.models.yarn import apply_yarn
 
         config = apply_yarn(config, yarn.factor, yarn.original_max_position_embeddings)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
