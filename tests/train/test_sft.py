@@ -155,8 +155,8 @@ def test_a_few_steps_learn_and_the_checkpoint_loads_back(tmp_path):
     assert AutoTokenizer.from_pretrained(result.model_dir).eos_token == "<|im_end|>"
     changed = [not torch.equal(a, b) for a, b in zip(init.parameters(), final.parameters(), strict=True)]
     assert all(changed)
-    assert (out / "checkpoints" / "step_6" / "model.safetensors").is_file()
-    mid = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step_6")
+    assert (out / "checkpoints" / "step_000006" / "trainer_state.pt").is_file()
+    mid = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step_000006" / "model")
     assert not torch.equal(mid.lm_head.weight, final.lm_head.weight)
     saved = load_config(SFTConfig, out / "config.yaml")
     assert saved == cfg
