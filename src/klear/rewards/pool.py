@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
+from klear.rewards.pool_inline import decide_inline, send_items, unsendable_result
 from klear.rewards.registry import as_result, failure_score, ground_truth, load_function, reward_path
 from klear.types import REWARD_FLAGS, RewardResult
 
@@ -167,13 +168,14 @@ class _Queue:
     are pending).
     """
 
-    def __init__(self, keys: list[Any]) -> None:
+    def __init__(self, keys: list[Any], todo: Sequence[int] | None = None) -> None:
         self.keys = keys
         self.groups: dict[Any, deque[int]] = {}
-        for index, key in enumerate(keys):
-            self.groups.setdefault(key, deque()).append(index)
+        todo = range(len(keys)) if todo is None else todo
+        for index in todo:
+            self.groups.setdefault(keys[index], deque()).append(index)
         self.order: deque[Any] = deque(self.groups)
-        self.size = len(keys)
+        self.size = len(todo)
 
     def __len__(self) -> int:
         return self.size
@@ -370,8 +372,16 @@ class RewardPool:
                 (path, truth if isinstance(truth, (str, int, float)) else id(truth))
                 for path, truth in zip(paths, truths, strict=True)
             ]
-            batch = _Batch(paths, truths, responses, [None] * len(rows), _Queue(groups))
+            # decided here when no worker is needed (math fast path); the rest go to the workers
+            decided = [
+                decide_inline(p, r, t, self.cfg) for p, r, t in zip(paths, responses, truths, strict=True)
+            ]
+            todo = [i for i, r in enumerate(decided) if r is None]
+            batch = _Batch(paths, truths, responses, decided, _Queue(groups, todo))
+            batch.done = len(rows) - len(todo)
             batch.progress = progress
+            if progress is not None and batch.done:
+                progress(batch.done, len(rows))
             try:
                 restarts = self._run(batch)
             except BaseException:
@@ -419,9 +429,10 @@ class RewardPool:
         start_failures = 0
         while batch.done < len(batch.results):
             now = time.monotonic()
-            # 1. hand a chunk to each idle, ready worker (only idle ones: a send never blocks on a busy one)
+            # 1. hand a chunk to each idle, ready worker (only idle ones: a send never blocks on a busy one);
+            #    again while a chunk turned out unsendable, so no worker idles while items are pending
             for w in self._workers:
-                if w.ready and not w.items and batch.pending:
+                while w.ready and not w.items and batch.pending:
                     busy = {v.group for v in self._workers if v.items}
                     size = max(1, min(MAX_CHUNK, len(batch.pending) // (2 * len(self._workers))))
                     chunk = []
@@ -431,13 +442,18 @@ class RewardPool:
                         chunk.append(batch.pending.take(w.group, busy))
                         w.group = batch.pending.keys[chunk[-1]]
                     try:
-                        w.conn.send([(i, batch.paths[i], batch.responses[i], batch.truths[i]) for i in chunk])
+                        items = [(i, batch.paths[i], batch.responses[i], batch.truths[i]) for i in chunk]
+                        for i, why in send_items(w.conn, items):  # unpicklable: flagged, not sent
+                            chunk.remove(i)
+                            batch.finish(i, unsendable_result(batch.paths[i], why, self.cfg))
                     except (BrokenPipeError, OSError):
                         for i in reversed(chunk):  # it died; its sentinel reports it below
                             batch.pending.put_back(i)
-                        continue
+                        break
                     w.items.extend(chunk)
                     w.item_started = now
+            if batch.done == len(batch.results):
+                break  # the last items were flagged unsendable
             if not batch.pending and not any(w.items for w in self._workers):
                 raise RuntimeError(f"reward pool lost track of {len(batch.results) - batch.done} item(s)")
             # 2. sleep until a result, a death, or the nearest deadline
