@@ -67,6 +67,16 @@ def test_tokens_match(actual, expected, same):
     assert tokens_match(actual, expected, 1e-6) is same
 
 
+def test_megabyte_tokens_compare_in_linear_time():
+    import time
+
+    start = time.perf_counter()
+    assert not tokens_match("7" * 1_000_000 + "x", "0.5")
+    assert not tokens_match("7" * 1_000_000, "7" * 999_999 + "8")
+    assert tokens_match("0" * 1_000_000 + "5", "5")
+    assert time.perf_counter() - start < 1.0
+
+
 def test_token_match_uses_the_tolerance_given():
     assert token_match("1.05", "1.0", tol=0.1)
     assert not token_match("1.05", "1.0", tol=0.01)

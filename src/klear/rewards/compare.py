@@ -29,7 +29,8 @@ from typing import Any
 MAX_DEPTH = 200
 
 # float() also accepts '1_000', 'nan', 'inf' and unicode digits: the grammar here does not
-_REAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+# unambiguous (no \d+\.?\d*), so a failing match on a megabyte of digits is linear, not quadratic
+_REAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _INT = re.compile(r"[+-]?\d+", re.ASCII)
 
 

@@ -20,8 +20,8 @@ timeouts off, under our own ``ITIMER_REAL`` timer (float seconds, previous timer
 on the main thread of a process -- in training, a reward worker of :mod:`klear.rewards.pool`,
 whose hard per-item kill covers what a signal cannot interrupt (long C-level big-integer work).
 
-Ground truths: a number, a string (``$...$`` and boxes removed; several boxed answers are all of
-them, as a set: :func:`normalize_gold`), or a list of accepted ground truths.
+Ground truths: a number, a string (``$...$`` and a box removed; several boxed answers are read
+as math_verify reads them, as a set: :func:`normalize_gold`), or a list of accepted ground truths.
 
 Fast path: plain integers, decimals and simple fractions (``3``, ``-2.5``, ``7/8``, ``\\frac{7}{8}``,
 ``\\dfrac78``), and exact rational expressions (nested ``\\frac``, ``+ - * /``, any depth:
@@ -143,17 +143,17 @@ def all_boxed(text: str) -> list[str]:
 
 
 def normalize_gold(ground_truth: Any) -> str:
-    """Ground truth as a LaTeX string: numbers via str(), ``$...$`` and ``\\boxed{}`` removed.
+    """Ground truth as a LaTeX string: numbers via str(), ``$...$`` and a ``\\boxed{}`` removed.
 
     A ground truth with several different boxed answers (``\\boxed{1} and \\boxed{-2}``, five boxed
-    primes) is all of them, joined by ``, ``: math_verify reads that as the set of the answers (as it
-    reads the unreduced ground truth), so ``-2, 1`` is correct and ``1`` alone is not. Repeats of one
-    box count once.
+    primes) is kept whole: math_verify reads it as it reads the unreduced ground truth (boxes joined by
+    ``and``, commas or ``\\quad`` are the set of their answers), so ``-2, 1`` is correct and ``1``
+    alone is not. Repeats of one box count once.
     """
     gold = str(ground_truth).strip()
     boxes = list(dict.fromkeys(all_boxed(gold)))
-    if boxes:
-        gold = ", ".join(boxes)
+    if len(boxes) == 1:
+        gold = boxes[0]
     return gold.strip().strip("$").strip()
 
 

@@ -28,27 +28,28 @@ MAX_FACTORIAL = 500_000
 #: Longest run of digits in an answer (a literal) that is parsed.
 MAX_LITERAL_DIGITS = 500_000
 
-_LONG_LITERAL = re.compile(rf"\d{{{MAX_LITERAL_DIGITS + 1},}}")
-_FACTORIAL = re.compile(r"(\d+)\s*!")
+# (?<!\d): a match starts only where a run of digits starts, so the search is linear, not quadratic
+_LONG_LITERAL = re.compile(rf"(?<!\d)\d{{{MAX_LITERAL_DIGITS + 1}}}")
+_FACTORIAL = re.compile(r"(?<!\d)(\d+)\s*!")
 # a chain of integer powers once braces and spaces are gone: 9^9^9, 10^10000000
-_POWER_CHAIN = re.compile(r"\d+(?:\^\d+)+")
+_POWER_CHAIN = re.compile(r"(?<!\d)\d+(?:\^\d+)+")
 _BRACES_SPACE = re.compile(r"[\s{}]+")
 
 
 def _tower_digits(levels: list[int]) -> float:
     """Decimal digits of the right-associative tower levels[0] ^ levels[1] ^ ... (inf when huge)."""
-    exponent = 1.0
-    for base in reversed(levels[1:]):
-        if base <= 1:
-            exponent = 1.0 if base == 1 else (0.0 if exponent > 0 else 1.0)
-            continue
+    for k, base in enumerate(levels):
+        if base <= 1:  # 1^x = 1, 0^x = 0 (x > 0): nothing above this level is ever computed
+            if k == 0:
+                return 1.0
+            levels = [*levels[:k], base]
+            break
+    exponent = float(levels[-1])
+    for base in reversed(levels[1:-1]):
         if exponent * math.log10(base) > 18:
             return math.inf
         exponent = float(base) ** exponent
-    base = levels[0]
-    if base <= 1:
-        return 1.0
-    return exponent * math.log10(base)
+    return exponent * math.log10(levels[0]) if len(levels) > 1 else math.log10(max(levels[0], 1)) + 1
 
 
 def screen(answer: str) -> str | None:
