@@ -24,6 +24,9 @@ Why processes, and how they are bounded:
   result comes back on its own and starts the clock of the next item, so the bound stays per item;
   a killed worker's unstarted items go back to the queue. A worker keeps taking the samples of the
   prompt it is on (same ground truth), so its (gold, answer) cache sees the repeats of a GRPO group.
+- Built-in math items that need no math_verify (format penalties, no answer, plain numbers, answers
+  too large to compute) are decided in the parent before dispatch, and an item whose ground truth
+  cannot be sent (not picklable) is flagged, not fatal: :mod:`klear.rewards.pool_inline`.
 """
 
 from __future__ import annotations
@@ -42,7 +45,13 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
-from klear.rewards.pool_inline import decide_inline, send_items, unsendable_result
+from klear.rewards.pool_inline import (
+    copy_result,
+    decide_inline,
+    find_repeats,
+    send_items,
+    unsendable_result,
+)
 from klear.rewards.registry import as_result, failure_score, ground_truth, load_function, reward_path
 from klear.types import REWARD_FLAGS, RewardResult
 
@@ -376,7 +385,8 @@ class RewardPool:
             decided = [
                 decide_inline(p, r, t, self.cfg) for p, r, t in zip(paths, responses, truths, strict=True)
             ]
-            todo = [i for i, r in enumerate(decided) if r is None]
+            repeats = find_repeats(paths, responses, truths, decided, self.cfg)  # scored once, copied
+            todo = [i for i, r in enumerate(decided) if r is None and i not in repeats]
             batch = _Batch(paths, truths, responses, decided, _Queue(groups, todo))
             batch.done = len(rows) - len(todo)
             batch.progress = progress
@@ -387,6 +397,8 @@ class RewardPool:
             except BaseException:
                 self._abandon_busy()
                 raise
+            for i, first in repeats.items():
+                batch.results[i] = copy_result(batch.results[first])  # type: ignore[arg-type]
             results: list[RewardResult] = [r for r in batch.results if r is not None]
             assert len(results) == len(rows)
             seconds = time.monotonic() - start

@@ -6,6 +6,10 @@
   :func:`klear.rewards.math.quick_math_reward`, the same code the worker would run (same result).
   Only items that need math_verify go to a worker; on an integer-heavy RL mix that is a minority,
   and the round trips (pickling, pipes, the worker's scheduling) are what those items cost.
+- **Repeats**: the samples of a GRPO group often give the same answer; math items still undecided
+  whose (ground truth, extracted answer) repeat an earlier one in the batch are not sent at all
+  (:func:`find_repeats`): they get a copy of that one's result (the result of an undecided item
+  depends on nothing else). On with the fast path and a nonzero ``cache_size``.
 - **Unsendable items** (:func:`send_items`): a ground truth that cannot be pickled (nested deeper
   than pickle's recursion limit, say) must not stop the batch: the chunk is sent item by item, and an
   item that cannot be sent is flagged ``error`` with the reason.
@@ -13,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
@@ -31,6 +36,50 @@ def decide_inline(path: str, response: str, truth: Any, cfg: RewardConfig) -> Re
     from klear.rewards.math import quick_math_reward
 
     return quick_math_reward(response, truth, cfg)
+
+
+def _repeat_key(path: str, response: str, truth: Any) -> tuple[str, str, str] | None:
+    from klear.rewards.math import answer_region, last_boxed
+
+    region = answer_region(response)
+    answer = last_boxed(region) if region is not None else None
+    if not answer:
+        return None
+    try:
+        gold = truth if isinstance(truth, str) else f"{type(truth).__name__}:{truth!r}"
+    except RecursionError:  # a ground truth too deep to print: score it on its own
+        return None
+    return path, gold, answer
+
+
+def find_repeats(
+    paths: Sequence[str],
+    responses: Sequence[str],
+    truths: Sequence[Any],
+    decided: Sequence[RewardResult | None],
+    cfg: RewardConfig,
+) -> dict[int, int]:
+    """{index: index of the first item with the same key} for undecided built-in math items."""
+    if not (cfg.math.fast_path and cfg.math.cache_size > 0):
+        return {}
+    first: dict[tuple[str, str, str], int] = {}
+    repeats: dict[int, int] = {}
+    for i, path in enumerate(paths):
+        if path != REWARDS["math"] or decided[i] is not None:
+            continue
+        key = _repeat_key(path, responses[i], truths[i])
+        if key is None:
+            continue
+        if key in first:
+            repeats[i] = first[key]
+        else:
+            first[key] = i
+    return repeats
+
+
+def copy_result(result: RewardResult) -> RewardResult:
+    """The result of a repeat: the same verdict, no time of its own."""
+    return dataclasses.replace(result, seconds=0.0)
 
 
 def send_items(conn: Connection, items: Sequence[tuple[int, str, str, Any]]) -> list[tuple[int, str]]:
