@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from klear.config import SandboxConfig
-from klear.rewards.sandbox import seccomp
+from klear.rewards.sandbox import guard, seccomp
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +273,7 @@ class Sandbox:
         self._workdir: str | None = None
         self._lock = threading.Lock()
         self._owner_pid = os.getpid()
+        self._watched_all: list[guard.Watched] = []  # one per server started, for guard_kills
         self.python_version: str | None = None  # of the interpreter inside, once started
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -346,6 +347,10 @@ class Sandbox:
         finally:
             if pass_fds:
                 os.close(pass_fds[0])
+        if self.cfg.mode != "none" and self._proc is not None:
+            self._watched_all.append(
+                guard.watch(self._proc.pid, self.cfg.memory_mb << 20, self.cfg.tmpfs_inodes)
+            )
 
     def _spawn(self, argv: list[str], pass_fds: tuple[int, ...]) -> None:
         with tempfile.TemporaryFile() as err:
@@ -374,10 +379,16 @@ class Sandbox:
                 )
         self.python_version = hello.get("python")
 
+    @property
+    def guard_kills(self) -> int:
+        """Tests whose processes the memory guard killed (aggregate memory or inodes over the bound)."""
+        return sum(w.kills for w in self._watched_all)
+
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        guard.unwatch(proc.pid)
         if proc.poll() is None:
             proc.kill()  # bwrap (our own child); --die-with-parent takes the sandbox down with it
         with contextlib.suppress(subprocess.TimeoutExpired):
