@@ -50,6 +50,7 @@ class Watched:
     kills: int = 0
     last_reason: str | None = None
     _server_sids: set[int] = field(default_factory=set)
+    _dying: set[int] = field(default_factory=set)
 
 
 def _children(pid: int) -> list[int]:
@@ -109,7 +110,9 @@ def processes_of_test(w: Watched) -> list[int]:
 
 def check(w: Watched) -> str | None:
     """Scan one sandbox once; kill its test's processes if over a bound; return why, or None."""
-    pids = processes_of_test(w)
+    found = processes_of_test(w)
+    w._dying &= set(found)  # killed, not yet gone: neither counted nor killed (nor reported) twice
+    pids = [p for p in found if p not in w._dying]
     if not pids:
         return None
     reason = None
@@ -129,6 +132,7 @@ def check(w: Watched) -> str | None:
         for p in pids:
             with contextlib.suppress(OSError):
                 os.kill(p, signal.SIGKILL)
+        w._dying.update(pids)
         w.kills += 1
         w.last_reason = reason
         log.warning("code sandbox %d: killed the test's processes (%s)", w.root_pid, reason)
