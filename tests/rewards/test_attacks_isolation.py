@@ -271,3 +271,31 @@ def test_unprivileged_mode_also_gets_a_clean_slate():
             assert json.loads(out.stdout.split("\n")[0]) == CLEAN, name
     finally:
         b.close()
+
+
+def test_seccomp_program_is_built_for_both_arches_and_refuses_others(monkeypatch):
+    from klear.rewards.sandbox import seccomp
+
+    for machine, (audit_arch, deny, *_rest) in seccomp.ARCHES.items():
+        prog = seccomp.build(machine)
+        assert len(prog) % 8 == 0 and len(prog) // 8 == len(set(deny.values())) + 12 - (machine == "aarch64")
+        # first instruction loads the arch, the second compares it with this table's AUDIT_ARCH
+        assert struct_unpack(prog, 0)[3] == 4 and struct_unpack(prog, 1)[3] == audit_arch
+    with pytest.raises(seccomp.SeccompUnsupported, match="riscv64"):
+        seccomp.build("riscv64")
+    monkeypatch.setattr(seccomp.platform, "machine", lambda: "riscv64")
+    with pytest.raises(sandbox_mod.SandboxUnavailable, match="no seccomp filter"):
+        Sandbox(_cfg()).start()
+
+
+def struct_unpack(prog: bytes, i: int) -> tuple[int, int, int, int]:
+    import struct
+
+    return struct.unpack_from("=HBBI", prog, 8 * i)
+
+
+def test_tmpfs_inodes_must_be_sane():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="tmpfs_inodes"):
+        SandboxConfig(tmpfs_inodes=10)
