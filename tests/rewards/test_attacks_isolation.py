@@ -299,3 +299,21 @@ def test_tmpfs_inodes_must_be_sane():
 
     with pytest.raises(ValidationError, match="tmpfs_inodes"):
         SandboxConfig(tmpfs_inodes=10)
+
+
+def test_a_correct_huge_output_is_not_an_output_limit():
+    """Expected output of 3 MiB with sandbox.max_output_bytes at 1 MiB: the cap rises to fit it."""
+    from klear.config import CodeRewardConfig, RewardConfig
+    from klear.rewards.code import code_reward, output_floor
+
+    assert output_floor("YES\n") == output_floor("NO\n") == output_floor("x" * 32_000) == 128 << 10
+    assert output_floor("x" * (3 << 20)) == (6 << 20) + (64 << 10)
+    cfg = RewardConfig(
+        code=CodeRewardConfig(soft_mapping="pass_rate"), sandbox=_cfg(max_output_bytes=1 << 20)
+    )
+    expected = "7" * (3 << 20) + "\n"
+    gt = {"inputs": ["3\n"], "outputs": [expected]}
+    ok = code_reward("<think>ok</think>\n```python\nprint('7' * (int(input()) << 20))\n```\n", gt, cfg)
+    assert (ok.passed, ok.total, ok.score) == (1, 1, 1.0), ok.detail
+    flood = code_reward("<think>ok</think>\n```python\nwhile True:\n    print('7' * 65536)\n```\n", gt, cfg)
+    assert flood.passed == 0
