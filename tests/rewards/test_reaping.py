@@ -98,3 +98,10 @@ def test_pool_close_reaps_sandboxes_before_returning():
     finally:
         pool.close()
     assert [i for i in tree if running(i)] == []  # nothing lives on once close() returned
+
+
+def test_pool_reports_the_memory_bound_at_start_up(caplog):
+    caplog.set_level("INFO", logger="klear.rewards.lifecycle")
+    with RewardPool(RewardConfig(num_workers=1)) as pool:
+        assert pool.memory_bound == "memory_guard"
+    assert "aggregate memory bound per test by memory_guard (1024 MiB" in caplog.text

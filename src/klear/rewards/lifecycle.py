@@ -11,6 +11,7 @@ before it stops them, kills them all, and returns only once none is running, wit
 - :func:`shutdown` (``pool.close()``, the end of a ``with`` block): ask each worker to stop,
   allow :data:`GRACE_S` to close its sandboxes, then kill and reap everything recorded.
 - :func:`terminate` (an exception or a signal leaves the ``with`` block): kill and reap now.
+- :func:`report_bounds`: the start-up log line naming the aggregate memory bound in use.
 - :func:`signals_exit` (the CLI): SIGTERM raises ``SystemExit(143)`` so that the ``with``
   block is left through :func:`terminate`; SIGINT already raises KeyboardInterrupt.
 """
@@ -18,11 +19,14 @@ before it stops them, kills them all, and returns only once none is running, wit
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 #: Seconds a worker has to stop on its own (and close its sandboxes) on a normal close.
 GRACE_S = 1.0
@@ -171,3 +175,17 @@ def signals_exit() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def report_bounds(sandbox_cfg: Any) -> str:
+    """Log, once per pool, what bounds a code test across its processes; return the mechanism's name."""
+    from klear.rewards.sandbox.guard import MECHANISM
+
+    log.info(
+        "code sandbox: aggregate memory bound per test by %s (%d MiB over all its processes, "
+        "%d files on /tmp and /dev/shm); no delegated cgroup v2 is used",
+        MECHANISM,
+        sandbox_cfg.memory_mb,
+        sandbox_cfg.tmpfs_inodes,
+    )
+    return MECHANISM

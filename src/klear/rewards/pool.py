@@ -257,6 +257,7 @@ class RewardPool:
         self._lock = threading.Lock()
         self._closed = False
         self._finalizer = weakref.finalize(self, lifecycle.shutdown, self._workers)
+        self.memory_bound = lifecycle.report_bounds(cfg.sandbox)  # "memory_guard" (docs/sandbox.md)
         for _ in range(self.num_workers):
             self._workers.append(self._start_worker())
 
