@@ -348,9 +348,13 @@ class Sandbox:
             if pass_fds:
                 os.close(pass_fds[0])
         if self.cfg.mode != "none" and self._proc is not None:
-            self._watched_all.append(
-                guard.watch(self._proc.pid, self.cfg.memory_mb << 20, self.cfg.tmpfs_inodes)
-            )
+            try:
+                self._watched_all.append(
+                    guard.watch(self._proc.pid, self.cfg.memory_mb << 20, self.cfg.tmpfs_inodes)
+                )
+            except guard.GuardUnavailable as exc:
+                self._kill()
+                raise SandboxUnavailable(f"the code sandbox cannot bound a test's memory: {exc}") from exc
 
     def _spawn(self, argv: list[str], pass_fds: tuple[int, ...]) -> None:
         with tempfile.TemporaryFile() as err:

@@ -40,6 +40,10 @@ MECHANISM = "memory_guard"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+class GuardUnavailable(RuntimeError):
+    """The guard cannot see a sandbox's processes on this kernel."""
+
+
 @dataclass
 class Watched:
     """One sandbox under watch: the bwrap pid the client started and the test's limits."""
@@ -175,6 +179,12 @@ def watch(root_pid: int, memory_bytes: int, inodes: int) -> Watched:
     global _GUARD, _GUARD_PID
     if os.getpid() != _GUARD_PID:  # a forked process has the object but not the thread
         _GUARD, _GUARD_PID = _Guard(), os.getpid()
+    if not os.path.exists(f"/proc/{root_pid}/task/{root_pid}/children"):
+        # a kernel without CONFIG_PROC_CHILDREN: the guard could not see a test's processes
+        raise GuardUnavailable(
+            "the memory guard needs /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN), "
+            "which this kernel lacks"
+        )
     w = Watched(root_pid, memory_bytes, inodes)
     _GUARD.watch(w)
     return w
