@@ -55,6 +55,7 @@ class Watched:
     last_reason: str | None = None
     _server_sids: set[int] = field(default_factory=set)
     _dying: set[int] = field(default_factory=set)
+    _blind: bool = False
 
 
 def _children(pid: int) -> list[int]:
@@ -84,11 +85,12 @@ def _rss(pid: int) -> int:
         return 0
 
 
-def _used_inodes(path: str) -> int:
+def _used_inodes(path: str) -> int | None:
+    """Files on the mount at ``path`` (seen through /proc/<init>/root), or None if we may not look."""
     try:
         st = os.statvfs(path)
     except OSError:
-        return 0
+        return None
     return st.f_files - st.f_ffree
 
 
@@ -129,6 +131,13 @@ def check(w: Watched) -> str | None:
         init = _children(w.root_pid)
         for mount in ("tmp", "dev/shm"):
             used = _used_inodes(f"/proc/{init[0]}/root/{mount}") if init else 0
+            if used is None:
+                if not w._blind:
+                    w._blind = True
+                    log.warning(
+                        "code sandbox %d: cannot see /%s; its inode bound is not enforced", w.root_pid, mount
+                    )
+                continue
             if used > w.inodes:
                 reason = f"inodes: {used} files on /{mount} > {w.inodes}"
                 break
