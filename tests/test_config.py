@@ -12,6 +12,7 @@ from klear.config import (
     apply_overrides,
     load_config,
     load_recipe,
+    read_yaml,
     save_config,
 )
 
@@ -148,3 +149,10 @@ def test_dotted_path_must_import_at_load():
     assert "cannot import it" in _error(["loss.type=nowhere.module:fn"])
     cfg = load_config(RLConfig, DEMO, ["loss.type=tests.algo.custom_loss:constant_loss"])
     assert cfg.loss.type == "tests.algo.custom_loss:constant_loss"
+
+
+def test_a_recipe_that_is_not_utf8_is_a_config_error(tmp_path):
+    recipe = tmp_path / "latin1.yaml"
+    recipe.write_bytes(b"kind: rl\nrun:\n  name: caf\xe9\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_yaml(recipe)

@@ -1,5 +1,7 @@
 """Atomic writes: the old file or the whole new one, never half, and no temp files left behind."""
 
+import os
+
 import pytest
 
 from klear.io import atomic_open, atomic_path, write_atomic
@@ -24,3 +26,24 @@ def test_failure_keeps_the_old_file_and_no_temp(tmp_path):
         raise RuntimeError("writer failed")
     assert target.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_atomic_write_keeps_the_umask_mode_and_a_replaced_files_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.txt"
+        write_atomic(fresh, "x\n")
+        assert fresh.stat().st_mode & 0o777 == 0o644
+        with atomic_path(tmp_path / "t.parquet") as tmp:
+            tmp.write_text("p")
+        assert (tmp_path / "t.parquet").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        shared = tmp_path / "shared.txt"
+        shared.write_text("old\n")
+        shared.chmod(0o664)
+        write_atomic(shared, "new\n")
+        assert shared.stat().st_mode & 0o777 == 0o664
+        write_atomic(tmp_path / "private.txt", "y\n")
+        assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)

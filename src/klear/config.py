@@ -16,11 +16,13 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from klear.errors import KlearError
+
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 
 
-class ConfigError(ValueError):
+class ConfigError(KlearError, ValueError):
     """A recipe or override that cannot be loaded; the message says exactly why."""
 
 
@@ -131,8 +133,24 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description=(
-            "auto: float32 weights, bfloat16 autocast on a CUDA GPU that supports it, float32 on CPU; "
-            "float32: no autocast; bfloat16/float16: weights held and trained in that dtype"
+            "master weights and optimizer state: auto = float32; bfloat16/float16 hold the weights and "
+            "AdamW state themselves in that dtype (no master copy: small updates round away, see "
+            "model.allow_low_precision_weights)"
+        ),
+    )
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description=(
+            "dtype of the forward/backward arithmetic: autocast on one device, FSDP2 param_dtype on "
+            "ranks (gradients reduced in float32); auto = bfloat16 on a CUDA GPU that has it when "
+            "model.dtype is auto, else model.dtype. Also the vLLM engine dtype"
+        ),
+    )
+    allow_low_precision_weights: bool = Field(
+        False,
+        description=(
+            "accept bfloat16/float16 master weights at an optim.lr below the dtype's rounding threshold "
+            "(most AdamW updates then round to nothing)"
         ),
     )
     gradient_checkpointing: bool = False
@@ -146,6 +164,47 @@ class ModelConfig(Section):
         if (self.yarn_factor is None) != (self.yarn_original_max_position is None):
             raise ValueError("model.yarn_factor and model.yarn_original_max_position must be set together")
         return self
+
+    def weight_dtype(self) -> str:
+        """The master weight (and optimizer state) dtype name: ``dtype`` with auto read as float32."""
+        return "float32" if self.dtype == "auto" else self.dtype
+
+    def compute_dtype_on(self, cuda_bf16: bool) -> str:
+        """The compute dtype name on a device (``cuda_bf16``: a CUDA GPU with bfloat16 support)."""
+        if self.compute_dtype != "auto":
+            return self.compute_dtype
+        if self.dtype == "auto" and cuda_bf16:
+            return "bfloat16"
+        return self.weight_dtype()
+
+    def engine_dtype(self) -> str:
+        """The dtype a GPU inference engine (vLLM) serves the policy in: the GPU compute dtype."""
+        return self.compute_dtype_on(cuda_bf16=True)
+
+
+#: explicit mantissa bits of the low-precision weight dtypes
+_MANTISSA_BITS = {"bfloat16": 7, "float16": 10}
+#: typical weight magnitude of a trained transformer (init std 0.02): an AdamW step moves a
+#: weight by about lr, and rounds away when that is below half its spacing, |w| * 2^-(bits+1)
+_TYPICAL_WEIGHT = 0.02
+
+
+def lowest_exact_lr(weight_dtype: str) -> float:
+    """The learning rate below which AdamW updates of typical weights round away in ``weight_dtype``."""
+    bits = _MANTISSA_BITS.get(weight_dtype)
+    return 0.0 if bits is None else _TYPICAL_WEIGHT * 2.0 ** -(bits + 1)
+
+
+def check_weight_precision(model: ModelConfig, optim: OptimConfig) -> None:
+    """Refuse low-precision master weights at a learning rate whose updates round to nothing."""
+    floor = lowest_exact_lr(model.weight_dtype())
+    if optim.lr < floor and not model.allow_low_precision_weights:
+        raise ValueError(
+            f"model.dtype = {model.dtype} holds the weights and AdamW state in {model.dtype} with no "
+            f"float32 master copy, and at optim.lr = {optim.lr:g} (below {floor:.2g}) most updates round "
+            f"away: the run would silently not learn. Use model.dtype: float32 with model.compute_dtype: "
+            f"bfloat16 (mixed precision), or set model.allow_low_precision_weights: true"
+        )
 
 
 class OptimConfig(Section):
@@ -177,7 +236,14 @@ class DataConfig(Section):
     train_size: int = Field(20000, gt=0, description="problems drawn from the task's train split")
     val_size: int = Field(200, ge=0, description="held-out problems drawn from the task's test split")
     task_seed: int = Field(0, description="seed of the task's problem streams (independent of run.seed)")
-    max_prompt_length: int = Field(1024, gt=0)
+    max_prompt_length: int = Field(
+        1024, gt=0, description="tokens of a prompt after the chat template (RL prompt loading)"
+    )
+    truncation: Literal["error", "drop", "left"] = Field(
+        "drop",
+        description="a prompt over max_prompt_length: error (stop, naming file and line), drop it "
+        "(counted in data/prompts_dropped_too_long), or left (keep its last tokens; data/prompts_truncated)",
+    )
     shuffle: bool = True
 
     @field_validator("task")
@@ -205,7 +271,8 @@ class VLLMConfig(Section):
         0.5, gt=0.0, le=1.0, description="share of GPU memory vLLM may take (the trainer shares the GPU)"
     )
     dtype: Literal["bfloat16", "float16", "float32"] | None = Field(
-        None, description="engine dtype; null: model.dtype (auto -> bfloat16)"
+        None,
+        description="engine dtype; null: the model's GPU compute dtype (ModelConfig.engine_dtype: auto -> bfloat16)",
     )
     max_model_len: int | None = Field(None, gt=0, description="null: the model config's (after YaRN)")
     enable_prefix_caching: bool = True
@@ -323,6 +390,12 @@ class RewardConfig(Section):
             "soft mapping, else 0; custom functions: 0)"
         ),
     )
+    mask_failures: bool = Field(
+        True,
+        description="leave responses whose reward is an infrastructure failure (pool kill, sandbox error or "
+        "restart, verifier timeout, bad ground truth) out of the loss and of their group's statistics; "
+        "the model's own failures stay wrong answers",
+    )
     math: MathRewardConfig = Field(default_factory=MathRewardConfig)
     code: CodeRewardConfig = Field(default_factory=CodeRewardConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
@@ -370,8 +443,20 @@ class RLTrainerConfig(Section):
     ppo_mini_batch_size: int = Field(16, ge=1, description="prompts per optimizer update")
     ppo_epochs: int = Field(1, ge=1)
     micro_batch_tokens: int = Field(16384, ge=1, description="token budget per forward/backward")
+    logits_chunk_tokens: int = Field(
+        1024,
+        ge=0,
+        description="LM-head tokens per chunk for log-probs and entropy (klear.models.logprobs); "
+        "0: full [B, L, V] logits",
+    )
     save_every: int = Field(50, ge=0, description="checkpoint every N steps (0: only at the end)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+    max_idle_steps: int = Field(
+        5,
+        ge=0,
+        description="stop with an error after this many consecutive steps in which no group has signal "
+        "(every group's rewards equal); 0: never stop",
+    )
     old_logprobs: Literal["auto", "recompute", "rollout"] = Field(
         "auto",
         description=(
@@ -456,6 +541,11 @@ class RLConfig(Section):
     dist: DistConfig = Field(default_factory=DistConfig)
 
     @model_validator(mode="after")
+    def _precision(self) -> RLConfig:
+        check_weight_precision(self.model, self.optim)
+        return self
+
+    @model_validator(mode="after")
     def _dist(self) -> RLConfig:
         d = self.dist
         if (
@@ -480,6 +570,9 @@ class SFTTrainerConfig(Section):
         16384, gt=0, description="tokens per optimizer step (examples packed, no padding)"
     )
     micro_batch_tokens: int = Field(16384, gt=0, description="tokens per forward/backward (one packed row)")
+    logits_chunk_tokens: int = Field(
+        1024, ge=0, description="LM-head tokens per chunk for the NLL (klear.models.logprobs); 0: full logits"
+    )
     log_every: int = Field(10, ge=1, description="steps between metric lines in metrics.jsonl")
     save_every: int = Field(0, ge=0, description="steps between checkpoints (0: only the final model)")
     eval_every: int = Field(0, ge=0, description="steps between held-out evaluations (0: only at the end)")
@@ -521,6 +614,11 @@ class SFTConfig(Section):
     )
     trainer: SFTTrainerConfig = Field(default_factory=SFTTrainerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _precision(self) -> SFTConfig:
+        check_weight_precision(self.model, self.optim)
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,7 +695,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"recipe {str(path)!r} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe {str(path)!r} is not UTF-8 text (byte {exc.start + 1})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from klear.config import RLConfig, SFTConfig, load_config
+from klear.config import ConfigError, RLConfig, SFTConfig, load_config
 from klear.io import write_atomic
+from klear.preflight import check_out_dir
 
 #: The loss variants ``--compare`` runs: name -> overrides of the demo RL recipe.
 VARIANTS: dict[str, list[str]] = {
@@ -39,7 +40,7 @@ def recipes_dir() -> Path:
     checkout = Path(__file__).resolve().parents[2] / "recipes"
     if checkout.is_dir():
         return checkout
-    raise FileNotFoundError("klear's recipes directory is missing from this installation")
+    raise ConfigError("klear's recipes directory is missing from this installation (reinstall klear)")
 
 
 @dataclass
@@ -72,13 +73,14 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     from klear.train.sft import run_sft
 
     t0 = time.perf_counter()
-    s.out.mkdir(parents=True, exist_ok=True)
     sft_cfg = sft_config(s, s.out / "sft")
+    rl_cfg = rl_config(s, s.out)  # both stages validated before any work
+    check_out_dir(s.out, "--out")
+    s.out.mkdir(parents=True, exist_ok=True)
     _say(f"[1/2] SFT of the tiny model on '{sft_cfg.data.task}' ({s.out / 'sft'})")
     sft = run_sft(sft_cfg)
     t_sft = time.perf_counter() - t0
 
-    rl_cfg = rl_config(s, s.out)
     _say(f"[2/2] RL with {rl_cfg.loss.type} from the SFT checkpoint ({s.out})")
     rl = train_rl(rl_cfg, init_model=sft.model_dir, resume=False)
     t_rl = time.perf_counter() - t0 - t_sft
@@ -108,10 +110,16 @@ def run_compare(s: DemoSettings, seeds: int) -> dict[str, Any]:
     from klear.train.sft import run_sft
 
     t0 = time.perf_counter()
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds}: must be >= 1")
     root = s.out / "compare"
+    sft_cfg = sft_config(s, root / "sft")
+    for overrides in VARIANTS.values():  # every RL variant validated before the SFT stage runs
+        rl_config(s, root, overrides)
+    check_out_dir(s.out, "--out")
     root.mkdir(parents=True, exist_ok=True)
     _say(f"SFT once, shared by every variant ({root / 'sft'})")
-    sft = run_sft(sft_config(s, root / "sft"))
+    sft = run_sft(sft_cfg)
     runs: dict[str, list[dict[str, Any]]] = {}
     for name, overrides in VARIANTS.items():
         runs[name] = []

@@ -10,6 +10,32 @@ from pathlib import Path
 from typing import IO
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask is a set-and-restore)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(path: Path) -> int:
+    """The mode the finished file gets: the replaced file's mode, else what ``open()`` would give."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _publish(tmp: str | Path, path: Path) -> None:
+    os.chmod(tmp, _final_mode(path))  # mkstemp makes 0600; a reader expects the usual mode
+    os.replace(tmp, path)
+
+
 @contextmanager
 def atomic_open(path: str | Path) -> Iterator[IO[str]]:
     """Open a temp file beside ``path`` for text; on success fsync and rename it onto ``path``."""
@@ -21,7 +47,7 @@ def atomic_open(path: str | Path) -> Iterator[IO[str]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -46,7 +72,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

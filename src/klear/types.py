@@ -26,6 +26,11 @@ class RewardResult:
     answer: the extracted answer (math) or program (code), None when absent.
     seconds: wall time spent scoring this response.
     detail: a human-readable note on an error or timeout.
+    infra: the verdict failed for a reason outside the response -- the pool killed or lost the
+    worker, the sandbox broke or restarted, the verifier timed out, the ground truth is
+    unreadable, a reward function raised. With ``reward.mask_failures`` such a response is
+    left out of the loss and of its group's statistics. The model's own failures (its
+    program times out or crashes, a wrong format) are verdicts, never ``infra``.
     """
 
     score: float
@@ -36,6 +41,7 @@ class RewardResult:
     answer: str | None = None
     seconds: float = 0.0
     detail: str | None = None
+    infra: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +53,7 @@ class RewardResult:
             "answer": self.answer,
             "seconds": self.seconds,
             "detail": self.detail,
+            "infra": self.infra,
         }
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from klear.data.convert import FieldMap, convert_record
 from klear.data.schema import load_rl_rows, load_sft_rows
 from klear.rewards.code import parse_tests
@@ -164,3 +166,58 @@ def test_bad_template_is_a_setting_error(tmp_path, klear):
         "{problem}",
     )
     assert code == 2 and "--prompt-template '{problem}'" in err
+
+
+def test_template_without_question_is_refused(tmp_path, klear):
+    code, _, err = klear(
+        "convert",
+        FIXTURES / "math_qa.jsonl",
+        "--output",
+        tmp_path / "o.jsonl",
+        "--prompt-template",
+        "Solve it.",
+    )
+    assert code == 2 and "has no {question}" in err and not (tmp_path / "o.jsonl").exists()
+
+
+def test_output_equal_to_input_or_a_directory_is_refused_before_any_work(tmp_path, klear):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes((FIXTURES / "math_qa.jsonl").read_bytes())
+    before = src.read_bytes()
+    code, _, err = klear("convert", src, "--output", src)
+    assert code == 2 and "both input and output" in err and src.read_bytes() == before
+    (tmp_path / "out.jsonl").mkdir()
+    code, _, err = klear("convert", src, "--output", tmp_path / "out.jsonl")
+    assert code == 2 and "is a directory" in err
+    code, _, err = klear(
+        "sft-select",
+        FIXTURES / "sft_a.jsonl",
+        "--output",
+        FIXTURES / "sft_a.jsonl",
+        "--quality",
+        FIXTURES / "sft_quality.json",
+    )
+    assert code == 2 and "both input and output" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["filter-tests", "x.jsonl", "--kept", "k.jsonl", "--dropped", "d.jsonl", "--threshold", "1.5"],
+        ["filter-math", "x.jsonl", "--kept", "k.jsonl", "--dropped", "d.jsonl", "--majority", "-0.1"],
+        ["sft-select", "x.jsonl", "--output", "o.jsonl", "--quality", "q.json", "--easy-pass-rate", "2"],
+    ],
+)
+def test_rates_outside_zero_one_are_refused(klear, args):
+    with pytest.raises(SystemExit) as exc:
+        klear(*args)
+    assert exc.value.code == 2
+
+
+def test_empty_input_or_corrupt_parquet_is_an_error_not_an_empty_output(tmp_path, klear):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    code, _, err = klear("convert", tmp_path / "empty.jsonl", "--output", tmp_path / "o.jsonl")
+    assert code == 2 and "no records to convert" in err and not (tmp_path / "o.jsonl").exists()
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really PAR1")
+    code, _, err = klear("convert", tmp_path / "bad.parquet", "--output", tmp_path / "o.jsonl")
+    assert code == 2 and "not a readable parquet file" in err and not (tmp_path / "o.jsonl").exists()

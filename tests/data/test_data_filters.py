@@ -157,6 +157,8 @@ def test_majority_and_k_settings(tmp_path, math_rows):
     assert kept() == ["2"]  # 3/4, 1/4, 1/2 against > 0.5
     assert kept(majority=0.3) == ["2", "6"]  # a lower bar keeps the 1/2 prompt too
     assert kept(k=1) == ["2", "5", "6"]  # only the first response of each: all right
+    with pytest.raises(DataError, match=r"line 3: --k 3 but the generations hold 2 response"):
+        kept(k=3)  # the third prompt has two responses: a report saying k=3 would be false
 
 
 def test_generation_file_errors_name_file_line_field(tmp_path, klear, math_rows):
@@ -262,11 +264,13 @@ def test_cli_rerun_reuses_shards_and_changed_settings_recompute(tmp_path, klear,
     work = tmp_path / "k.jsonl.work"
     before = {p.name: p.stat().st_mtime_ns for p in work.iterdir()}
     first = (tmp_path / "k.jsonl").read_text()
-    code, stdout, _ = klear(*args)
+    code, _, err = klear(*args)  # the outputs exist now: replaced only with --force
+    assert code == 2 and "k.jsonl, " in err and "already exists; pass --force" in err
+    code, stdout, _ = klear(*args, "--force")
     assert code == 0 and "shards: 0 computed, 2 reused" in stdout
     assert {p.name: p.stat().st_mtime_ns for p in work.iterdir()} == before
     assert (tmp_path / "k.jsonl").read_text() == first
-    code, stdout, _ = klear(*args[:-1])  # without --keep-work the work dir goes after success
+    code, stdout, _ = klear(*args[:-1], "--force")  # without --keep-work the work dir goes after success
     assert code == 0 and "shards: 0 computed, 2 reused" in stdout and not work.exists()
 
 

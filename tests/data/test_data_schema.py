@@ -9,6 +9,7 @@ import pytest
 from klear.data.schema import (
     DataError,
     detect_kind,
+    iter_records,
     iter_rows,
     load_rl_rows,
     load_sft_rows,
@@ -118,3 +119,42 @@ def test_parquet_stores_nested_empty_objects(tmp_path):
     rows = [{**RL, "extra_info": {"filter": {"flags": {}, "k": 2}}}] * 2
     write_rows(tmp_path / "n.parquet", rows)
     assert load_rl_rows(tmp_path / "n.parquet")[0].extra_info == {"filter": {"flags": None, "k": 2}}
+
+
+@pytest.mark.parametrize(
+    "name, content, needle",
+    [
+        (
+            "latin1.jsonl",
+            b'{"prompt": "ok", "answer": "1"}\n{"prompt": "caf\xe9"}\n',
+            "line 2: not UTF-8 text",
+        ),
+        ("binary.json", b"\x89PNG\r\n\x1a\n\x00\xff", "not UTF-8 text"),
+        ("corrupt.parquet", b"PAR1 this is not a parquet file PAR1", "not a readable parquet file"),
+    ],
+)
+def test_undecodable_files_are_data_errors_naming_file_and_line(tmp_path, name, content, needle):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        list(iter_records(path))
+    assert str(path) in str(err.value) and needle in str(err.value)
+
+
+def test_a_directory_is_not_reported_as_missing(tmp_path):
+    (tmp_path / "rows.jsonl").mkdir()
+    with pytest.raises(DataError, match="is a directory"):
+        list(iter_records(tmp_path / "rows.jsonl"))
+
+
+@pytest.mark.parametrize("gt", [{"answer": "2"}, None, True, [], [["2"]]])
+def test_a_math_answer_of_the_wrong_type_is_refused(tmp_path, gt):
+    path = write_jsonl(tmp_path / "r.jsonl", [RL, {**RL, "reward_model": {"ground_truth": gt}}])
+    with pytest.raises(DataError, match=r"line 2: field 'reward_model.ground_truth': a math answer must be"):
+        load_rl_rows(path)
+
+
+@pytest.mark.parametrize("gt", ["2", 2, 2.5, ["1", "-2"]])
+def test_math_answers_that_score(tmp_path, gt):
+    path = write_jsonl(tmp_path / "r.jsonl", [{**RL, "reward_model": {"ground_truth": gt}}])
+    assert load_rl_rows(path)[0].reward_model.ground_truth == gt

@@ -103,7 +103,7 @@ def test_select_counts_by_hand(tmp_path, klear):
 def test_options_change_the_counts(tmp_path, klear):
     out = tmp_path / "o.jsonl"
     q = FIXTURES / "sft_quality.json"
-    base = ["sft-select", *INPUTS, "--output", out, "--quality", q]
+    base = ["sft-select", *INPUTS, "--output", out, "--quality", q, "--force"]
     assert klear(*base, "--top-k", "3")[0] == 0 and len(load_sft_rows(out)) == 5  # + c1
     assert klear(*base, "--no-near")[0] == 0 and len(load_sft_rows(out)) == 5  # + b1
     assert klear(*base, "--unknown-is-hard")[0] == 0 and len(load_sft_rows(out)) == 5  # + b3
@@ -136,7 +136,9 @@ def test_quality_measured_by_a_command_once_per_source(tmp_path, klear):
     report = json.loads((tmp_path / "o.report.json").read_text())
     assert [s["source"] for s in report["sources"] if s["selected"]] == ["B", "C"]
     assert report["shards"] == {"total": 1, "computed": 1, "reused": 0}
-    assert klear(*args)[0] == 0  # cached in the work directory: not measured again, features reused
+    assert (
+        klear(*args, "--force")[0] == 0
+    )  # cached in the work directory: not measured again, features reused
     assert len(log.read_text().splitlines()) == 3
     report = json.loads((tmp_path / "o.report.json").read_text())
     assert report["shards"] == {"total": 1, "computed": 0, "reused": 1}

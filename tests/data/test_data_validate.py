@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from klear.data.cli import percentiles
+from klear.cli.data import percentiles
 
 from .conftest import FIXTURES, write_jsonl
 

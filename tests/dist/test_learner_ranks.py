@@ -151,3 +151,67 @@ def test_two_gloo_ranks_give_the_one_rank_gradient(model_dir, tmp_path, strategy
     assert merged.keys() == single.keys()
     assert merged == pytest.approx(single, rel=1e-5, abs=1e-6)
     assert single["actor/clip_frac_high"] + single["actor/clip_frac_low"] > 0  # clipped tokens took part
+
+
+def _mixed_precision_step(rank: int, world: int, port: int, model_dir: str, out: str) -> None:
+    """One update at the 8B recipes' settings: float32 master weights, bfloat16 compute (FSDP2
+    param_dtype over ranks, autocast on one device), activation checkpointing, lr 1e-6, decay 0.1."""
+    torch.set_num_threads(1)
+    cfg = build_config(
+        RLConfig,
+        {
+            "run": {"out_dir": out},
+            "model": {
+                "tiny": True,
+                "dtype": "float32",
+                "compute_dtype": "bfloat16",
+                "gradient_checkpointing": True,  # as in the recipes: composes with FSDP2 units
+            },
+            "rollout": {"n": 3, "max_new_tokens": 16},
+            "trainer": {"ppo_mini_batch_size": 8, "micro_batch_tokens": 40},
+            "loss": {"type": "gppo", "sft_alpha": 0.1},
+            "optim": {"lr": 1e-6, "weight_decay": 0.1, "grad_clip": 1.0},
+        },
+    )
+    model, tokenizer = load_model(model_dir, cfg.model, pick_device())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        fsdp_shard(model, world, torch.device("cpu"), torch.bfloat16)
+    optimizer = make_optimizer(model, cfg.optim)  # before any forward, as LocalLearner does
+    kept = _kept(tokenizer)
+    samples = [s for g in kept for s in g]
+    mine = old_logprobs(model, [s.rollout for s in samples], pad_id(tokenizer), cfg)
+    for i, (s, lp) in enumerate(zip(samples, mine, strict=True)):
+        s.old_logp = lp + (0.3 if i % 2 else -0.3)
+    update_policy(model, optimizer, kept, pad_id(tokenizer), cfg, rank=rank, world=world, lockstep=world > 1)
+    grads = {k: (p.grad.full_tensor() if world > 1 else p.grad).float() for k, p in model.named_parameters()}
+    if world > 1:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        after = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        dist.destroy_process_group()
+    else:
+        after = model.state_dict()
+    if rank == 0:
+        assert all(v.dtype == torch.float32 for v in after.values())
+        changed = sum(int((before[k] != after[k]).sum()) for k in after)
+        torch.save({"changed": changed / sum(v.numel() for v in after.values()), "grads": grads}, out)
+
+
+@pytest.mark.slow
+def test_fsdp_mixed_precision_learns_at_lr_1e6_like_one_device(model_dir, tmp_path):
+    """bf16 compute with float32 shards and float32 gradient reduction: every weight moves at
+    lr 1e-6, and the gradient is the one-device autocast gradient up to bf16 rounding."""
+    _mixed_precision_step(0, 1, 0, model_dir, str(tmp_path / "one.pt"))
+    args = (2, _free_port(), model_dir, str(tmp_path / "two.pt"))
+    mp.start_processes(_mixed_precision_step, args=args, nprocs=2, start_method="spawn")
+    one, two = (torch.load(tmp_path / f, weights_only=False) for f in ("one.pt", "two.pt"))
+    assert one["changed"] >= 0.99 and two["changed"] >= 0.99
+    for name, g in one["grads"].items():
+        scale = float(g.abs().max())
+        assert scale > 0, name
+        # bf16 carries 8 significant bits: sums taken in another order differ at the percent level
+        torch.testing.assert_close(two["grads"][name], g, rtol=0, atol=0.05 * scale)

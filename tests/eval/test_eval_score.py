@@ -278,6 +278,13 @@ def test_limit_scores_the_first_problems(tmp_path, aime):
     assert summary["config"]["limit"] == 3
 
 
+def test_limit_with_a_full_generations_file_scores_the_first_problems(tmp_path, aime):
+    rows = [{"id": p.id, "response": boxed(p.answer if p.index < 3 else "0")} for p in aime]
+    gens = write_jsonl(tmp_path / "g.jsonl", rows)
+    summary = score(tmp_path, "aime24", gens, "--limit", "3", "reward.num_workers=1")
+    assert summary["n_problems"] == 3 and summary["metrics"]["avg@1"]["value"] == 1.0
+
+
 def test_bad_override_is_a_config_error(tmp_path, capsys, aime):
     gens = write_jsonl(tmp_path / "g.jsonl", [{"id": p.id, "response": "x"} for p in aime])
     code = main(

@@ -4,6 +4,10 @@ Each estimator maps ``rewards [N]`` and a group id per response to
 ``advantages [N]`` (one value per response; the trainer broadcasts it over the
 response tokens). A group whose rewards are all equal -- including a group of
 one -- carries no relative signal and gets exactly 0, never NaN.
+
+A ``valid`` mask leaves responses out entirely (``reward.mask_failures``: an
+infrastructure failure is no verdict on the response): they get advantage 0 and
+do not count in their group's mean, std or size, nor in batch whitening.
 """
 
 from __future__ import annotations
@@ -109,14 +113,35 @@ def resolve_advantage(name: str) -> AdvantageFn:
 
 
 def compute_advantages(
-    rewards: Tensor, group_ids: Sequence[Hashable] | Tensor, cfg: AdvantageConfig
+    rewards: Tensor,
+    group_ids: Sequence[Hashable] | Tensor,
+    cfg: AdvantageConfig,
+    valid: Tensor | None = None,
 ) -> Tensor:
-    """Advantages ``[N]`` for ``rewards [N]`` grouped by ``group_ids`` with the configured estimator."""
+    """Advantages ``[N]`` for ``rewards [N]`` grouped by ``group_ids`` with the configured estimator.
+
+    valid: bool ``[N]``; False leaves a response out of every statistic (its advantage is 0).
+    The rewards of left-out responses are not read, so they may be anything finite or not.
+    """
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
     index = group_index(group_ids)
     if index.numel() != rewards.numel():
         raise ValueError(f"{rewards.numel()} rewards but {index.numel()} group ids")
+    if valid is not None:
+        valid = torch.as_tensor(valid, dtype=torch.bool, device=rewards.device)
+        if valid.shape != rewards.shape:
+            raise ValueError(f"valid has shape {tuple(valid.shape)}, rewards {tuple(rewards.shape)}")
+        if not bool(valid.all()):
+            out = torch.zeros_like(rewards)
+            if bool(valid.any()):
+                _, sub = torch.unique(index[valid.to(index.device)], return_inverse=True)
+                out[valid] = _estimate(rewards[valid], sub, cfg)
+            return out
+    return _estimate(rewards, index, cfg)
+
+
+def _estimate(rewards: Tensor, index: Tensor, cfg: AdvantageConfig) -> Tensor:
     if not torch.isfinite(rewards).all():
         raise ValueError("rewards contain NaN or inf; a failed reward must be flagged and scored, not NaN")
     if rewards.numel() == 0:

@@ -30,14 +30,33 @@ def group_std(values: Tensor, group_ids: Sequence[Hashable] | Tensor) -> tuple[T
     return var.sqrt(), index
 
 
-def keep_groups(values: Tensor, group_ids: Sequence[Hashable] | Tensor, std_eps: float = 1e-6) -> Tensor:
+def keep_groups(
+    values: Tensor,
+    group_ids: Sequence[Hashable] | Tensor,
+    std_eps: float = 1e-6,
+    valid: Tensor | None = None,
+) -> Tensor:
     """Bool ``[N]``: samples whose group's metric has std > ``std_eps`` (a mixed group).
 
     ``std > eps``, not ``std == 0``: rewards such as 0.1 + 0.2 vs 0.3 differ by
     float residue and must still count as equal.
+
+    valid: bool ``[N]``; the std is taken over a group's valid samples only (an
+    infrastructure failure is no verdict and cannot make a group look mixed), and an
+    invalid sample is never kept itself.
     """
-    std, index = group_std(values, group_ids)
-    return (std > std_eps)[index]
+    index = group_index(group_ids)
+    if valid is None:
+        std, index = group_std(values, index)
+        return (std > std_eps)[index]
+    valid = torch.as_tensor(valid, dtype=torch.bool)
+    if valid.shape != values.shape:
+        raise ValueError(f"valid has shape {tuple(valid.shape)}, values {tuple(values.shape)}")
+    keep = torch.zeros(values.shape, dtype=torch.bool)
+    if bool(valid.any()):
+        std, sub = group_std(values[valid], index[valid])
+        keep[valid] = (std > std_eps)[sub]
+    return keep
 
 
 def overlong_penalty(lengths: Tensor, max_len: int, buffer_len: int, factor: float = 1.0) -> Tensor:

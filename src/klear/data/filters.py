@@ -77,15 +77,20 @@ def load_generations(path: str | Path) -> dict[str, list[str]]:
 
 def backend_generator(backend: Any, temperature: float, top_p: float, max_new_tokens: int) -> Generator:
     """A :data:`Generator` over a rollout backend (``klear.rollout``): k samples per prompt, seeded
-    per call so a shard resampled after an interruption gets the same responses."""
+    per call so a shard resampled after an interruption gets the same responses. A response is
+    returned as the reward judges it in RL and evaluation: the think prefix the chat template
+    opened + the sampled text (:mod:`klear.rewards.think`)."""
+    from klear.rewards.think import judged_texts, think_prefix
     from klear.rollout import SamplingParams
+
+    prefix = think_prefix(getattr(backend, "tokenizer", None))
 
     def generate(prompts: list[list[dict[str, str]]], k: int, seed: int) -> list[list[str]]:
         sampling = SamplingParams(
             n=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
         )
         rollouts = backend.generate(prompts, sampling)
-        texts = [r.text for r in rollouts]  # prompt-major: out[i * k + j]
+        texts = judged_texts(prefix, [r.text for r in rollouts])  # prompt-major: out[i * k + j]
         return [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
 
     return generate
@@ -131,6 +136,11 @@ def _responses_for(
             found = generations.get(prompt_key(row.prompt))
             if not found:
                 raise DataError(f"{where}: field 'prompt': no generations for this prompt")
+            if k and len(found) < k:
+                raise DataError(
+                    f"{where}: --k {k} but the generations hold {len(found)} response(s) for this prompt; "
+                    f"lower --k or leave it out to use all of them"
+                )
             out.append(found[:k] if k else found)
         return out
     if generate is None or not k:

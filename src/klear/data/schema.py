@@ -37,6 +37,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from klear.errors import KlearError
 from klear.io import atomic_path, write_atomic
 
 #: File types every data command reads and writes.
@@ -44,7 +45,7 @@ SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
 RowKind = Literal["rl", "sft"]
 
 
-class DataError(ValueError):
+class DataError(KlearError, ValueError):
     """A data file that cannot be used; the message names file, line (or row) and field."""
 
 
@@ -60,6 +61,13 @@ class RewardSpec(BaseModel):
     ground_truth: Any
 
 
+def _math_answer(gt: Any) -> bool:
+    """A math ground truth we can score: a string, a number, or a non-empty list of those."""
+    if isinstance(gt, list | tuple):
+        return bool(gt) and all(_math_answer(g) and not isinstance(g, list | tuple) for g in gt)
+    return isinstance(gt, str | int | float) and not isinstance(gt, bool)
+
+
 class RLRow(BaseModel):
     """One RL prompt (verl's schema); unknown top-level keys are kept and written back."""
 
@@ -73,8 +81,14 @@ class RLRow(BaseModel):
     @model_validator(mode="after")
     def _code_tests_readable(self) -> RLRow:
         # a code row's tests must parse now: a bad spec found mid-training costs a run
+        gt = self.reward_model.ground_truth
         if self.ability == "code":
-            code_tests(self.reward_model.ground_truth)
+            code_tests(gt)
+        elif self.ability == "math" and not _math_answer(gt):
+            # scored as a string it would be wrong for every response: a silent -1 for the whole prompt
+            raise ValueError(
+                "a math answer must be a string or a number (or a list of them), got " + type(gt).__name__
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,12 +141,18 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
     jsonl and parquet stream (parquet by record batch), so a large file is never held whole.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        with path.open("rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}: line {n}: not UTF-8 text (byte {exc.start + 1})") from None
                 if not line.strip():
                     continue
                 try:
@@ -144,6 +164,8 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
     elif suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text (byte {exc.start + 1})") from None
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(data, list):
@@ -155,11 +177,17 @@ def iter_records(path: str | Path) -> Iterator[tuple[str, Any]]:
             import pyarrow.parquet as pq
         except ImportError:
             raise DataError(f"{path}: reading parquet needs pyarrow (`pip install pyarrow`)") from None
+        import pyarrow as pa
+
         n = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            for item in batch.to_pylist():
-                n += 1
-                yield f"row {n}", item
+        try:
+            batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+            for batch in batches:
+                for item in batch.to_pylist():
+                    n += 1
+                    yield f"row {n}", item
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path}: not a readable parquet file after row {n} ({exc})") from None
     else:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
 
@@ -176,7 +204,7 @@ def count_records(path: str | Path) -> int | None:
             import pyarrow.parquet as pq
 
             return pq.ParquetFile(path).metadata.num_rows
-    except (OSError, ImportError):
+    except (OSError, ImportError, ValueError):  # unreadable: iter_records says why
         return None
     return None
 

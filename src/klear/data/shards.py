@@ -56,27 +56,10 @@ def default_work_dir(output: str | Path) -> Path:
 
 
 def progress_bar(enabled: bool = True) -> Any:
-    """A rich progress bar on stderr (shown only on a terminal and when ``enabled``)."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """A bar on stderr on a terminal, a line every ~10 s otherwise (:func:`klear.progress.progress`)."""
+    from klear.progress import progress
 
-    err = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=not (enabled and err.is_terminal),
-    )
+    return progress(enabled)
 
 
 @dataclass

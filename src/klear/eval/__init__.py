@@ -17,7 +17,7 @@ no reward pool, so they can be tested in isolation:
   reward pool, write ``samples.jsonl`` (resumable), ``summary.json`` and
   ``report.md``; or re-score a generations file. It works with whatever backend
   and pool the caller gives it (the RL trainer's own, or ``load_backend``'s);
-- :mod:`klear.eval.cli`: ``klear eval run`` and ``klear eval score``.
+- :mod:`klear.cli.eval`: ``klear eval run`` and ``klear eval score``.
 
 Submodules are imported explicitly; this package imports nothing on its own so
 that ``import klear.eval.metrics`` stays cheap (no torch, no transformers).

@@ -37,13 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from klear.errors import KlearError
+
 Ability = Literal["math", "code"]
 
 #: Environment variable naming the directory that holds aime24.jsonl, aime25.jsonl, hmmt25.jsonl.
 BENCHMARKS_DIR_ENV = "KLEAR_BENCHMARKS_DIR"
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(KlearError, ValueError):
     """A benchmark file cannot be read as asked; the message names the file, row and field."""
 
 

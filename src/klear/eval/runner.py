@@ -39,10 +39,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from klear.errors import KlearError
 from klear.eval.benchmarks import Problem
 from klear.eval.metrics import DEFAULT_N_BOOT, BenchmarkSummary, ScoredSample, summarize_samples
 from klear.eval.report import render_markdown
 from klear.io import write_atomic
+from klear.rewards.think import judged_texts, think_prefix
 
 if TYPE_CHECKING:
     from klear.config import RewardConfig
@@ -64,7 +66,9 @@ DEFAULT_MATH_INSTRUCTION = "Please reason step by step, and put your final answe
 #: Reward settings that differ from training for evaluation (each can be overridden):
 #: - ``math.no_think_start_score: null``: thinking models' chat templates (Qwen3,
 #:   Klear-Reasoner) open ``<think>`` in the prompt, so a response rightly has only
-#:   ``</think>``; the answer must still come after ``</think>``.
+#:   ``</think>``; the answer must still come after ``</think>``. A run of ours judges the
+#:   think prefix the template opened + the response (:mod:`klear.rewards.think`, as the RL
+#:   trainer does); a generations file from elsewhere comes without its prompt, hence this.
 #: - ``code.max_tests: null``: a code answer is correct only if it passes every test
 #:   (LiveCodeBench's rule), not a random 16 as in RL.
 #: - ``code.mode: hard``: correctness is all-or-nothing anyway, and hard mode stops
@@ -78,7 +82,7 @@ EVAL_REWARD_DEFAULTS: dict[str, Any] = {
 MAX_REPORTED_ERRORS = 20
 
 
-class EvalError(ValueError):
+class EvalError(KlearError, ValueError):
     """An evaluation input or run directory that cannot be used; the message says where and why."""
 
 
@@ -464,6 +468,7 @@ def run_eval(
         write_atomic(samples_path, kept)
     samples_path.touch()
     todo = [p for p in problems if p.id not in disk.complete]
+    prefix = think_prefix(getattr(backend, "tokenizer", None))
     done_count = len(problems) - len(todo)
     if progress is not None:
         progress(done_count, len(problems))
@@ -488,13 +493,13 @@ def run_eval(
                 f"the backend returned {len(rollouts)} rollouts for {len(chunk)} problems x n = {settings.n}"
             )
         score_rows = [rows[p.id] for p in chunk for _ in range(settings.n)]
-        results = pool.score(score_rows, [r.text for r in rollouts])
+        texts = judged_texts(prefix, [r.text for r in rollouts])  # what RL's reward judges too
+        results = pool.score(score_rows, texts)
         score_seconds += time.monotonic() - t1
         for i, problem in enumerate(chunk):
             part = range(i * settings.n, (i + 1) * settings.n)
             records = [
-                sample_record(problem, j, rollouts[k].text, results[k], rollouts[k])
-                for j, k in enumerate(part)
+                sample_record(problem, j, texts[k], results[k], rollouts[k]) for j, k in enumerate(part)
             ]
             _append_lines(samples_path, records)
             records_by_id[problem.id] = records
@@ -560,7 +565,11 @@ class Generations:
 
 
 def read_generations(
-    path: str | os.PathLike[str], problems: Sequence[Problem], *, max_errors: int = MAX_REPORTED_ERRORS
+    path: str | os.PathLike[str],
+    problems: Sequence[Problem],
+    *,
+    skip: Sequence[Problem] = (),
+    max_errors: int = MAX_REPORTED_ERRORS,
 ) -> Generations:
     """Responses per problem from a jsonl file; every problem must end with the same number of samples.
 
@@ -568,7 +577,8 @@ def read_generations(
     does) or by 0-based ``index``, and carries ``responses`` (a list of strings)
     or ``response`` (one string); several lines for one problem accumulate in file
     order, or at their ``sample`` index when lines give one (so a ``samples.jsonl``
-    scores back in its own order). All problems of the benchmark must be present.
+    scores back in its own order). All problems of the benchmark must be present; lines
+    for the problems in ``skip`` (those a ``--limit`` left out) are ignored.
     Every error names the file and the 1-based line; up to ``max_errors`` are
     reported together.
     """
@@ -577,6 +587,8 @@ def read_generations(
         raise EvalError(f"{p}: no such generations file")
     by_id = {prob.id: prob for prob in problems}
     by_index = {prob.index: prob for prob in problems}
+    skip_id = {prob.id: prob for prob in skip}
+    skip_index = {prob.index: prob for prob in skip}
     slots: dict[str, dict[int, str]] = {}
     lines: dict[str, list[int]] = {}
     errors: list[str] = []
@@ -596,6 +608,8 @@ def read_generations(
                 errors.append(f"{where}: expected a JSON object, got {type(row).__name__}")
                 continue
             problem, why = _generation_problem(row, by_id, by_index)
+            if problem is None and _generation_problem(row, skip_id, skip_index)[0] is not None:
+                continue  # a problem outside --limit
             if problem is None:
                 errors.append(f"{where}: {why}")
                 continue

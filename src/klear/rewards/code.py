@@ -13,10 +13,13 @@ the same way. A response that cannot be judged cleanly carries flags
 (``format``, ``no_answer``, ``timeout``, ``error``, ``sandbox_restart``), never a
 silent 0.
 
-Limit worth knowing: a HumanEval ``check(candidate)`` runs in the solution's own
-interpreter, so code that deliberately introspects that interpreter can forge a
-pass (true of every HumanEval harness). stdin and call-based tests cannot be
-forged that way: the sandbox never sees the expected outputs.
+Verdicts cannot be forged from inside the solution's process: expected outputs of
+stdin and call tests never enter the sandbox (a call's return value comes back as
+JSON and is compared here), and a HumanEval ``check(candidate)`` runs in a separate
+judge process that never runs solution code: it calls the solution through pipes and
+admits only plain data back (see ``sandbox/_harness.py``). What stays possible:
+helpers the check takes from the prompt (HumanEval's ``poly``, ``encode_cyclic``)
+are the solution's own, as in every HumanEval harness.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import json
 import math
 import random
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,6 +38,9 @@ from klear.rewards.sandbox import SandboxError, TestRun, get_sandbox
 from klear.types import RewardResult
 
 THINK_END = "</think>"
+#: Test outcomes that are failures of the sandbox, not verdicts on the program: the result is
+#: flagged ``infra`` (masked out of training with ``reward.mask_failures``).
+INFRA_REASONS = frozenset({"sandbox_restart", "server_error"})
 _CODE_BLOCK = re.compile(r"```(?:python|py|python3)[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -283,24 +288,38 @@ def values_match(actual: Any, expected: Any, tol: float = 1e-6) -> bool:
     return type(actual) is type(expected) and actual == expected
 
 
-def _call_result(run: TestRun, nonce: str) -> tuple[bool, Any]:
-    """The harness's last record on the result channel, if it carries this test's nonce."""
-    marker = "\n" + nonce + " "
-    at = run.result.rfind(marker)
-    if at < 0:
-        return False, None
-    line = run.result[at + len(marker) :].split("\n", 1)[0]
+def _record(run: TestRun) -> dict[str, Any] | None:
+    """The one JSON object on the result channel, or None (nothing, junk, several records,
+    or an integer longer than json reads back)."""
     try:
-        return True, json.loads(line)
-    except json.JSONDecodeError:
-        return False, None
+        record = json.loads(run.result)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
-def judge(test: TestCase, run: TestRun, nonce: str, tol: float) -> tuple[bool, str]:
+def judge(test: TestCase, run: TestRun, tol: float) -> tuple[bool, str]:
     """Did ``run`` pass ``test``? Returns (passed, reason) with reason one of
-    ok, wrong, runtime_error, timeout, output_limit, sandbox_restart, server_error."""
+    ok, wrong, runtime_error, timeout, output_limit, sandbox_restart, server_error.
+
+    stdin: exit status 0 and stdout matches. call: exit status 0 and the one record the
+    child wrote holds a value that matches (decoded here, so plain JSON data; the
+    expected value never entered the sandbox). check: the judge's record alone, which no
+    solution can write; what the solution's process did after answering does not matter.
+    """
     if run.status in ("timeout", "output_limit", "sandbox_restart", "server_error"):
         return False, run.status
+    if test.kind == "check":
+        record = _record(run)
+        if record is not None and record.get("ok") is True:
+            return True, "ok"
+        if run.signal == 24:  # SIGXCPU: the solution ran out of CPU time while the check ran
+            return False, "timeout"
+        return (
+            (False, "wrong")
+            if record is not None and record.get("by") == "check"
+            else (False, "runtime_error")
+        )
     if run.signal is not None:
         # SIGXCPU (the CPU rlimit) is a timeout; any other signal is a crash.
         return False, "timeout" if run.signal == 24 else "runtime_error"
@@ -308,16 +327,21 @@ def judge(test: TestCase, run: TestRun, nonce: str, tol: float) -> tuple[bool, s
         return False, "runtime_error"
     if test.kind == "stdin":
         return (True, "ok") if tokens_match(run.stdout, test.expected, tol) else (False, "wrong")
-    found, record = _call_result(run, nonce)
-    if not found or not isinstance(record, dict):
+    record = _record(run)
+    if record is None or "value" not in record:
         return False, "wrong"
-    if test.kind == "check":
-        return (True, "ok") if record.get("ok") is True else (False, "wrong")
-    value = record.get("value")
-    ok = values_match(value, test.expected, tol)
+    ok = values_match(record["value"], test.expected, tol)
     if not ok and isinstance(test.expected, list) and len(test.expected) == 1:
-        ok = values_match(value, test.expected[0], tol)  # APPS wraps call outputs in a list
+        ok = values_match(record["value"], test.expected[0], tol)  # APPS wraps call outputs in a list
     return (True, "ok") if ok else (False, "wrong")
+
+
+def _failure_line(test: TestCase, run: TestRun) -> str:
+    """One line saying why a test failed: the judge's error, else the last line of stderr."""
+    record = _record(run) if test.kind == "check" else None
+    if record is not None and record.get("error"):
+        return _last_line(str(record["error"]))
+    return _last_line(run.stderr) or f"exit {run.exit_code} signal {run.signal}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +374,7 @@ def code_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
     low = _score(0, 1, ccfg)
 
     def result(
-        passed: int, total: int, flags: list[str], code: str | None, detail: str | None
+        passed: int, total: int, flags: list[str], code: str | None, detail: str | None, infra: bool = False
     ) -> RewardResult:
         return RewardResult(
             score=_score(passed, total, ccfg) if total else low,
@@ -361,12 +385,13 @@ def code_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
             answer=code,
             seconds=time.monotonic() - t0,
             detail=detail,
+            infra=infra,
         )
 
     try:
         spec = parse_tests(ground_truth)
     except ValueError as exc:
-        return result(0, 0, ["error"], None, f"bad ground truth: {exc}")
+        return result(0, 0, ["error"], None, f"bad ground truth: {exc}", infra=True)
     code = extract_code(response)
     if code is None:
         if THINK_END not in response:
@@ -374,7 +399,7 @@ def code_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
         return result(0, 0, ["no_answer"], None, "no ```python block after </think>")
     tests = select_tests(spec, ccfg)
     box = get_sandbox(cfg.sandbox)
-    passed, flags, counts, first_error = 0, [], {}, None
+    passed, flags, counts, first_error, infra = 0, [], {}, None, False
     # Stay inside the pool's hard bound per item: past it the pool kills this worker (and its
     # sandbox). Tests that would start too late to finish in time are counted failed, flagged.
     budget = cfg.item_timeout_s - cfg.sandbox.test_timeout_s - 1.0
@@ -383,22 +408,25 @@ def code_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
             counts["not_run"] = len(tests) - i
             flags.append("timeout")
             break
-        nonce = secrets.token_hex(8)
         try:
-            run = box.run(code, test.payload(), nonce)
+            run = box.run(code, test.payload())
         except SandboxError as exc:
-            return result(passed, len(tests), [*flags, "error"], code, f"test {i}: {exc}")
-        ok, reason = judge(test, run, nonce, ccfg.float_tol)
+            return result(passed, len(tests), [*flags, "error"], code, f"test {i}: {exc}", infra=True)
+        ok, reason = judge(test, run, ccfg.float_tol)
         passed += ok
         counts[reason] = counts.get(reason, 0) + 1
         if reason in ("timeout", "sandbox_restart"):
             flags.append(reason)
         elif reason == "server_error":
             flags.append("error")
-        if reason == "runtime_error" and first_error is None:
-            first_error = f"test {i}: {_last_line(run.stderr) or f'exit {run.exit_code} signal {run.signal}'}"
+        # the harness failed, not the program (its own timeouts and crashes are verdicts)
+        infra = infra or reason in INFRA_REASONS
+        if first_error is None and (
+            reason == "runtime_error" or (reason == "wrong" and test.kind == "check")
+        ):
+            first_error = f"test {i}: {_failure_line(test, run)}"
         if ccfg.mode == "hard" and not ok:
             break  # all or nothing: the verdict is known
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     detail = f"{passed}/{len(tests)} passed ({summary})" + (f"; {first_error}" if first_error else "")
-    return result(passed, len(tests), flags, code, detail)
+    return result(passed, len(tests), flags, code, detail, infra)

@@ -318,7 +318,14 @@ def math_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
     m = cfg.math
     start = time.perf_counter()
 
-    def done(score: float, correct: bool, flags: tuple[str, ...], answer: str | None, detail: str | None):
+    def done(
+        score: float,
+        correct: bool,
+        flags: tuple[str, ...],
+        answer: str | None,
+        detail: str | None,
+        infra: bool = False,
+    ):
         return RewardResult(
             score=float(score),
             correct=correct,
@@ -326,6 +333,7 @@ def math_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
             answer=answer,
             seconds=time.perf_counter() - start,
             detail=detail,
+            infra=infra,
         )
 
     # 1-2. format checks, as in the reference: a penalty replaces the score
@@ -356,10 +364,15 @@ def math_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
         verdicts.append(verdict)
     if "timeout" in verdicts:
         detail = f"math_verify took longer than verify_timeout_s={m.verify_timeout_s}"
-        return done(m.negative, False, ("timeout",), answer, detail)
+        return done(m.negative, False, ("timeout",), answer, detail, infra=True)  # the verifier's limit
     if "bad_gold" in verdicts:
         return done(
-            m.negative, False, ("error",), answer, f"ground truth {ground_truth!r} could not be parsed"
+            m.negative,
+            False,
+            ("error",),
+            answer,
+            f"ground truth {ground_truth!r} could not be parsed",
+            infra=True,
         )
     if all(v == "bad_answer" for v in verdicts):
         return done(m.negative, False, ("no_answer",), answer, "the boxed answer could not be parsed")

@@ -97,6 +97,7 @@ def _score_one(
             score=failure_score(path, cfg),
             correct=False,
             flags=("error",),
+            infra=True,  # the reward function raised: nothing the response did can be scored
             seconds=time.perf_counter() - start,
             detail=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}".strip(),
         )
@@ -391,6 +392,7 @@ class RewardPool:
             score=failure_score(batch.paths[index], self.cfg),
             correct=False,
             flags=(flag,),
+            infra=True,  # the pool killed or lost the worker: no verdict on the response
             seconds=now - worker.item_started,
             detail=detail,
         )

@@ -240,18 +240,13 @@ def yarn_hf_overrides(model_path: str, factor: float, original_max_positions: in
     }
 
 
-def engine_dtype(model_dtype: str) -> str:
-    """vLLM dtype for a ``model.dtype`` setting: auto (float32 master weights with bf16 autocast) -> bfloat16."""
-    return "bfloat16" if model_dtype == "auto" else model_dtype
-
-
 def options_from_config(rollout: RolloutConfig, model: ModelConfig) -> dict[str, Any]:
     """Constructor keywords from the ``rollout`` and ``model`` config sections."""
     v = rollout.vllm
     opts: dict[str, Any] = {
         "tensor_parallel_size": rollout.tensor_parallel_size,
         "gpu_memory_utilization": v.gpu_memory_utilization,
-        "dtype": v.dtype or engine_dtype(model.dtype),
+        "dtype": v.dtype or model.engine_dtype(),
         "max_model_len": v.max_model_len,
         "enable_prefix_caching": v.enable_prefix_caching,
         "enable_sleep_mode": v.enable_sleep_mode,

@@ -51,7 +51,10 @@ def make_batch(rollouts: Sequence[Rollout], pad_id: int) -> SeqBatch:
 
 
 def micro_batches(rollouts: Sequence[Rollout], token_budget: int) -> list[list[int]]:
-    """Indices into ``rollouts`` grouped so that ``rows * longest <= token_budget`` (at least one row each).
+    """Indices into ``rollouts`` grouped so that ``rows * longest <= token_budget``.
+
+    A sequence longer than the budget is a micro-batch of its own, never grouped with
+    another (:func:`over_budget` counts them; the learner reports ``actor/over_budget_seqs``).
 
     Sorted by length first, so padding is small; the order does not change the
     loss (the normaliser is global), only the arithmetic's grouping.
@@ -74,26 +77,53 @@ def micro_batches(rollouts: Sequence[Rollout], token_budget: int) -> list[list[i
     return out
 
 
+def over_budget(rollouts: Sequence[Rollout], token_budget: int) -> int:
+    """How many of ``rollouts`` are longer than ``token_budget`` (each is a micro-batch of its own)."""
+    return sum(len(r.prompt_ids) + len(r.response_ids) > token_budget for r in rollouts)
+
+
 def response_logprobs(
-    model: torch.nn.Module, batch: SeqBatch, temperature: float = 1.0, with_entropy: bool = False
+    model: torch.nn.Module,
+    batch: SeqBatch,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_tokens: int = 1024,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probs ``[B, R_max]`` of each response token under ``model`` (logits / temperature).
 
     The trainer's log-probs use the sampling temperature, as the sampler did, so
     that the importance ratio compares like with like. Entropy (same shape) is
-    computed without gradient, for the metrics.
+    returned without gradient, for the metrics. ``chunk_tokens > 0``: the LM head runs
+    only at the positions that predict response tokens, ``chunk_tokens`` of them at a time
+    (``klear.models.logprobs``); 0: the full ``[B, L, V]`` logits (the reference path).
     """
     device = next(model.parameters()).device
     ids = batch.input_ids.to(device)
-    logits = model(input_ids=ids, attention_mask=batch.attention_mask.to(device), use_cache=False).logits
-    # positions that predict response token j of row b: resp_start[b] - 1 + j
     r_max = int(batch.resp_len.max())
+    # positions that predict response token j of row b: resp_start[b] - 1 + j
     pos = (
         (batch.resp_start[:, None] - 1 + torch.arange(r_max)[None, :]).clamp(max=ids.shape[1] - 2).to(device)
     )
+    mask = batch.response_mask.to(device)
+    temp = temperature if temperature > 0 else 1.0
+    inputs = {"input_ids": ids, "attention_mask": batch.attention_mask.to(device)}
+    if chunk_tokens > 0:
+        from klear.models.logprobs import model_token_logprobs
+
+        rows, cols = mask.nonzero(as_tuple=True)
+        at = pos[rows, cols]
+        flat_logp, flat_ent = model_token_logprobs(
+            model, inputs, (rows, at), ids[rows, at + 1], chunk_tokens, temp, with_entropy
+        )
+        logp = torch.zeros(mask.shape, dtype=torch.float32, device=device).index_put((rows, cols), flat_logp)
+        entropy = None
+        if flat_ent is not None:
+            entropy = torch.zeros_like(mask).index_put((rows, cols), flat_ent.detach())
+        return logp, entropy
+    logits = model(**inputs, use_cache=False).logits
     pred = logits.gather(1, pos[:, :, None].expand(-1, -1, logits.shape[-1])).float()
-    if temperature > 0 and temperature != 1.0:
-        pred = pred / temperature
+    if temp != 1.0:
+        pred = pred / temp
     # log p(target) = logit[target] - logsumexp(logits): no vocabulary-sized log-softmax kept for backward
     lse = torch.logsumexp(pred, dim=-1)
     targets = ids.gather(1, pos + 1)
@@ -102,5 +132,4 @@ def response_logprobs(
     if with_entropy:
         with torch.no_grad():
             entropy = lse - (torch.softmax(pred, dim=-1) * pred).sum(-1)
-    mask = batch.response_mask.to(device)
     return logp * mask, (entropy * mask if entropy is not None else None)

@@ -36,19 +36,23 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def precision(dtype: str, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
-    """(weight dtype, autocast dtype or None) for ``model.dtype``.
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-    auto keeps float32 master weights and autocasts to bfloat16 on a CUDA GPU that has it
-    (the usual mixed precision: AdamW updates stay exact); on CPU it is plain float32,
-    which is faster there than emulated bfloat16. An explicit low-precision dtype holds the
-    weights themselves in it (half the memory, no master copy).
+
+def precision(model: ModelConfig | str, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
+    """(master weight dtype, autocast dtype or None) for the ``model`` config section on ``device``.
+
+    ``model.dtype`` is what the weights and AdamW state are held in (auto: float32);
+    ``model.compute_dtype`` what the arithmetic runs in (auto: bfloat16 on a CUDA GPU that
+    has it when ``model.dtype`` is auto -- the usual mixed precision, AdamW updates stay
+    exact -- else ``model.dtype``; on CPU plain float32 is faster than emulated bfloat16).
+    Autocast is used when the two differ. A bare string is read as ``model.dtype``.
     """
-    if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.float32, torch.bfloat16
-        return torch.float32, None
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype], None
+    cfg = ModelConfig(tiny=True, dtype=model) if isinstance(model, str) else model
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    weight = _DTYPES[cfg.weight_dtype()]
+    compute = _DTYPES[cfg.compute_dtype_on(cuda_bf16)]
+    return weight, (compute if compute != weight else None)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
@@ -73,15 +77,19 @@ def load_model(path: str | Path, cfg: ModelConfig, device: torch.device) -> tupl
     """Load (model, tokenizer) from a local HF directory, in the weight dtype ``cfg.dtype`` asks for."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    weight_dtype, _ = precision(cfg.dtype, device)
+    weight_dtype, _ = precision(cfg, device)
     config = AutoConfig.from_pretrained(path)
     if cfg.yarn_factor is not None and cfg.yarn_original_max_position is not None:
         from klear.eval.yarn import apply_yarn
 
         config = apply_yarn(config, cfg.yarn_factor, cfg.yarn_original_max_position)
     model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=weight_dtype).to(device)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing:  # non-reentrant: works under no_grad, with FSDP2 and unused inputs
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.config.use_cache = False
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
@@ -198,20 +206,40 @@ def pack_rows(sequences: Sequence[Sequence[int]], row_length: int, pad_id: int) 
 
 
 def token_logprobs(
-    model: torch.nn.Module, input_ids: Tensor, position_ids: Tensor, temperature: float = 1.0
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    position_ids: Tensor,
+    temperature: float = 1.0,
+    *,
+    chunk_tokens: int = 0,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Log-prob of each next token of packed rows: out[:, t] = log p(input_ids[:, t+1] | ...).
 
     input_ids, position_ids: [R, T] (see ``pack_rows``). Returns [R, T] float32; the last
     column, the last token of each sequence (which "predicts" across a boundary) and the
     padding are meaningless and must be masked by the caller. ``use_cache=False`` matters: a cache would disable
-    the packed-sequence attention.
+    the packed-sequence attention. ``chunk_tokens > 0``: the LM head runs only where
+    ``mask`` (``[R, T]``, default everywhere) is nonzero, that many tokens at a time
+    (``klear.models.logprobs``); the other entries are 0.
     """
+    targets = torch.roll(input_ids, shifts=-1, dims=-1)
+    if chunk_tokens > 0:
+        from klear.models.logprobs import model_token_logprobs
+
+        where = mask != 0 if mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+        rows, cols = where.nonzero(as_tuple=True)
+        inputs = {"input_ids": input_ids, "position_ids": position_ids}
+        flat, _ = model_token_logprobs(
+            model, inputs, (rows, cols), targets[rows, cols], chunk_tokens, temperature
+        )
+        return torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device).index_put(
+            (rows, cols), flat
+        )
     logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    targets = torch.roll(input_ids, shifts=-1, dims=-1)
     nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
     return -nll.view_as(input_ids)
 

@@ -26,7 +26,7 @@ import torch
 from klear.algo.aggregate import Normaliser
 from klear.algo.losses import policy_loss
 from klear.config import RLConfig
-from klear.train.batch import make_batch, micro_batches, response_logprobs
+from klear.train.batch import make_batch, micro_batches, over_budget, response_logprobs
 from klear.types import RewardResult, Rollout
 
 #: metrics already divided by the global normaliser: summed over micro-batches and ranks, averaged over mini-batches
@@ -56,11 +56,19 @@ def shard(n: int, rank: int, world: int) -> list[int]:
 
 
 def model_autocast(model: torch.nn.Module, cfg: RLConfig):
-    """bf16 autocast on a GPU when ``model.dtype`` is auto (float32 master weights), else nothing."""
+    """Autocast to ``model.compute_dtype`` when it differs from the weight dtype (one device).
+
+    A sharded model needs none: its FSDP2 mixed-precision policy gathers the parameters in
+    the compute dtype (:func:`fsdp_shard`).
+    """
+    from contextlib import nullcontext
+
     from klear.train.common import autocast, precision
 
+    if getattr(model, "_klear_fsdp_mixed_precision", False):
+        return nullcontext()
     device = next(model.parameters()).device
-    return autocast(device, precision(cfg.model.dtype, device)[1])
+    return autocast(device, precision(cfg.model, device)[1])
 
 
 def old_logprobs(
@@ -77,7 +85,9 @@ def old_logprobs(
         for idx in plan:
             mb = make_batch([rollouts[i] for i in idx], pad)
             with model_autocast(model, cfg):
-                logp, _ = response_logprobs(model, mb, cfg.rollout.temperature)
+                logp, _ = response_logprobs(
+                    model, mb, cfg.rollout.temperature, chunk_tokens=cfg.trainer.logits_chunk_tokens
+                )
             for row, i in enumerate(idx):
                 out[i] = logp[row, : len(rollouts[i].response_ids)].cpu()
         for _ in range(min_passes - len(plan)):
@@ -142,7 +152,7 @@ def update_policy(
     lead = rank == 0  # per-mini-batch counts are taken once, on rank 0
     mb_groups = cfg.trainer.ppo_mini_batch_size
     global_keys = [k for k in _GLOBAL_SUMS if k != "sft_loss" or cfg.loss.sft_alpha > 0]
-    for _epoch in range(cfg.trainer.ppo_epochs):
+    for epoch in range(cfg.trainer.ppo_epochs):
         for start in range(0, len(kept), mb_groups):
             samples = [s for g in kept[start : start + mb_groups] for s in g]
             masks = [loss_mask(s, cfg) for s in samples]
@@ -157,6 +167,8 @@ def update_policy(
             mine = [order[k] for k in shard(len(order), rank, world)]
             rollouts = [samples[i].rollout for i in mine]
             plan = micro_batches(rollouts, cfg.trainer.micro_batch_tokens) if rollouts else []
+            if epoch == 0:  # a sequence over the budget runs alone; counted, once per rank and sample
+                sums["over_budget_seqs"] += float(over_budget(rollouts, cfg.trainer.micro_batch_tokens))
             if lockstep:
                 busiest = max(
                     passes_per_rank(
@@ -170,7 +182,13 @@ def update_policy(
                 idx = [mine[k] for k in local]
                 mb = make_batch([samples[i].rollout for i in idx], pad)
                 with model_autocast(model, cfg):
-                    logp, entropy = response_logprobs(model, mb, cfg.rollout.temperature, with_entropy=True)
+                    logp, entropy = response_logprobs(
+                        model,
+                        mb,
+                        cfg.rollout.temperature,
+                        with_entropy=True,
+                        chunk_tokens=cfg.trainer.logits_chunk_tokens,
+                    )
                 resp_mask = mb.response_mask * torch.tensor([masks[i] for i in idx])[:, None]
                 old = torch.zeros_like(logp)
                 for row, i in enumerate(idx):
@@ -304,14 +322,14 @@ class LocalLearner:
         allreduce: Callable[[torch.nn.Module], None] | None = None,
         strategy: str = "ddp",
     ) -> None:
-        from klear.train.common import load_model, make_optimizer, make_scheduler, pick_device
+        from klear.train.common import load_model, make_optimizer, make_scheduler, pick_device, precision
 
         self.cfg, self.rank, self.world, self.allreduce = cfg, rank, world, allreduce
         self.sharded = strategy == "fsdp" and world > 1
         self.device = pick_device()
         self.model, self.tokenizer = load_model(model_dir, cfg.model, self.device)
         if self.sharded:
-            fsdp_shard(self.model, world, self.device)
+            fsdp_shard(self.model, world, self.device, precision(cfg.model, self.device)[1])
         self.model.train()
         self.optimizer = make_optimizer(self.model, cfg.optim)
         self.scheduler = make_scheduler(self.optimizer, cfg.optim, cfg.trainer.total_steps)
@@ -436,20 +454,31 @@ class LocalLearner:
         pass
 
 
-def fsdp_shard(model: torch.nn.Module, world: int, device: torch.device) -> None:
+def fsdp_shard(
+    model: torch.nn.Module, world: int, device: torch.device, compute_dtype: torch.dtype | None = None
+) -> None:
     """FSDP2 over ``world`` ranks: each decoder layer (the model's ``_no_split_modules``) and the root.
 
     Gradients are reduce-scattered as sums (divide factor 1): the shard losses are already
-    divided by the global token count.
+    divided by the global token count. ``compute_dtype`` (e.g. bfloat16 over float32 master
+    weights): parameters are gathered in it for forward and backward, and gradients are
+    reduced in float32 into the float32 shards (FSDP2 ``MixedPrecisionPolicy``).
+
+    Build the optimizer right after this, before any forward: after a forward the root
+    module holds its gathered (unsharded) parameters until backward, and an optimizer made
+    then would step those copies and never the shards (the root's embeddings and final norm
+    would silently stay fixed).
     """
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (world,))
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     layer_classes = set(getattr(model, "_no_split_modules", None) or [])
     units = [m for m in model.modules() if type(m).__name__ in layer_classes] + [model]
     for module in units:
-        fully_shard(module, mesh=mesh)
+        fully_shard(module, mesh=mesh, mp_policy=policy)
     for module in units:  # each unit reduces its own gradients: plain sums, no averaging
         module.set_gradient_divide_factor(1.0)
         module.set_force_sum_reduction_for_comms(True)  # gloo has no PREMUL_SUM
+    model._klear_fsdp_mixed_precision = compute_dtype is not None  # type: ignore[attr-defined]

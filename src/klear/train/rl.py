@@ -11,6 +11,13 @@ Per step (Klear-Reasoner Sec. 2-3, with DAPO's dynamic sampling):
    by a token budget, with the configured loss, the ``sft_alpha`` term on correct
    rollouts, and a true global token-mean per mini-batch;
 5. metrics; 6. validation; 7. checkpoint.
+
+Safety rails (all counted in the metrics): prompts over ``data.max_prompt_length``
+follow ``data.truncation``; the reward judges the think prefix the chat template
+opened plus the response (:mod:`klear.rewards.think`), exactly as evaluation does;
+with ``reward.mask_failures`` a response whose reward is an infrastructure failure
+is left out of the loss and of its group's statistics; and ``trainer.max_idle_steps``
+steps in a row without any group with signal stop the run with :class:`NoSignalError`.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ import torch
 from klear.algo.advantages import compute_advantages
 from klear.config import DataConfig, RLConfig, save_config
 from klear.data.dynamic_sampling import keep_groups, overlong_penalty
+from klear.data.prompts import PromptStats, fit_prompts
+from klear.errors import KlearError
+from klear.rewards.think import judged_texts, think_prefix
 from klear.train.checkpoint import latest_checkpoint, set_rng_state
 from klear.train.learner import LocalLearner, Sample
 from klear.train.metrics import MetricsLogger, plot_curves
@@ -48,6 +58,10 @@ CURVE_KEYS = [
     "actor/approx_kl",
     "batch/kept_groups",
 ]
+
+
+class NoSignalError(KlearError, RuntimeError):
+    """``trainer.max_idle_steps`` consecutive steps in which no group had signal (every reward equal)."""
 
 
 @dataclass
@@ -115,9 +129,21 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
     model_dir = (
         Path(init_model) if init_model is not None else resolve_model_dir(cfg.model, out, cfg.run.seed)
     )
-    train_rows, val_rows = rl_rows(cfg.data, "train"), rl_rows(cfg.data, "test")
+    tokenizer = _tokenizer(model_dir)
+    prefix = think_prefix(tokenizer)
+    if prefix:
+        log.info("the chat template opens %r in the prompt: the reward judges it + the response", prefix)
+    train_rows, prompt_stats = fit_rows(cfg.data, "train", tokenizer)
+    val_rows, _ = fit_rows(cfg.data, "test", tokenizer)
     if cfg.validation.max_prompts is not None:
         val_rows = val_rows[: cfg.validation.max_prompts]
+    if not train_rows:
+        from klear.data.schema import DataError
+
+        raise DataError(
+            f"no training prompt fits data.max_prompt_length = {cfg.data.max_prompt_length} tokens "
+            f"({prompt_stats.dropped} dropped, longest {prompt_stats.longest})"
+        )
     stream = PromptStream(train_rows, cfg.run.seed, cfg.data.shuffle)
     sampling = SamplingParams.from_config(cfg.rollout)
     n, groups_per_step = cfg.rollout.n, cfg.trainer.train_batch_size
@@ -129,6 +155,7 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
     reuse_logprobs = reuse_rollout_logprobs(cfg, learner.device)
     history: list[dict[str, Any]] = []
     logger = None
+    idle_steps = 0
     try:
         start_step = 0
         if ckpt is not None:
@@ -143,7 +170,7 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
             out, cfg.logging, cfg.model_dump(mode="json"), resume_step=start_step if ckpt else None
         )
         if start_step == 0 and cfg.validation.every > 0 and val_rows:
-            val = _validate(sampler, pool, val_rows, cfg, sampling)
+            val = _validate(sampler, pool, val_rows, cfg, sampling, prefix)
             logger.log(0, val)
             history.append({"step": 0, **val})
 
@@ -166,7 +193,7 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
                 timing["gen"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 rows = [drawn[i // n][1] for i in range(len(rollouts))]
-                results = pool.score(rows, [r.text for r in rollouts])
+                results = pool.score(rows, judged_texts(prefix, [r.text for r in rollouts]))
                 timing["reward"] += time.perf_counter() - t0
                 batch = [
                     Sample(row, ro, res, res.score)
@@ -198,15 +225,21 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
             kept = kept[:groups_per_step]
             samples = [s for g in kept for s in g]
 
-            # 2. Advantages over the kept groups (overlong-filtered responses stay in their group's statistics).
+            # 2. Advantages over the kept groups (overlong-filtered responses stay in their group's statistics;
+            #    infrastructure failures, with reward.mask_failures, are in none and leave the batch).
             if samples:
                 adv = compute_advantages(
                     torch.tensor([s.reward for s in samples], dtype=torch.float32),
                     [s.rollout.group for s in samples],
                     cfg.advantage,
+                    valid=torch.tensor([_valid(s, cfg) for s in samples]),
                 )
                 for s, a in zip(samples, adv.tolist(), strict=True):
                     s.advantage = a
+            masked = sum(not _valid(s, cfg) for s in samples)
+            kept = [t for t in ([s for s in g if _valid(s, cfg)] for g in kept) if t]
+            samples = [s for g in kept for s in g]
+            signal = any(s.advantage != 0.0 for s in samples)
 
             # 3. Old log-probs under the policy that sampled: the sampler's own when they are exact
             #    (same module, same precision, untruncated distribution), else a forward pass.
@@ -229,6 +262,8 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
 
             # 5. Metrics.
             metrics = _step_metrics(generated, samples, kept, gen_batches, update, timing, reward_metrics)
+            metrics["batch/masked_samples"] = float(masked)
+            metrics.update(prompt_stats.metrics())
             metrics["actor/lr"] = learner.lr()
             metrics["batch/old_logprobs_from_rollout"] = float(reuse_logprobs)
             metrics["time/step"] = time.perf_counter() - t_step
@@ -239,11 +274,14 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
             every = cfg.validation.every
             if val_rows and every > 0 and (step % every == 0 or step == cfg.trainer.total_steps):
                 t0 = time.perf_counter()
-                metrics.update(_validate(sampler, pool, val_rows, cfg, sampling))
+                metrics.update(_validate(sampler, pool, val_rows, cfg, sampling, prefix))
                 metrics["time/val"] = time.perf_counter() - t0
             logger.log(step, metrics)
             history.append({"step": step, **metrics})
             _print_step(step, cfg.trainer.total_steps, metrics, cfg.logging.progress)
+            idle_steps = 0 if signal else idle_steps + 1
+            if cfg.trainer.max_idle_steps and idle_steps >= cfg.trainer.max_idle_steps:
+                raise NoSignalError(no_signal_message(idle_steps, generated, prefix, cfg))
 
             # 7. Checkpoint (model as a plain HF directory, plus everything needed to resume exactly).
             save_every = cfg.trainer.save_every
@@ -269,16 +307,70 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
 
 def rl_rows(cfg: DataConfig, split: str) -> list[dict[str, Any]]:
     """RL prompt rows: the built-in task's ``train``/``test`` split, or ``train_files``/``val_files``."""
+    return located_rows(cfg, split)[0]
+
+
+def located_rows(cfg: DataConfig, split: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """RL prompt rows and where each came from (``FILE: line N``; ``task NAME SPLIT row N``)."""
     if cfg.task:
         from klear.tasks import task_rows
 
-        return task_rows(cfg.task, split, cfg.train_size if split == "train" else cfg.val_size, cfg.task_seed)
+        rows = task_rows(cfg.task, split, cfg.train_size if split == "train" else cfg.val_size, cfg.task_seed)
+        return rows, [f"task {cfg.task} {split} row {i + 1}" for i in range(len(rows))]
     files = cfg.train_files if split == "train" else cfg.val_files
     if split == "train" and not files:
         raise ValueError("data: set data.task (a built-in task) or data.train_files")
-    from klear.data.schema import load_rl_rows
+    from klear.data.schema import DataError, iter_rows
 
-    return [r.to_dict() for f in files for r in load_rl_rows(f)]
+    rows, where = [], []
+    for f in files:
+        found = 0
+        for loc, row in iter_rows(f, "rl"):
+            rows.append(row.to_dict())
+            where.append(f"{f}: {loc}")
+            found += 1
+        if not found:
+            raise DataError(f"{f}: no rows")
+    return rows, where
+
+
+def fit_rows(cfg: DataConfig, split: str, tokenizer: Any) -> tuple[list[dict[str, Any]], PromptStats]:
+    """:func:`located_rows` with ``data.max_prompt_length`` applied per ``data.truncation``."""
+    rows, where = located_rows(cfg, split)
+    return fit_prompts(rows, tokenizer, cfg.max_prompt_length, cfg.truncation, where)
+
+
+def _tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def _valid(s: Sample, cfg: RLConfig) -> bool:
+    """False for a response left out of training: an infrastructure failure with ``reward.mask_failures``."""
+    return not (cfg.reward.mask_failures and s.result.infra)
+
+
+def no_signal_message(idle: int, generated: list[Sample], prefix: str, cfg: RLConfig) -> str:
+    """Why a run has nothing to learn from, with this step's figures behind each likely cause."""
+    n = max(len(generated), 1)
+    fmt = sum("format" in s.result.flags for s in generated) / n
+    acc = sum(s.result.correct for s in generated) / n
+    mean = sum(s.reward for s in generated) / n
+    cut = sum(s.rollout.truncated for s in generated) / n
+    m = cfg.reward.math
+    return (
+        f"no group had signal for {idle} consecutive steps (trainer.max_idle_steps = "
+        f"{cfg.trainer.max_idle_steps}): every response of every group scored the same "
+        f"(last step: mean reward {mean:+.3f}, accuracy {acc:.3f}). Likely causes: "
+        f"(1) a format penalty -- {fmt:.0%} of the responses were flagged 'format' "
+        f"(reward.math.no_think_start_score = {m.no_think_start_score}, no_think_end_score = "
+        f"{m.no_think_end_score}; think prefix from the chat template: {prefix!r}; "
+        f"{cut:.0%} were cut at rollout.max_new_tokens before closing </think>); "
+        "(2) the reward function -- it gives every response the same score (check reward.custom and "
+        "the rows' data_source/ability); (3) the data -- prompts all too hard (accuracy 0) or all too "
+        "easy (accuracy 1) for this model, or a wrong ground truth. Set trainer.max_idle_steps = 0 to go on"
+    )
 
 
 def _engines(cfg: RLConfig, model_dir: Path) -> tuple[Any, Any, Any]:
@@ -313,8 +405,9 @@ def _mixed_groups(batch: list[Sample], n: int, cfg: RLConfig) -> list[list[Sampl
         values = torch.tensor([float(s.result.correct) for s in batch])
     else:
         values = torch.tensor([s.reward for s in batch])
-    keep = keep_groups(values, [s.rollout.group for s in batch], cfg.dynamic_sampling.std_eps)
-    return [g for g, k in zip(_groups(batch, n), keep[::n].tolist(), strict=True) if k]
+    valid = torch.tensor([_valid(s, cfg) for s in batch])
+    keep = keep_groups(values, [s.rollout.group for s in batch], cfg.dynamic_sampling.std_eps, valid=valid)
+    return [g for g, k in zip(_groups(batch, n), keep.view(-1, n).any(dim=1).tolist(), strict=True) if k]
 
 
 def reuse_rollout_logprobs(cfg: RLConfig, device: torch.device) -> bool:
@@ -331,7 +424,7 @@ def reuse_rollout_logprobs(cfg: RLConfig, device: torch.device) -> bool:
         return mode == "rollout"
     r = cfg.rollout
     untruncated = r.top_p == 1.0 and r.top_k <= 0 and r.temperature > 0
-    return r.backend == "hf" and untruncated and precision(cfg.model.dtype, device)[1] is None
+    return r.backend == "hf" and untruncated and precision(cfg.model, device)[1] is None
 
 
 def _step_metrics(generated, samples, kept, gen_batches, update, timing, reward_metrics) -> dict[str, float]:
@@ -351,6 +444,7 @@ def _step_metrics(generated, samples, kept, gen_batches, update, timing, reward_
         "batch/generated_groups": float(len({s.rollout.group for s in generated})),
         "batch/gen_batches": float(gen_batches),
         "batch/kept_samples": float(len(samples)),
+        "reward/infra_failures": float(sum(r.infra for r in results)),
     }
     metrics["batch/filtered_groups"] = metrics["batch/generated_groups"] - metrics["batch/kept_groups"]
     for k, v in base.items():
@@ -361,13 +455,13 @@ def _step_metrics(generated, samples, kept, gen_batches, update, timing, reward_
     return metrics
 
 
-def _validate(sampler, pool, val_rows, cfg: RLConfig, sampling) -> dict[str, float]:
+def _validate(sampler, pool, val_rows, cfg: RLConfig, sampling, prefix: str = "") -> dict[str, float]:
     """Greedy accuracy and avg@n (temperature/top_p from ``validation``) on the held-out prompts."""
     prompts = [r["prompt"] for r in val_rows]
     max_new = cfg.validation.max_new_tokens or cfg.rollout.max_new_tokens
     with torch.no_grad():
         greedy = sampler.generate(prompts, sampling.replace(n=1, temperature=0.0, max_new_tokens=max_new))
-    res = pool.score(val_rows, [g.text for g in greedy])
+    res = pool.score(val_rows, judged_texts(prefix, [g.text for g in greedy]))
     out = {
         "val/greedy_acc": float(np.mean([r.correct for r in res])),
         "val/greedy_len": float(np.mean([len(g.response_ids) for g in greedy])),
@@ -380,7 +474,9 @@ def _validate(sampler, pool, val_rows, cfg: RLConfig, sampling) -> dict[str, flo
                 prompts,
                 sampling.replace(n=k, temperature=v.temperature, top_p=v.top_p, max_new_tokens=max_new),
             )
-        res = pool.score([val_rows[i // k] for i in range(len(samp))], [s.text for s in samp])
+        res = pool.score(
+            [val_rows[i // k] for i in range(len(samp))], judged_texts(prefix, [s.text for s in samp])
+        )
         out[f"val/avg@{k}"] = float(np.mean([r.correct for r in res]))
     return out
 

@@ -261,7 +261,7 @@ def run_sft(cfg: SFTConfig) -> SFTResult:
     device = pick_device()
     model_dir = resolve_model_dir(cfg.model, out, cfg.run.seed)
     model, tokenizer = load_model(model_dir, cfg.model, device)
-    _, amp_dtype = precision(cfg.model.dtype, device)
+    _, amp_dtype = precision(cfg.model, device)
     end_ids = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id
 
@@ -309,7 +309,13 @@ def run_sft(cfg: SFTConfig) -> SFTResult:
                 packed, target = packed_batch(batch, tc.max_length, pad_id)
                 packed, target = packed.to(device), target.to(device)
                 with autocast(device, amp_dtype):
-                    logp = token_logprobs(model, packed.input_ids, packed.position_ids)
+                    logp = token_logprobs(
+                        model,
+                        packed.input_ids,
+                        packed.position_ids,
+                        chunk_tokens=tc.logits_chunk_tokens,
+                        mask=target,
+                    )
                 nll = -(logp * target).sum()
                 (nll / n_targets).backward()
                 loss_sum += float(nll.detach())

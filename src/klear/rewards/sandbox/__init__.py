@@ -13,6 +13,13 @@ open-file and process rlimits, a float wall-clock timeout and an output cap; aft
 each test every process it left behind is killed and the scratch directories are
 emptied. The server is non-dumpable, so a child cannot read its memory or /proc files.
 
+Verdicts (see _server.py and _harness.py): tests are forked from a zygote that never
+holds a request or reply, so no test process can find another test's output in its
+memory; stdin and call tests are compared here, outside, against expected values the
+sandbox never sees; HumanEval check tests run in a separate judge process that calls
+the solution over pipes, admits only plain data back and reports on a pipe the
+solution never holds.
+
 Two modes, chosen by whether we are root:
 
 - root: no user namespace (its processes would count as root's, which is exempt from
@@ -58,6 +65,8 @@ from klear.rewards.sandbox import guard, seccomp
 log = logging.getLogger(__name__)
 
 _SERVER_SOURCE = (Path(__file__).with_name("_server.py")).read_text()
+#: The child and the judge (see _harness.py); the server loads it from its config.
+_HARNESS_SOURCE = (Path(__file__).with_name("_harness.py")).read_text()
 INSTALL_HINT = (
     "install bubblewrap: `apt-get install -y bubblewrap` (Debian/Ubuntu) or `dnf install bubblewrap`"
 )
@@ -80,7 +89,10 @@ class TestRun:
     status: ``exited`` (ran to the end; see exit_code/signal), ``timeout`` (wall clock),
     ``output_limit`` (stdout past the cap), ``sandbox_restart`` (the server died and was
     restarted), ``server_error`` (the server failed to run it).
-    result: the raw side channel (fd 3) on which the harness reports call results.
+    result: one JSON record, empty for stdin tests. Call tests: ``{"value": ...}``
+    written by the child (its own answer, compared by the caller). Check tests: the
+    judge's verdict, written by a process that never runs solution code, on a pipe the
+    solution never holds.
     """
 
     __test__ = False  # not a pytest class, despite the name
@@ -307,6 +319,7 @@ class Sandbox:
             "nofile": cfg.max_open_files,
             "nproc": cfg.max_processes,
             "max_output": cfg.max_output_bytes,
+            "harness": _HARNESS_SOURCE,
         }
 
     def start(self) -> None:
@@ -422,17 +435,18 @@ class Sandbox:
 
     # -- running --------------------------------------------------------------------------
 
-    def run(self, code: str, test: dict[str, Any], nonce: str) -> TestRun:
+    def run(self, code: str, test: dict[str, Any], nonce: str | None = None) -> TestRun:
         """Run ``code`` against one test (``{"kind": "stdin"|"call"|"check", ...}``).
 
         If the server dies or hangs, it is restarted and the test is reported as
         ``sandbox_restart`` (the caller scores it as failed); a failed restart raises
-        SandboxError.
+        SandboxError. ``nonce`` is ignored: the verdict channel no longer needs a secret
+        (kept so that older callers still work).
         """
         with self._lock:
             self.start()
             assert self._proc is not None
-            payload = json.dumps({"code": code, "test": test, "nonce": nonce}).encode()
+            payload = json.dumps({"code": code, "test": test}).encode()
             deadline = time.monotonic() + self.cfg.test_timeout_s + CLIENT_SLACK_S
             reply = None
             try:

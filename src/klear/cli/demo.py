@@ -4,7 +4,7 @@ Writes OUT/summary.json (sft_accuracy, rl_accuracy, seconds, config), OUT/metric
 OUT/curves.png, OUT/sft/ (the SFT run) and OUT/checkpoints/ (the RL run).
 
 Examples:
-  klear demo                          # about 3-4 minutes on 2 cores
+  klear demo                          # about 2 minutes on 2 cores (README: measured figures)
   klear demo --out runs/demo2 --seed 1
   klear demo --rl trainer.total_steps=20 --sft trainer.max_steps=80   # a shorter run
   klear demo --compare --seeds 3      # ppo / gppo / ce-gppo / cispo from one SFT checkpoint
@@ -21,7 +21,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", type=Path, default=Path("runs/demo"), help="output directory (default: runs/demo)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the tiny model, data order and sampling (default 0)"
+    )
     p.add_argument(
         "--sft", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of recipes/demo-sft.yaml"
     )

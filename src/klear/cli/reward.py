@@ -1,22 +1,23 @@
 """Score model responses offline with the same reward pool training uses.
 
+Examples:
   klear reward score --input rollouts.jsonl --output scored.jsonl
   klear reward score --input r.jsonl --output s.jsonl --config recipes/demo.yaml reward.num_workers=4
 
-Input: JSON lines, each an RL data row (``data_source``, ``ability``,
-``reward_model.ground_truth``, ...) plus either ``response`` (one string) or
-``responses`` (a list of strings, e.g. the n samples of one prompt). Blank lines
+Input: JSON lines, each an RL data row ('data_source', 'ability',
+'reward_model.ground_truth', ...) plus either 'response' (one string) or
+'responses' (a list of strings, e.g. the n samples of one prompt). Blank lines
 are skipped.
 
-Output: each input row, unchanged, plus ``reward`` (for ``response``) or
-``rewards`` (a list, for ``responses``) holding RewardResult objects: score,
+Output: each input row, unchanged, plus 'reward' (for 'response') or
+'rewards' (a list, for 'responses') holding RewardResult objects: score,
 correct, passed/total, flags, answer, seconds, detail.
 
 Every row is checked before any scoring; bad rows (invalid JSON, missing
 fields, no reward function for the row) are reported as FILE:LINE and nothing
 is written. The output appears only when complete (temp file + rename).
-Settings come from the recipe's ``reward`` section (defaults without one) and
-dotted overrides such as ``reward.math.negative=0``.
+Settings come from the recipe's 'reward' section (defaults without one) and
+dotted overrides such as 'reward.math.negative=0'.
 """
 
 from __future__ import annotations

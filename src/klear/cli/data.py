@@ -1,6 +1,6 @@
 """Prepare data: validate, convert, and curate it the way the paper did.
 
-  klear data validate FILE [--kind rl|sft] [--tokenizer DIR]
+  klear data validate FILE [--kind rl|sft] [--tokenizer DIR] [--max-prompt-length N | --config RECIPE]
   klear data convert RAW.jsonl --output rl.jsonl --shape qa|messages|code [--question-key K ...]
   klear data filter-tests code.jsonl --kept kept.jsonl --dropped dropped.jsonl (--model DIR | --generations G)
   klear data filter-math math.jsonl --kept kept.jsonl --dropped dropped.jsonl (--model DIR | --generations G)
@@ -20,7 +20,7 @@ import dataclasses
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,17 @@ MAX_REPORTED_ERRORS = 20
 # ---------------------------------------------------------------------------------------------
 # Arguments
 # ---------------------------------------------------------------------------------------------
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1] (pass rates, thresholds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]")
+    return value
 
 
 def _common(p: argparse.ArgumentParser, shard_size: int) -> None:
@@ -43,6 +54,7 @@ def _common(p: argparse.ArgumentParser, shard_size: int) -> None:
     )
     g.add_argument("--keep-work", action="store_true", help="keep the work directory after success")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--force", action="store_true", help="replace output files that already exist")
 
 
 def _sampling(p: argparse.ArgumentParser, what: str) -> None:
@@ -59,9 +71,13 @@ def _sampling(p: argparse.ArgumentParser, what: str) -> None:
     )
     g.add_argument("--backend", default="hf", help="rollout backend for --model (default hf)")
     g.add_argument("--device", help="device for --model (default: the backend's, cpu for hf)")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--max-new-tokens", type=int, default=4096)
+    g.add_argument(
+        "--temperature", type=float, default=1.0, help="--model: sampling temperature (default 1.0)"
+    )
+    g.add_argument("--top-p", type=float, default=1.0, help="--model: nucleus sampling (default 1.0: off)")
+    g.add_argument(
+        "--max-new-tokens", type=int, default=4096, help="--model: tokens per response (default 4096)"
+    )
     g.add_argument("--batch-size", type=int, help="max sequences per forward pass (hf)")
     g.add_argument("--save-generations", metavar="FILE", help="also write the sampled responses and rewards")
     g.add_argument("--report", metavar="FILE", help="statistics as JSON (default: KEPT.report.json)")
@@ -76,6 +92,60 @@ def _sampling(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+#: What each action's --help says: plain words and examples (the modules' docstrings are for developers).
+HELP = {
+    "validate": """Check every row of a data file against the RL or SFT schema and print a summary
+(row count, data sources, abilities, lengths; in tokens with --tokenizer). Exit status 1 when a
+row is invalid, listing each as FILE: line N: field 'F': problem.
+
+Examples:
+  klear data validate rl.jsonl
+  klear data validate sft.parquet --kind sft --tokenizer /models/Qwen3-8B-Base
+""",
+    "convert": """Convert data in a common shape to our rows, with an explicit field mapping.
+
+Shapes: qa (a question and an answer: an RL math row, or a two-turn SFT row with --to sft),
+messages (chats, ShareGPT turns too: an SFT row), code (a problem statement and tests as
+TACO/APPS, LiveCodeBench or HumanEval: an RL code row whose tests are checked by the code
+reward's own parser). Unnamed keys are found among the usual names. Every output row is
+validated, so a converted file always loads back.
+
+Examples:
+  klear data convert raw.jsonl --output rl.jsonl --question-key problem --answer-key solution
+  klear data convert chats.jsonl --output sft.jsonl --shape messages
+  klear data convert taco.parquet --output code.jsonl --shape code --skip-invalid --rejected bad.jsonl
+  klear data convert qa.jsonl --output rl.jsonl --prompt-template "{question} Put the answer in \\boxed{{}}."
+""",
+    "filter-tests": """Keep code prompts whose tests are trustworthy, as the paper did: a prompt with at
+least --min-tests tests is kept when a strong model's k samples pass all of them more than
+--threshold of the time (a prompt it rarely passes more likely has wrong tests than is hard).
+Responses are sampled from --model or read from --generations; scoring uses the reward pool.
+
+Examples:
+  klear data filter-tests code.jsonl --kept kept.jsonl --dropped dropped.jsonl --model /models/strong --k 16
+  klear data filter-tests code.jsonl --kept kept.jsonl --dropped dropped.jsonl --generations gens.jsonl
+""",
+    "filter-math": """Keep math prompts that more than --majority of k samples solve, and tag every
+prompt with its pass rate (extra_info.difficulty, read by sft-select). Responses are sampled from
+--model or read from --generations.
+
+Examples:
+  klear data filter-math math.jsonl --kept kept.jsonl --dropped dropped.jsonl --model /models/strong --k 8
+  klear data filter-math math.jsonl --kept kept.jsonl --dropped dropped.jsonl --generations gens.jsonl
+""",
+    "sft-select": """Select SFT data the way the paper found works: keep only the --top-k
+highest-quality sources (scores from --quality, or measured by --quality-command), drop wrong
+responses on easy problems but keep them on hard ones (difficulty = pass rate, easy at or above
+--easy-pass-rate), and remove exact and near-duplicate prompts (MinHash), keeping the copy from
+the better source.
+
+Examples:
+  klear data sft-select a.jsonl b.jsonl c.jsonl --output sft.jsonl --quality scores.json --top-k 2
+  klear data sft-select *.jsonl --output sft.jsonl --quality-command "python score.py {file}" --dropped out.jsonl
+""",
+}
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -88,21 +158,40 @@ def configure(p: argparse.ArgumentParser) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
-    from klear.data import convert, filters, sft_select
-
-    v = add("validate", "check a data file and print a summary", None)
-    v.add_argument("file")
+    v = add("validate", "check a data file and print a summary", HELP["validate"])
+    v.add_argument("file", help="a .jsonl, .json or .parquet data file")
     v.add_argument(
         "--kind", choices=["auto", "rl", "sft"], default="auto", help="row schema (default: detect)"
     )
     v.add_argument("--tokenizer", metavar="DIR", help="report lengths in tokens of this local tokenizer")
+    v.add_argument(
+        "--max-prompt-length",
+        type=int,
+        metavar="N",
+        help="count RL prompts over N tokens (needs a tokenizer); exit 1 with --truncation error",
+    )
+    v.add_argument(
+        "--truncation",
+        choices=["error", "drop", "left"],
+        help="what training does with them (default: the recipe's data.truncation, else drop)",
+    )
+    v.add_argument(
+        "--config",
+        metavar="RECIPE",
+        help="RL recipe: data.max_prompt_length, data.truncation and (without --tokenizer) model.path",
+    )
 
     c = add(
-        "convert", "convert question/answer, messages or code-problem files to our schema", convert.__doc__
+        "convert", "convert question/answer, messages or code-problem files to our schema", HELP["convert"]
     )
-    c.add_argument("input")
+    c.add_argument("input", help="the file to convert (.jsonl, .json or .parquet)")
     c.add_argument("--output", required=True, help=".jsonl, .json or .parquet")
-    c.add_argument("--shape", choices=["qa", "messages", "code"], default="qa")
+    c.add_argument(
+        "--shape",
+        choices=["qa", "messages", "code"],
+        default="qa",
+        help="qa: question + answer; messages: chats; code: a problem + tests (default qa)",
+    )
     c.add_argument("--to", choices=["rl", "sft"], help="row kind (default: sft for messages, rl otherwise)")
     for key in ("question", "answer", "messages", "tests", "fn-name", "source"):
         c.add_argument(f"--{key}-key", metavar="KEY", help=f"input field holding the {key.replace('-', ' ')}")
@@ -118,27 +207,33 @@ def configure(p: argparse.ArgumentParser) -> None:
     ft = add(
         "filter-tests",
         "keep code prompts a strong model passes (> 0.5 of k) with >= 16 tests",
-        filters.__doc__,
+        HELP["filter-tests"],
     )
     ft.add_argument("input", help="RL rows with ability 'code'")
-    ft.add_argument("--kept", required=True)
-    ft.add_argument("--dropped", required=True)
-    ft.add_argument("--threshold", type=float, default=0.5, help="keep when pass rate > this (default 0.5)")
+    ft.add_argument("--kept", required=True, help="where the kept rows go (.jsonl, .json or .parquet)")
+    ft.add_argument("--dropped", required=True, help="where the dropped rows go, each with its reason")
+    ft.add_argument(
+        "--threshold", type=_fraction, default=0.5, help="keep when pass rate > this (default 0.5)"
+    )
     ft.add_argument("--min-tests", type=int, default=16, help="keep only prompts with this many tests (16)")
     _sampling(ft, "the programs")
     _common(ft, 64)
 
-    fm = add("filter-math", "keep math prompts a majority of k samples solve; tag pass rate", filters.__doc__)
+    fm = add(
+        "filter-math", "keep math prompts a majority of k samples solve; tag pass rate", HELP["filter-math"]
+    )
     fm.add_argument("input", help="RL rows (math)")
-    fm.add_argument("--kept", required=True)
-    fm.add_argument("--dropped", required=True)
-    fm.add_argument("--majority", type=float, default=0.5, help="keep when pass rate > this (default 0.5)")
+    fm.add_argument("--kept", required=True, help="where the kept rows go (.jsonl, .json or .parquet)")
+    fm.add_argument("--dropped", required=True, help="where the dropped rows go, each with its reason")
+    fm.add_argument(
+        "--majority", type=_fraction, default=0.5, help="keep when pass rate > this (default 0.5)"
+    )
     _sampling(fm, "the answers")
     _common(fm, 64)
 
-    s = add("sft-select", "top-K sources, correctness by difficulty, duplicate removal", sft_select.__doc__)
+    s = add("sft-select", "top-K sources, correctness by difficulty, duplicate removal", HELP["sft-select"])
     s.add_argument("inputs", nargs="+", help="SFT row files")
-    s.add_argument("--output", required=True)
+    s.add_argument("--output", required=True, help="the selected SFT rows (.jsonl, .json or .parquet)")
     s.add_argument("--dropped", help="also write dropped rows with 'selection.reason'")
     s.add_argument("--report", help="report JSON (default: OUTPUT.report.json)")
     q = s.add_mutually_exclusive_group(required=True)
@@ -154,16 +249,18 @@ def configure(p: argparse.ArgumentParser) -> None:
     s.add_argument("--top-k", type=int, default=2, help="sources kept (default 2)")
     s.add_argument(
         "--easy-pass-rate",
-        type=float,
+        type=_fraction,
         default=0.5,
         help="difficulty (pass rate) at or above which a problem is easy: wrong responses dropped",
     )
     s.add_argument("--unknown-is-hard", action="store_true", help="rows without difficulty count as hard")
-    s.add_argument("--near-threshold", type=float, default=0.8, help="estimated Jaccard for a near duplicate")
+    s.add_argument(
+        "--near-threshold", type=_fraction, default=0.8, help="estimated Jaccard for a near duplicate"
+    )
     s.add_argument("--no-near", action="store_true", help="remove exact duplicates only")
     s.add_argument("--per-prompt", type=int, default=1, help="responses kept per prompt (default 1)")
-    s.add_argument("--num-perm", type=int, default=128)
-    s.add_argument("--bands", type=int, default=32)
+    s.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (default 128)")
+    s.add_argument("--bands", type=int, default=32, help="LSH bands over the permutations (default 32)")
     s.add_argument("--shingle", type=int, default=5, help="character n-gram size")
     _common(s, 10000)
 
@@ -193,11 +290,21 @@ def _located_rows(path: str, kind: str) -> list[tuple[str, Any]]:
     return rows
 
 
-def _check_outputs(*paths: str | None) -> None:
-    """Fail before any work on an output type we cannot write, or one file named for two outputs."""
+def _check_outputs(*paths: str | None, inputs: Sequence[str] = (), force: bool = False) -> None:
+    """Fail before any work on an output type we cannot write, one file named for two outputs, an
+    output that is a directory, or an output that is one of the inputs (it would be replaced)."""
     from klear.data.schema import SUFFIXES, DataError
 
     given = [Path(p).resolve() for p in paths if p is not None]
+    for p in given:
+        if p.is_dir():
+            raise DataError(f"{p}: is a directory; give an output file name")
+    for src in inputs:
+        if Path(src).resolve() in given:
+            raise DataError(f"{src}: named as both input and output; writing would replace the input")
+    existing = [str(p) for p in paths if p is not None and Path(p).is_file()]
+    if existing and not force:
+        raise DataError(f"{', '.join(existing)}: already exists; pass --force to replace it")
     if len(set(given)) != len(given):
         raise DataError(f"the same file is named for two outputs: {', '.join(str(p) for p in paths if p)}")
     for p in paths:
@@ -240,8 +347,19 @@ def percentiles(values: list[int]) -> dict[str, float]:
     return {"p50": rank(50), "p90": rank(90), "p99": rank(99), "max": float(ordered[-1])}
 
 
-def summarize_file(path: str, kind: str, tokenizer: Any = None, progress: bool = False) -> dict[str, Any]:
-    """Rows, counts by source/ability (RL) or source/correct (SFT), lengths, and every bad row's message."""
+def summarize_file(
+    path: str,
+    kind: str,
+    tokenizer: Any = None,
+    progress: bool = False,
+    max_prompt_length: int | None = None,
+) -> dict[str, Any]:
+    """Rows, counts by source/ability (RL) or source/correct (SFT), lengths, and every bad row's message.
+
+    With ``max_prompt_length`` (and a tokenizer), also the RL prompts longer than that, each as
+    ``FILE: line N: prompt is L tokens`` (the length the rollout backend would encode).
+    """
+    from klear.data.prompts import prompt_ids
     from klear.data.schema import count_records, detect_kind, iter_rows
     from klear.data.shards import progress_bar
 
@@ -266,15 +384,20 @@ def summarize_file(path: str, kind: str, tokenizer: Any = None, progress: bool =
         return len(tokenizer.encode("\n".join(t["content"] for t in turns), add_special_tokens=False))
 
     n = 0
+    too_long: list[str] = []
     with progress_bar(progress) as bar:
         task = bar.add_task(f"validate {Path(path).name}", total=count_records(path))
-        for _, row in iter_rows(path, kind, errors):  # type: ignore[arg-type]
+        for where, row in iter_rows(path, kind, errors):  # type: ignore[arg-type]
             n += 1
             bar.advance(task)
             d = row.to_dict()
             if kind == "rl":
                 count("data_source", d["data_source"])
                 count("ability", d["ability"])
+                if tokenizer is not None and max_prompt_length is not None:
+                    length = len(prompt_ids(tokenizer, d["prompt"]))
+                    if length > max_prompt_length:
+                        too_long.append(f"{path}: {where}: prompt is {length} tokens")
                 lengths.setdefault("prompt", []).append(size(d["prompt"], True))
             else:
                 count("source", d.get("source"))
@@ -294,16 +417,49 @@ def summarize_file(path: str, kind: str, tokenizer: Any = None, progress: bool =
         "counts": counts,
         "unit": unit,
         "lengths": {k: percentiles(v) for k, v in lengths.items()},
+        "max_prompt_length": max_prompt_length,
+        "too_long": too_long,
     }
 
 
-def run_validate(args: argparse.Namespace) -> int:
+def _prompt_limit(args: argparse.Namespace) -> tuple[Any, int | None, str]:
+    """(tokenizer, max_prompt_length, truncation) from --tokenizer/--max-prompt-length/--truncation,
+    the recipe of --config filling what is not given."""
+    from klear.config import ConfigError
+
+    tokenizer_dir, limit, mode, tiny = args.tokenizer, args.max_prompt_length, args.truncation, False
+    if args.config:
+        from klear.config import load_recipe
+
+        cfg = load_recipe(args.config)
+        data = getattr(cfg, "data", None)
+        if data is None or not hasattr(data, "truncation"):
+            raise ConfigError(f"recipe {args.config!r} has no RL 'data' section (is it an RL recipe?)")
+        limit = limit if limit is not None else data.max_prompt_length
+        mode = mode or data.truncation
+        if tokenizer_dir is None:
+            tokenizer_dir, tiny = cfg.model.path, cfg.model.path is None and cfg.model.tiny
+    if limit is not None and limit <= 0:
+        raise ConfigError(f"--max-prompt-length {limit}: must be positive")
     tokenizer = None
-    if args.tokenizer:
+    if tokenizer_dir:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    s = summarize_file(args.file, args.kind, tokenizer, progress=True)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    elif tiny:
+        from klear.tasks.tiny import build_tokenizer
+
+        tokenizer = build_tokenizer()
+    if limit is not None and tokenizer is None:
+        raise ConfigError(
+            "--max-prompt-length counts tokens: give --tokenizer DIR (or a recipe with model.path)"
+        )
+    return tokenizer, limit, mode or "drop"
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    tokenizer, limit, mode = _prompt_limit(args)
+    s = summarize_file(args.file, args.kind, tokenizer, progress=True, max_prompt_length=limit)
     for e in s["errors"][:MAX_REPORTED_ERRORS]:
         _err(e)
     if s["invalid"] > MAX_REPORTED_ERRORS:
@@ -315,7 +471,15 @@ def run_validate(args: argparse.Namespace) -> int:
     for name, pct in s["lengths"].items():
         unit = "" if name.startswith("difficulty") else f" {s['unit']}"
         print(f"  {name}{unit}: " + "  ".join(f"{k} {v:g}" for k, v in pct.items()))
-    return 1 if s["invalid"] or not s["rows"] else 0
+    over = s["too_long"]
+    if limit is not None and s["kind"] == "rl":
+        fate = {"error": "training stops on the first", "drop": "dropped", "left": "truncated on the left"}
+        print(f"  prompts over max_prompt_length {limit}: {len(over)} (data.truncation {mode}: {fate[mode]})")
+        for line in over[:MAX_REPORTED_ERRORS]:
+            print(f"    {line}")
+        if len(over) > MAX_REPORTED_ERRORS:
+            print(f"    ... and {len(over) - MAX_REPORTED_ERRORS} more")
+    return 1 if s["invalid"] or not s["rows"] or (over and mode == "error") else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,7 +489,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def run_convert(args: argparse.Namespace) -> int:
     from klear.data.convert import FieldMap, _prompt, convert_shard
-    from klear.data.schema import count_records, iter_records
+    from klear.data.schema import DataError, count_records, iter_records
     from klear.data.shards import (
         AtomicOutputs,
         ShardStats,
@@ -335,7 +499,7 @@ def run_convert(args: argparse.Namespace) -> int:
         run_sharded,
     )
 
-    _check_outputs(args.output, args.rejected)
+    _check_outputs(args.output, args.rejected, inputs=[args.input], force=args.force)
     fm = FieldMap(
         shape=args.shape,
         to=args.to,
@@ -351,15 +515,22 @@ def run_convert(args: argparse.Namespace) -> int:
         system_prompt=args.system_prompt,
         keep_keys=tuple(args.keep),
     )
+    if "{question}" not in args.prompt_template:
+        raise DataError(
+            f"--prompt-template {args.prompt_template!r} has no {{question}}: every question would be dropped"
+        )
     _prompt("x", fm)  # a bad template is a setting error, not a row error
     src = Path(args.input)
     work = Path(args.work_dir) if args.work_dir else default_work_dir(args.output)
     items = ((f"{src}: {where}", i, rec) for i, (where, rec) in enumerate(iter_records(src)))
+    total = count_records(src)
+    if total == 0:
+        raise DataError(f"{src}: no records to convert")
     stats = ShardStats()
     rejected: list[dict[str, Any]] = []
     try:
         with progress_bar(not args.no_progress) as bar:
-            task = bar.add_task("convert", total=count_records(src))
+            task = bar.add_task("convert", total=total)
             with AtomicOutputs({"rows": args.output, "rejected": args.rejected}) as out:
                 for routed in run_sharded(
                     items,
@@ -453,7 +624,7 @@ def run_filter(args: argparse.Namespace) -> int:
     )
 
     mode = "code" if args.data_command == "filter-tests" else "math"
-    _check_outputs(args.kept, args.dropped, args.save_generations)
+    _check_outputs(args.kept, args.dropped, args.save_generations, inputs=[args.input], force=args.force)
     reward_cfg = _reward_config(args.config, args.overrides)
     if mode == "code":  # judge every test; all-or-nothing stops at the first failure
         reward_cfg = reward_cfg.model_copy(
@@ -606,7 +777,7 @@ def run_sft_select(args: argparse.Namespace) -> int:
         run_sharded,
     )
 
-    _check_outputs(args.output, args.dropped)
+    _check_outputs(args.output, args.dropped, inputs=args.inputs, force=args.force)
     if args.top_k < 1 or args.per_prompt < 1:
         raise DataError("--top-k and --per-prompt must be >= 1")
     if not 0.0 < args.near_threshold <= 1.0:

@@ -1,0 +1,78 @@
+"""Checks run before any expensive work or any output: a run that fails them leaves nothing behind.
+
+Each raises a :class:`klear.errors.KlearError` subclass whose message names the config key or
+option, the file and, for data, the line — the CLI prints it as one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from klear.config import ConfigError
+from klear.data.schema import DataError, iter_records, parse_row
+
+
+def check_out_dir(path: str | Path, key: str = "run.out_dir") -> None:
+    """An output directory may exist (a resumed run) but must not be a file."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{key}: {str(p)!r} is an existing file, not a directory")
+    for parent in p.parents:  # mkdir would fail on a file anywhere above
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{key}: {str(parent)!r} (in {str(p)!r}) is a file, not a directory")
+            break
+
+
+def check_model_dir(path: str | Path, key: str = "model.path") -> None:
+    """A local Hugging Face model directory: it exists and its config.json names a model type."""
+    p = Path(path)
+    if not p.is_dir():
+        what = "is a file" if p.exists() else "not found"
+        raise ConfigError(f"{key}: {str(p)!r} {what}; give a local Hugging Face model directory")
+    config = p / "config.json"
+    if not config.is_file():
+        raise ConfigError(f"{key}: {str(p)!r} has no config.json; is it a Hugging Face model directory?")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{key}: {config}: not a valid JSON file ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise ConfigError(f"{key}: {config}: no 'model_type'; transformers cannot tell which model it is")
+
+
+def check_data_files(files: Iterable[str], key: str, kind: str) -> int:
+    """Every record of every file reads (exists, UTF-8, valid JSON / parquet); RL rows also validate.
+
+    ``kind`` is ``"rl"`` (rows checked against the RL schema) or ``"chat"`` (any JSON object: the
+    SFT trainer accepts several shapes and says which it could not read). Returns the row count.
+    """
+    total = 0
+    for name in files:
+        path = Path(name)
+        if not path.exists():
+            raise DataError(f"{key}: {name}: file not found")
+        n = 0
+        for where, record in iter_records(path):
+            n += 1
+            if kind == "rl":
+                parse_row(record, "rl", f"{path}: {where}")
+            elif not isinstance(record, dict):
+                raise DataError(f"{path}: {where}: expected an object, got {type(record).__name__}")
+        if n == 0:
+            raise DataError(f"{key}: {name}: no rows")
+        total += n
+    return total
+
+
+def check_train_run(cfg: Any, kind: str) -> None:
+    """What ``klear rl`` / ``klear sft`` read before they create ``run.out_dir``."""
+    check_out_dir(cfg.run.out_dir)
+    if cfg.model.path is not None:
+        check_model_dir(cfg.model.path)
+    rows = "rl" if kind == "rl" else "chat"
+    check_data_files(cfg.data.train_files, "data.train_files", rows)
+    check_data_files(cfg.data.val_files, "data.val_files", rows)

@@ -1,0 +1,33 @@
+"""bench/long_context_memory.py at small sizes: chunked log-probs hold a chunk of logits, not the sequence's."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "long_context_memory.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("klear_bench_long_context", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_chunked_memory_does_not_grow_with_the_sequence_like_full_logits():
+    bench = load_bench()
+    chunk = 128
+    long = bench.measure(512, chunk)
+    full = bench.measure(512, 0)
+    logits_chunk_gb = chunk * bench.VOCAB * 4 / 1024**3  # 78 MB of float32 logits
+    # full logits: ~3.6 MB per token (logits, a float32 copy, softmax) -> over 1 GB at 512 tokens
+    assert full["peak_rss_gb"] - full["idle_rss_gb"] > 1.0
+    # chunked: a few chunks' worth of buffers (4 chunks of tokens here), not the sequence's logits
+    assert long["peak_rss_gb"] - long["idle_rss_gb"] < 4 * logits_chunk_gb + 0.1
+    assert long["peak_rss_gb"] < full["peak_rss_gb"] - 0.8
+    assert bench.floor_gb(long["idle_rss_gb"], 512, chunk) <= long["peak_rss_gb"]
