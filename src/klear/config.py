@@ -354,7 +354,12 @@ class SandboxConfig(Section):
     max_processes: int = Field(32, ge=1, description="RLIMIT_NPROC for the test's uid")
     max_output_bytes: int = Field(1 << 20, ge=1024, description="stdout kept per test; more is an error")
     max_open_files: int = Field(64, ge=8, description="RLIMIT_NOFILE per test")
-    tmpfs_mb: int = Field(64, ge=1, description="size of the sandbox's private /tmp")
+    tmpfs_mb: int = Field(64, ge=1, description="size of the sandbox's private /tmp and of its /dev/shm")
+    tmpfs_inodes: int = Field(
+        10_000,
+        ge=64,
+        description="files a test may have on /tmp or /dev/shm at once; past it the memory guard kills the test",
+    )
     python: str = Field(
         "auto",
         description="interpreter inside the sandbox; auto: a system python3 under /usr if any (stdlib only); "

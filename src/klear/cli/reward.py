@@ -182,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from klear.rewards.lifecycle import signals_exit
     from klear.rewards.pool import RewardPool, reward_metrics
 
     reward_cfg = _load_reward_config(args.config, args.overrides)
@@ -214,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     show = not args.no_progress and err.is_terminal
     with (
+        signals_exit(),
         Progress(
             TextColumn("scoring"),
             BarColumn(),

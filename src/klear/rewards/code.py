@@ -70,6 +70,18 @@ def extract_code(response: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def output_floor(expected: Any) -> int:
+    """Stdout the sandbox keeps for a test at least, whatever ``sandbox.max_output_bytes`` says.
+
+    A correct answer must never fail as ``output_limit``: twice the expected output plus
+    64 KiB (room for trailing whitespace and formatting), rounded up to 64 KiB steps: the
+    figure is the same for every expected output from 1 byte to 32 KiB, so it tells a
+    solution that might read it nothing about short answers.
+    """
+    need = 2 * len(str(expected).encode("utf-8", "surrogatepass")) + (64 << 10)
+    return -(-need // (64 << 10)) * (64 << 10)
+
+
 @dataclass(frozen=True)
 class TestCase:
     """One test. kind stdin: ``stdin`` -> ``expected`` (text); call: ``fn_name(*args)`` ->
@@ -88,7 +100,7 @@ class TestCase:
     def payload(self) -> dict[str, Any]:
         """What the sandbox receives: everything but the expected output."""
         if self.kind == "stdin":
-            return {"kind": "stdin", "stdin": self.stdin}
+            return {"kind": "stdin", "stdin": self.stdin, "min_output": output_floor(self.expected)}
         if self.kind == "call":
             return {"kind": "call", "fn_name": self.fn_name, "args": list(self.args)}
         return {"kind": "check", "test": self.test_code, "entry_point": self.entry_point}

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
+from klear.rewards import lifecycle
 from klear.rewards.pool_inline import (
     copy_result,
     decide_inline,
@@ -237,33 +238,6 @@ def _context() -> mp.context.BaseContext:
     return mp.get_context("spawn")
 
 
-def _kill(worker: _Worker) -> None:
-    """SIGKILL the worker's process group (it is a session leader), then the worker itself, by PID."""
-    pid = worker.process.pid
-    if pid is not None:
-        for kill, target in ((os.killpg, pid), (os.kill, pid)):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                kill(target, signal.SIGKILL)
-    worker.process.join(timeout=5)
-    worker.conn.close()
-
-
-def _shutdown(workers: list[_Worker]) -> None:
-    """Ask every worker to stop, give them a moment to close their sandboxes, then kill what is left."""
-    for w in workers:
-        with contextlib.suppress(BrokenPipeError, OSError):
-            w.conn.send(None)
-    deadline = time.monotonic() + 2.0
-    for w in workers:
-        w.process.join(timeout=max(0.0, deadline - time.monotonic()))
-    for w in workers:
-        if w.process.is_alive():
-            _kill(w)
-        else:
-            w.conn.close()
-    workers.clear()
-
-
 def reward_metrics(results: Sequence[RewardResult]) -> dict[str, float]:
     """Mean score, accuracy and a count per flag (``flag/<name>``) over ``results``."""
     n = len(results)
@@ -294,7 +268,8 @@ class RewardPool:
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._finalizer = weakref.finalize(self, _shutdown, self._workers)
+        self._finalizer = weakref.finalize(self, lifecycle.shutdown, self._workers)
+        self.memory_bound = lifecycle.report_bounds(cfg.sandbox)  # "memory_guard" (docs/sandbox.md)
         for _ in range(self.num_workers):
             self._workers.append(self._start_worker())
 
@@ -310,7 +285,7 @@ class RewardPool:
         return _Worker(process=process, conn=parent_conn, started=time.monotonic())
 
     def _replace(self, worker: _Worker) -> None:
-        _kill(worker)
+        lifecycle.kill_worker(worker)
         self._workers[self._workers.index(worker)] = self._start_worker()
 
     @property
@@ -344,15 +319,24 @@ class RewardPool:
                 worker.ready = isinstance(msg, tuple) and bool(msg) and msg[0] == "ready"
 
     def close(self) -> None:
-        """Stop the workers (and their sandboxes). Idempotent."""
+        """Stop the workers and reap their sandboxes: none runs when this returns. Idempotent."""
         self._closed = True
         self._finalizer()
+
+    def terminate(self) -> None:
+        """Kill the workers and their sandboxes now (no grace), and wait until none runs. Idempotent."""
+        self._closed = True
+        if self._finalizer.detach() is not None:
+            lifecycle.terminate(self._workers)
 
     def __enter__(self) -> RewardPool:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:  # KeyboardInterrupt, SIGTERM's SystemExit, an error: no grace period
+            self.terminate()
+        else:
+            self.close()
 
     # -- scoring --------------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from klear.config import SandboxConfig
+from klear.rewards.sandbox import guard, seccomp
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,13 @@ def _system_mounts() -> list[str]:
     return args
 
 
-def bwrap_argv(cfg: SandboxConfig, python: str, server_cfg: dict[str, Any], privileged: bool) -> list[str]:
+def bwrap_argv(
+    cfg: SandboxConfig,
+    python: str,
+    server_cfg: dict[str, Any],
+    privileged: bool,
+    seccomp_fd: int | None = None,
+) -> list[str]:
     """The full command that starts the server inside bubblewrap.
 
     privileged (we are root): bubblewrap makes no user namespace, keeps only
@@ -167,6 +174,11 @@ def bwrap_argv(cfg: SandboxConfig, python: str, server_cfg: dict[str, Any], priv
     root's outside, and root is exempt from RLIMIT_NPROC. Unprivileged: bubblewrap maps
     the caller's uid in a user namespace of its own, which also gives the namespace its
     own RLIMIT_NPROC count; children then share the server's uid.
+
+    Scratch space a test can write: /tmp and /dev/shm (each a tmpfs of ``tmpfs_mb``) and
+    /dev/mqueue (POSIX message queues of the sandbox's own IPC namespace, mounted so that
+    the per-test cleanup can see and remove them). seccomp_fd: a descriptor holding the
+    filter of :mod:`.seccomp`, which bubblewrap loads just before it runs the server.
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -180,8 +192,11 @@ def bwrap_argv(cfg: SandboxConfig, python: str, server_cfg: dict[str, Any], priv
     else:
         argv += ["--unshare-user"]
     argv += _system_mounts() + _python_mounts(python)
-    argv += ["--proc", "/proc", "--dev", "/dev"]
-    argv += ["--size", str(cfg.tmpfs_mb << 20), "--perms", "1777", "--tmpfs", "/tmp"]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--mqueue", "/dev/mqueue"]
+    for path in ("/tmp", "/dev/shm"):
+        argv += ["--size", str(cfg.tmpfs_mb << 20), "--perms", "1777", "--tmpfs", path]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     argv += ["--clearenv", "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8"]
     argv += ["--setenv", "HOME", "/tmp", "--setenv", "PYTHONHASHSEED", "0", "--chdir", "/tmp"]
     argv += ["--", python, "-I", "-B", "-c", _SERVER_SOURCE, json.dumps(server_cfg)]
@@ -270,6 +285,7 @@ class Sandbox:
         self._workdir: str | None = None
         self._lock = threading.Lock()
         self._owner_pid = os.getpid()
+        self._watched_all: list[guard.Watched] = []  # one per server started, for guard_kills
         self.python_version: str | None = None  # of the interpreter inside, once started
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -316,6 +332,7 @@ class Sandbox:
             log.warning("code sandbox server exited between tests; starting a new one")
             self._kill()
         python = _choose_python(self.cfg)
+        pass_fds: tuple[int, ...] = ()
         if self.cfg.mode == "none":
             log.warning(
                 "sandbox.mode=none: running model-generated code WITHOUT isolation "
@@ -327,13 +344,44 @@ class Sandbox:
         else:
             if self.privileged and self._uid is None:
                 self._uid, self._uid_fd = _lock_uid(self.cfg)
-            argv = self.launcher + bwrap_argv(self.cfg, python, self._server_cfg(), self.privileged)
+            try:
+                program = seccomp.build()
+            except seccomp.SeccompUnsupported as exc:
+                raise SandboxUnavailable(str(exc)) from exc
+            seccomp_fd = os.memfd_create("klear-seccomp", os.MFD_CLOEXEC)
+            os.write(seccomp_fd, program)
+            os.lseek(seccomp_fd, 0, os.SEEK_SET)
+            pass_fds = (seccomp_fd,)
+            argv = self.launcher + bwrap_argv(
+                self.cfg, python, self._server_cfg(), self.privileged, seccomp_fd
+            )
+        try:
+            self._spawn(argv, pass_fds)
+        finally:
+            if pass_fds:
+                os.close(pass_fds[0])
+        if self.cfg.mode != "none" and self._proc is not None:
+            try:
+                self._watched_all.append(
+                    guard.watch(self._proc.pid, self.cfg.memory_mb << 20, self.cfg.tmpfs_inodes)
+                )
+            except guard.GuardUnavailable as exc:
+                self._kill()
+                raise SandboxUnavailable(f"the code sandbox cannot bound a test's memory: {exc}") from exc
+
+    def _spawn(self, argv: list[str], pass_fds: tuple[int, ...]) -> None:
         with tempfile.TemporaryFile() as err:
             # close_fds (default) keeps our uid lock and every other fd out of the sandbox.
             # An empty environment for bwrap itself too: its pid-1 reaper inside the sandbox
             # keeps bwrap's environment, which a child could read from /proc/1/environ.
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, bufsize=0, env={}
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                bufsize=0,
+                env={},
+                pass_fds=pass_fds,
             )
             hello = _read_frame(self._proc.stdout.fileno(), time.monotonic() + self.cfg.startup_timeout_s)
             if hello is None or not hello.get("ready"):
@@ -348,10 +396,16 @@ class Sandbox:
                 )
         self.python_version = hello.get("python")
 
+    @property
+    def guard_kills(self) -> int:
+        """Tests whose processes the memory guard killed (aggregate memory or inodes over the bound)."""
+        return sum(w.kills for w in self._watched_all)
+
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        guard.unwatch(proc.pid)
         if proc.poll() is None:
             proc.kill()  # bwrap (our own child); --die-with-parent takes the sandbox down with it
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -51,7 +51,6 @@ import os
 import random
 import re
 import select
-import shutil
 import signal
 import socket
 import string
@@ -152,16 +151,17 @@ def _state(pid):
 
 
 def _kill_leftovers(cfg):
-    """Kill every process a test left behind (a daemonised grandchild escapes its group).
+    """Kill every process a test left behind, then wipe what it left: scratch files and IPC objects.
 
     With a separate uid: a short-lived helper becomes that uid and sends SIGKILL to -1,
     which inside this pid namespace reaches exactly the test's processes, then empties
-    the work directory as that uid; it is only forked when something is left over.
-    Without one (unprivileged bubblewrap): every pid in the namespace but init and this
-    server. Without a sandbox: nothing beyond the process group.
+    the scratch directories and removes the SysV IPC objects as that uid (their owner);
+    it is only forked when something is left over. Without one (unprivileged bubblewrap):
+    every pid in the namespace but init and this server, then the same wipe. Without a
+    sandbox: nothing beyond the process group, and only the work directory is emptied.
     """
     if cfg["isolation"] == "uid":
-        if not _other_pids(live_only=True) and not any(_has_entries(d) for d in _scratch_dirs(cfg)):
+        if not _other_pids(live_only=True) and not _has_leftovers(cfg):
             return
         pid = os.fork()
         if pid == 0:
@@ -173,8 +173,7 @@ def _kill_leftovers(cfg):
                 os.setresuid(uid, uid, uid)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(-1, signal.SIGKILL)
-                for d in _scratch_dirs(cfg):
-                    _empty_dir(d)
+                _wipe(cfg)
             except BaseException:
                 code = 1
             os._exit(code)
@@ -184,15 +183,58 @@ def _kill_leftovers(cfg):
         for pid in _other_pids():
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-    for d in _scratch_dirs(cfg):
-        _empty_dir(d)
+    _wipe(cfg)
 
 
 def _scratch_dirs(cfg):
-    """Where a test can leave files for the next one: the work directory, and in the sandbox /dev/shm."""
+    """Where a test can leave files for the next one: the work directory, and in the sandbox
+    /dev/shm and /dev/mqueue (POSIX message queues are files there)."""
     if cfg["isolation"] == "none":
         return [cfg["workdir"]]
-    return [cfg["workdir"]] + (["/dev/shm"] if os.path.isdir("/dev/shm") else [])
+    return [cfg["workdir"]] + [d for d in ("/dev/shm", "/dev/mqueue") if os.path.isdir(d)]
+
+
+_SYSV = (("shm", "shmctl"), ("sem", "semctl"), ("msg", "msgctl"))
+IPC_RMID = 0
+
+
+def _sysv_ids():
+    """(kind, id) of every SysV IPC object in this IPC namespace (the sandbox's own)."""
+    out = []
+    for kind, _ in _SYSV:
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        out += [(kind, int(line.split()[1])) for line in lines if line.strip()]
+    return out
+
+
+def _remove_sysv():
+    """IPC_RMID every SysV shared memory segment, semaphore set and message queue we may remove."""
+    calls = dict(_SYSV)
+    for kind, ident in _sysv_ids():
+        fn = getattr(_libc, calls[kind])
+        # shmctl/msgctl(id, IPC_RMID, NULL); semctl(id, 0, IPC_RMID): errors (not ours) are ignored.
+        if kind == "sem":
+            fn(ctypes.c_int(ident), ctypes.c_int(0), ctypes.c_int(IPC_RMID))
+        else:
+            fn(ctypes.c_int(ident), ctypes.c_int(IPC_RMID), ctypes.c_void_p(None))
+
+
+def _has_leftovers(cfg):
+    return bool(_sysv_ids()) or any(_has_entries(d) for d in _scratch_dirs(cfg))
+
+
+def _wipe(cfg):
+    """Empty every scratch directory (restoring its mode where we own it) and remove SysV IPC objects."""
+    for d in _scratch_dirs(cfg):
+        with contextlib.suppress(OSError):  # only the owner may: the server's uid, not a test uid
+            os.chmod(d, 0o700 if cfg["isolation"] == "none" else 0o1777)
+        _empty_dir(d)
+    if cfg["isolation"] != "none":
+        _remove_sysv()
 
 
 def _has_entries(path):
@@ -203,19 +245,76 @@ def _has_entries(path):
 
 
 def _empty_dir(path):
+    """Remove everything below ``path``, whatever its depth, names or modes; never raises.
+
+    Iterative (a 10,000-level tree needs no recursion) and relative to the current
+    directory (no path ever grows past PATH_MAX, no descriptor per level): it enters each
+    directory after making it ours to read and write (a test may leave one mode 000),
+    unlinks its files, and removes it on the way back up. Symlinks are removed, never
+    followed. Only runs once every test process is dead, so nothing moves meanwhile.
+    """
     try:
-        with os.scandir(path) as it:
-            entries = list(it)
+        home = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
+        home = None
+    try:
+        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        if home is not None:
+            os.close(home)
         return
-    for entry in entries:
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                os.unlink(entry.path)
-        except OSError:
-            pass
+    try:
+        os.fchdir(top)
+        stack = [(None, _clear_files())]  # (name of the directory, its subdirectories still to do)
+        while stack:
+            name, pending = stack[-1]
+            if pending:
+                sub = pending.pop()
+                try:
+                    os.chmod(sub, 0o700)
+                    fd = os.open(sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                    try:
+                        os.fchdir(fd)
+                    finally:
+                        os.close(fd)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(sub)
+                    continue
+                stack.append((sub, _clear_files()))
+                continue
+            stack.pop()
+            if name is None:
+                break
+            os.chdir("..")
+            with contextlib.suppress(OSError):
+                os.rmdir(name)
+    except OSError:
+        pass
+    finally:
+        os.close(top)
+        if home is not None:
+            with contextlib.suppress(OSError):
+                os.fchdir(home)
+            os.close(home)
+
+
+def _clear_files():
+    """Unlink every non-directory in the current directory; return the names of its subdirectories."""
+    subdirs = []
+    try:
+        with os.scandir(".") as it:
+            for entry in it:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.name)
+                    else:
+                        os.unlink(entry.name)
+                except OSError:
+                    pass
+    except OSError:
+        pass
+    return subdirs
 
 
 def _reap_all():
@@ -323,6 +422,7 @@ def run_test(cfg, zygote, harness, code, test):
     # The child's request: a check's test code goes to the judge alone.
     request = {"code": code, **({"kind": kind} if judged else test)}
     request.pop("stdin", None)
+    request.pop("min_output", None)  # the output cap is the manager's business
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     res_r, res_w = os.pipe()
@@ -341,7 +441,9 @@ def run_test(cfg, zygote, harness, code, test):
         task = _prepared_check(harness, test["test"], test["entry_point"])
         judge_fds = [_memfd("task", task), answers_r, calls_w, res_w]
     readers = [out_r, err_r, res_r]
-    caps = {out_r: cfg["max_output"], err_r: STDERR_KEEP, res_r: cfg["max_output"]}
+    # the client raises the cap for a large expected output, so a correct answer always fits
+    cap = max(cfg["max_output"], int(test.get("min_output") or 0))
+    caps = {out_r: cap, err_r: STDERR_KEEP, res_r: cfg["max_output"]}
     t0 = time.monotonic()
     try:
         zygote.spawn(child_fds, judge_fds)
