@@ -196,7 +196,7 @@ def test_klear_sft_resumes_only_under_the_saved_config(tmp_path, capsys):
 def test_weights_are_read_from_one_file_or_from_shards(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from klear.tasks.tiny import build_tiny_model
+    from klear.models.tiny import build_tiny_model
     from klear.train.parallel import read_weights
 
     model = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "one", seed=3))
