@@ -17,7 +17,8 @@ fields, no reward function for the row) are reported as FILE:LINE and nothing
 is written. No content of a valid row stops the batch: invalid UTF-8 is
 replaced by U+FFFD (a warning, and a note in the reward's detail), lone
 surrogates are written as \\uXXXX escapes, and a ground truth nested deeper
-than the JSON reader can follow is flagged ``error`` (klear/rewards/rows.py). The output appears only when complete (temp file + rename).
+than the JSON reader can follow is flagged ``error`` (klear/rewards/rows.py).
+The output appears only when complete (temp file + rename).
 Settings come from the recipe's ``reward`` section (defaults without one) and
 dotted overrides such as ``reward.math.negative=0``.
 """
