@@ -103,6 +103,10 @@ def test_identical_or_pathological_gold_is_not_screened() -> None:
         ("2-3-4", Fraction(-5)),
         ("-1/2", Fraction(-1, 2)),
         ("2*-3", Fraction(-6)),
+        ("(-3)", Fraction(-3)),
+        ("\\frac{1}{-2}", Fraction(-1, 2)),
+        ("-(-(2))", Fraction(2)),
+        ("--2", Fraction(2)),
         ("\\frac{1}{2}+\\dfrac{1}{3}", Fraction(5, 6)),
         ("\\frac{\\frac{1}{2}}{3}", Fraction(1, 6)),
         ("\\left(1+1\\right)\\cdot 3", Fraction(6)),
@@ -140,6 +144,18 @@ def test_rational_value(text: str, value: Fraction | None) -> None:
         ("2", "\\frac{1}{\\frac{1}{2}}"),
         ("0.5", "\\frac{2}{4}"),
         ("3", "(1+2)"),
+        # adversarial spellings of small integers and fractions
+        ("5", "+5"),
+        ("7", "007"),
+        ("-3", "- 3"),
+        ("0", "0/5"),
+        ("0", "-0"),
+        ("-\\frac{1}{2}", "\\frac{1}{-2}"),
+        ("-\\frac{1}{2}", "\\frac{-1}{2}"),
+        ("\\frac{1}{6}", "1/2/3"),
+        ("-5", "2-3-4"),
+        ("999999937", "1000000000"),
+        ("\\frac{1}{3}", "\\frac{333333}{1000000}"),
     ],
 )
 def test_rational_fast_path_agrees_with_math_verify(gold: str, answer: str) -> None:
@@ -196,3 +212,25 @@ def test_multi_answer_gold_reads_as_math_verify_reads_it() -> None:
     for answer in ("1, 2", "2"):
         plain = bool(verify(parse(gold), parse("\\boxed{" + answer + "}")))
         assert math_reward(solved(answer), gold, CFG).correct is plain
+
+
+def test_rational_value_fuzz_matches_python_and_never_raises() -> None:
+    """Random strings over the grammar's tokens: never an exception; when a value comes back it is
+    the one Python computes with exact fractions (same precedence, left-associative, unary minus)."""
+    import random
+    import re
+
+    rng = random.Random(0)
+    alphabet = ["1", "2", "3", "10", "+", "-", "*", "/", "(", ")", " "]
+    checked = 0
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+        value = rational_value(text)
+        try:
+            py = eval(re.sub(r"\d+", lambda m: f"Fraction({m.group()})", text), {"Fraction": Fraction})
+        except (SyntaxError, ZeroDivisionError, TypeError):
+            py = None
+        if value is not None:
+            assert py == value, text
+            checked += 1
+    assert checked > 300

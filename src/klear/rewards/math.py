@@ -38,6 +38,7 @@ without a round trip to a worker.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import signal
@@ -155,6 +156,18 @@ def normalize_gold(ground_truth: Any) -> str:
     if len(boxes) == 1:
         gold = boxes[0]
     return gold.strip().strip("$").strip()
+
+
+@functools.lru_cache(maxsize=4096, typed=True)  # typed: 1 and 1.0 print differently
+def _normalized_gold_cached(gold: str | int | float) -> str:
+    return normalize_gold(gold)
+
+
+def _normalized_gold(gold: Any) -> str:
+    """:func:`normalize_gold`, remembered for the usual short ground truths (8 samples share one)."""
+    if isinstance(gold, (str, int, float)) and not isinstance(gold, bool) and len(str(gold)) < 10_000:
+        return _normalized_gold_cached(gold)
+    return normalize_gold(gold)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,7 +454,7 @@ def _score(response: str, ground_truth: Any, cfg: RewardConfig, allow_verify: bo
     verdicts = []
     for gold in golds:
         verdict = judge(
-            normalize_gold(gold), answer, m.verify_timeout_s, m.cache_size, m.fast_path, allow_verify
+            _normalized_gold(gold), answer, m.verify_timeout_s, m.cache_size, m.fast_path, allow_verify
         )
         if verdict == "equal":
             return done(m.positive, True, (), answer, None)

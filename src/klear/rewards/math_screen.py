@@ -172,7 +172,7 @@ def rational_value(text: str) -> Fraction | None:
             if expect_operand:
                 return None
             while ops and ops[-1] != "(":
-                if not _apply(values, ops.pop()):
+                if not _apply(values, ops.pop()[-1]):  # 'u-' (unary) applies as '-' on 0
                     return None
             if not ops:
                 return None
