@@ -3,7 +3,7 @@
 One RL step of each side is: sample ``--n`` responses for each of ``--prompts`` prompts
 (one generation batch), score them, compute old log-probs, then ``--mini-batches``
 optimizer steps over the batch. Both start from the same randomly initialised tiny
-Qwen3 (``klear.tasks.tiny``) and draw prompts from the same addition-task rows. Target
+Qwen3 (``klear.models.tiny``) and draw prompts from the same addition-task rows. Target
 from issue 4: ours / TRL >= 1.5x.
 
 What is held equal: model weights and dtype (float32, CPU), tokenizer and chat template,
@@ -265,7 +265,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     require_trl()
     import torch
 
-    from klear.tasks.tiny import build_tiny_model
+    from klear.models.tiny import build_tiny_model
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -6,7 +6,7 @@ and has NOT been run by the person who wrote it (no GPU was available). Run it w
 
     python bench/vllm_rollout.py [--model DIR] [--dtype bfloat16|float32] [--prompts 64 --n 8 --max-new-tokens 256]
 
-With no ``--model`` it builds the built-in tiny Qwen3 (``klear.tasks.tiny``; nothing is
+With no ``--model`` it builds the built-in tiny Qwen3 (``klear.models.tiny``; nothing is
 downloaded); pass a local HF directory (e.g. Qwen3-0.6B) for a realistic model.
 
 What it measures, on the same prompts (addition-task chat prompts):
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         model_dir = Path(args.model)
     else:
-        from klear.tasks.tiny import build_tiny_model
+        from klear.models.tiny import build_tiny_model
 
         model_dir = build_tiny_model(Path(tmp.name) / "tiny", seed=args.seed)
     rows = task_rows("addition", "train", args.prompts, seed=args.seed)

@@ -65,7 +65,7 @@ def test_packed_examples_do_not_attend_to_each_other(tmp_path):
     were; with positions that do not restart (no boundary) the same change leaks through."""
     from transformers import AutoModelForCausalLM
 
-    from klear.tasks.tiny import build_tiny_model
+    from klear.models.tiny import build_tiny_model
     from klear.train.common import token_logprobs
 
     model = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "m", seed=1)).eval()

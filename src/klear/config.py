@@ -602,6 +602,22 @@ class SFTTrainerConfig(Section):
         return self
 
 
+class SFTDistConfig(Section):
+    """How ``klear sft`` uses the ranks it is launched on (``torchrun --nproc-per-node N -m klear sft``
+    sets RANK/WORLD_SIZE; without them it is one process and these settings do nothing)."""
+
+    learner_strategy: Literal["fsdp", "ddp"] = Field(
+        "fsdp",
+        description="fsdp: parameters, gradients and AdamW state sharded over the ranks (FSDP2, what an 8B "
+        "model needs); ddp: full replicas, gradients summed by one all-reduce",
+    )
+    timeout_s: float = Field(
+        1800.0,
+        gt=0.0,
+        description="collective timeout of the process group (rank 0 writes checkpoints while the others wait)",
+    )
+
+
 class SFTConfig(Section):
     """Everything ``klear sft`` reads."""
 
@@ -614,6 +630,7 @@ class SFTConfig(Section):
     )
     trainer: SFTTrainerConfig = Field(default_factory=SFTTrainerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    dist: SFTDistConfig = Field(default_factory=SFTDistConfig)
 
     @model_validator(mode="after")
     def _precision(self) -> SFTConfig:

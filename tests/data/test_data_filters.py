@@ -298,7 +298,7 @@ def test_changed_settings_or_input_never_reuse_a_shard(tmp_path):
 
 @pytest.mark.slow
 def test_filter_math_samples_from_a_model_directory(tmp_path, klear, math_rows):
-    from klear.tasks.tiny import build_tiny_model
+    from klear.models.tiny import build_tiny_model
 
     model = build_tiny_model(tmp_path / "tiny", seed=0)
     kept, dropped, gens = tmp_path / "k.jsonl", tmp_path / "d.jsonl", tmp_path / "g.jsonl"

@@ -16,7 +16,7 @@ TEMPLATE_TOKENS = 19
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from klear.tasks.tiny import build_tokenizer
+    from klear.models.tiny import build_tokenizer
 
     return build_tokenizer()
 

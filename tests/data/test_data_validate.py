@@ -17,7 +17,7 @@ TEMPLATE_TOKENS = 19
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
-    from klear.tasks.tiny import build_tokenizer
+    from klear.models.tiny import build_tokenizer
 
     path = tmp_path_factory.mktemp("tok")
     build_tokenizer().save_pretrained(path)

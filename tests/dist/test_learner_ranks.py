@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 from klear.config import RLConfig, build_config
-from klear.tasks.tiny import build_tiny_model
+from klear.models.tiny import build_tiny_model
 from klear.train.common import load_model, make_optimizer, pick_device
 from klear.train.learner import (
     Sample,

@@ -104,7 +104,7 @@ def test_a_reward_worker_killed_mid_step_is_replaced_and_every_reward_arrives(cl
 def test_a_rollout_worker_killed_between_calls_is_replaced_with_current_weights(cluster, tmp_path):
     from klear.dist.groups import RolloutGroup
     from klear.rollout import SamplingParams
-    from klear.tasks.tiny import build_tiny_model
+    from klear.models.tiny import build_tiny_model
 
     cfg = _slow_config(tmp_path)
     model_dir = build_tiny_model(tmp_path / "tiny", seed=0)
@@ -133,7 +133,7 @@ def test_a_rollout_worker_killed_between_calls_is_replaced_with_current_weights(
 
 def test_a_lost_learner_rank_fails_the_step_cleanly(cluster, tmp_path):
     from klear.dist.groups import LearnerGroup, LearnerLost
-    from klear.tasks.tiny import build_tiny_model
+    from klear.models.tiny import build_tiny_model
     from tests.train.test_rl import _hand_samples
 
     cfg = _slow_config(tmp_path)
@@ -175,7 +175,7 @@ def test_two_learner_ranks_take_the_one_rank_optimizer_step(cluster, tmp_path, s
     from transformers import AutoTokenizer
 
     from klear.dist.groups import LearnerGroup
-    from klear.tasks.tiny import build_tiny_model
+    from klear.models.tiny import build_tiny_model
     from klear.train.learner import LocalLearner
     from tests.train.test_rl import _hand_samples
 

@@ -20,11 +20,11 @@ from klear.eval.benchmarks import (
     benchmark_name,
     benchmarks_dir,
     detect_fields,
-    filter_by_date,
     last_boxed,
     load_benchmark,
     read_rows,
 )
+from klear.eval.code_benchmarks import filter_by_date
 
 AIME24_FIRST = {"2024-II-1": "73", "2024-I-1": "204", "2024-I-15": "721"}
 AIME25_SOME = {"0": "70", "1": "588", "14": "735", "29": "240"}

@@ -25,7 +25,7 @@ PROBLEMS = [{"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": str(2 *
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    from klear.tasks.tiny import build_tiny_model
+    from klear.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
 

@@ -15,6 +15,7 @@ import pytest
 
 from klear.config import ConfigError
 from klear.eval.benchmarks import Problem, load_benchmark
+from klear.eval.generations import read_generations
 from klear.eval.runner import (
     DEFAULT_MATH_INSTRUCTION,
     EvalError,
@@ -23,7 +24,6 @@ from klear.eval.runner import (
     problem_prompt,
     problem_row,
     problem_seed,
-    read_generations,
     run_eval,
 )
 from klear.types import RewardResult, Rollout
@@ -225,7 +225,7 @@ def test_generations_accumulate_by_sample_index(tmp_path):
 
 
 def test_unknown_backend_and_missing_model_are_clear_errors(tmp_path):
-    from klear.eval.runner import load_backend
+    from klear.eval.backend import load_backend
 
     with pytest.raises(EvalError, match="--backend nope: rollout backend 'nope' is not available"):
         load_backend("nope", tmp_path)

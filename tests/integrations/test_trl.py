@@ -24,9 +24,9 @@ from klear.integrations.trl import (  # noqa: E402
     klear_reward_func,
     loss_config_from_trl,
 )
+from klear.models.tiny import build_tiny_model, build_tokenizer  # noqa: E402
 from klear.rewards.pool import RewardPool  # noqa: E402
 from klear.tasks import task_rows  # noqa: E402
-from klear.tasks.tiny import build_tiny_model, build_tokenizer  # noqa: E402
 
 PARITY = "tests.train.fixture_rewards:parity"
 EXPLODE = "tests.integrations.fixture_rewards:explode"

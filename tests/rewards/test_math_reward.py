@@ -242,7 +242,8 @@ PATHOLOGICAL = ["9^{9^{9}}", "1000000!", "\\frac{1}{" * 300 + "2" + "}" * 300]
 @pytest.mark.parametrize("answer", PATHOLOGICAL, ids=["power-tower", "factorial", "nested-frac"])
 def test_pathological_answers_time_out_within_bound(answer: str) -> None:
     mr.warm_up()
-    cfg = RewardConfig(math={"verify_timeout_s": 0.5, "cache_size": 0})
+    # fast path off: it would decide these without math_verify (tests/rewards/test_math_screen.py)
+    cfg = RewardConfig(math={"verify_timeout_s": 0.5, "cache_size": 0, "fast_path": False})
     start = time.monotonic()
     r = math_reward(solved(answer), "5", cfg)
     elapsed = time.monotonic() - start

@@ -24,7 +24,7 @@ HISTORY_TEMPLATE = "{% for m in messages %}<think>old</think>{{ m['content'] }}{
 
 def qwen3_tokenizer(template: str = QWEN3_TEMPLATE):
     """The tiny character-level tokenizer (built locally, no hub) with a Qwen3-style template."""
-    from klear.tasks.tiny import build_tokenizer
+    from klear.models.tiny import build_tokenizer
 
     tok = build_tokenizer()
     tok.chat_template = template
@@ -39,7 +39,7 @@ def test_prefix_of_a_template_that_opens_think():
 
 
 def test_prefix_of_templates_that_open_nothing():
-    from klear.tasks.tiny import build_tokenizer
+    from klear.models.tiny import build_tokenizer
 
     assert think_prefix(build_tokenizer()) == ""  # Qwen2.5-style: no think block
     assert think_prefix(None) == ""

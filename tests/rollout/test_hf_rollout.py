@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from klear.models.tiny import build_tiny_model
 from klear.rollout import SamplingParams, backend_class
 from klear.rollout.hf import HFRolloutBackend, process_logits
 from klear.tasks import task_rows
-from klear.tasks.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="module")

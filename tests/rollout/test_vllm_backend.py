@@ -20,11 +20,11 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from klear.config import ModelConfig, RLConfig, RolloutConfig, build_config
-from klear.eval.yarn import apply_yarn
+from klear.models.tiny import build_tiny_model
+from klear.models.yarn import apply_yarn
 from klear.rollout import SamplingParams, backend_class, backend_options
 from klear.rollout.hf import HFRolloutBackend, process_logits
 from klear.tasks import task_rows
-from klear.tasks.tiny import build_tiny_model
 from tests.rollout import fake_vllm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -460,7 +460,7 @@ def test_rl_trainer_runs_and_resumes_on_the_vllm_backend(fake, tmp_path):
 
 
 def test_eval_runner_builds_the_vllm_backend_with_yarn(fake, model_dir):
-    from klear.eval.runner import YarnSetting, load_backend
+    from klear.eval.backend import YarnSetting, load_backend
 
     backend = load_backend("vllm", model_dir, seed=4, yarn=YarnSetting(2.0, 512))
     (llm,) = fake.LLM.instances

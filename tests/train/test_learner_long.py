@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from klear.config import RLConfig, build_config
-from klear.tasks.tiny import build_tiny_model
+from klear.models.tiny import build_tiny_model
 from klear.train.batch import micro_batches, over_budget
 from klear.train.common import load_model, make_optimizer, pick_device
 from klear.train.learner import Sample, merge_stats, old_logprobs, pad_id, update_policy

@@ -10,9 +10,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from klear.config import OptimConfig, SFTConfig, build_config, load_config
+from klear.models.tiny import build_tiny_model, build_tokenizer
 from klear.rollout.hf import stop_token_ids
 from klear.tasks import task_rows
-from klear.tasks.tiny import build_tiny_model, build_tokenizer
 from klear.train.common import lr_factor, pack_rows, token_logprobs
 from klear.train.sft import (
     Example,
@@ -155,8 +155,8 @@ def test_a_few_steps_learn_and_the_checkpoint_loads_back(tmp_path):
     assert AutoTokenizer.from_pretrained(result.model_dir).eos_token == "<|im_end|>"
     changed = [not torch.equal(a, b) for a, b in zip(init.parameters(), final.parameters(), strict=True)]
     assert all(changed)
-    assert (out / "checkpoints" / "step_6" / "model.safetensors").is_file()
-    mid = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step_6")
+    assert (out / "checkpoints" / "step_000006" / "trainer_state.pt").is_file()
+    mid = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step_000006" / "model")
     assert not torch.equal(mid.lm_head.weight, final.lm_head.weight)
     saved = load_config(SFTConfig, out / "config.yaml")
     assert saved == cfg

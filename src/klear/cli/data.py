@@ -447,7 +447,7 @@ def _prompt_limit(args: argparse.Namespace) -> tuple[Any, int | None, str]:
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     elif tiny:
-        from klear.tasks.tiny import build_tokenizer
+        from klear.models.tiny import build_tokenizer
 
         tokenizer = build_tokenizer()
     if limit is not None and tokenizer is None:

@@ -123,7 +123,7 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from klear.eval.benchmarks import BenchmarkError
-    from klear.eval.runner import EvalError
+    from klear.eval.rundir import EvalError
 
     try:
         return int(args._eval_run(args))
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_run_inputs(args: argparse.Namespace) -> None:
     """Sampling settings, the model directory and the device, before the run directory exists."""
-    from klear.eval.runner import EvalError
+    from klear.eval.rundir import EvalError
     from klear.preflight import check_model_dir
     from klear.rollout import SamplingParams
 
@@ -166,7 +166,7 @@ def _check_run_inputs(args: argparse.Namespace) -> None:
 def _problems(args: argparse.Namespace, *, with_rest: bool = False) -> Any:
     """(benchmark name, the first ``--limit`` problems); with ``with_rest``, also the problems left out."""
     from klear.eval.benchmarks import benchmark_name, load_benchmark
-    from klear.eval.runner import EvalError
+    from klear.eval.rundir import EvalError
 
     problems = load_benchmark(args.benchmark, args.question_key, args.answer_key, id_key=args.id_key)
     rest: list[Any] = []
@@ -228,17 +228,14 @@ def _print_result(outcome: Any, extra: str = "") -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from klear.eval.backend import YarnSetting, load_backend, model_description
+    from klear.eval.rundir import prepare_run_dir, run_identity
     from klear.eval.runner import (
         DEFAULT_MATH_INSTRUCTION,
         EvalError,
         GenerationSettings,
-        YarnSetting,
         eval_reward_config,
-        load_backend,
-        model_description,
-        prepare_run_dir,
         run_eval,
-        run_identity,
     )
     from klear.rewards.pool import RewardPool
 
@@ -335,7 +332,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from klear.eval.runner import eval_reward_config, read_generations, score_generations
+    from klear.eval.generations import read_generations, score_generations
+    from klear.eval.runner import eval_reward_config
     from klear.rewards.pool import RewardPool
 
     reward_cfg = eval_reward_config(args.overrides)

@@ -15,7 +15,11 @@ correct, passed/total, flags, answer, seconds, detail.
 
 Every row is checked before any scoring; bad rows (invalid JSON, missing
 fields, no reward function for the row) are reported as FILE:LINE and nothing
-is written. The output appears only when complete (temp file + rename).
+is written. No content of a valid row stops the batch: invalid UTF-8 is
+replaced by U+FFFD (a warning, and a note in the reward's detail), lone
+surrogates are written as \\uXXXX escapes, and a ground truth nested deeper
+than the JSON reader can follow is flagged 'error'.
+The output appears only when complete (temp file + rename).
 Settings come from the recipe's 'reward' section (defaults without one) and
 dotted overrides such as 'reward.math.negative=0'.
 """
@@ -23,13 +27,14 @@ dotted overrides such as 'reward.math.negative=0'.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from klear.io import write_atomic
+from klear.rewards.rows import LineError, decode_line, dump_row, has_deep, parse_row
 
 MAX_REPORTED_ERRORS = 20
 
@@ -59,21 +64,40 @@ def _load_reward_config(recipe: str | None, overrides: list[str]) -> Any:
     return cfg.reward
 
 
-def read_rows(path: Path, reward_cfg: Any) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
-    """Parse and check every line: ([(line_number, row)], ["FILE:LINE: problem", ...])."""
+@dataclass
+class InputRow:
+    """One row to score: where it came from, its content, and what reading it had to work around."""
+
+    lineno: int
+    row: dict[str, Any]
+    repaired: bool = False  # invalid UTF-8 replaced by U+FFFD
+    unreadable_truth: bool = False  # reward_model nested too deep to decode: flagged, not scored
+
+    @property
+    def responses(self) -> list[str]:
+        return [self.row["response"]] if "response" in self.row else self.row["responses"]
+
+
+def read_rows(path: Path, reward_cfg: Any) -> tuple[list[InputRow], list[str]]:
+    """Parse and check every line: ([InputRow], ["FILE:LINE: problem", ...]).
+
+    No content stops the reading (klear.rewards.rows): invalid UTF-8 is replaced and remembered, a
+    row too deep to decode keeps its undecodable members as raw text.
+    """
     from klear.rewards.registry import RowError, ground_truth, reward_path
 
-    rows: list[tuple[int, dict[str, Any]]] = []
+    rows: list[InputRow] = []
     errors: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, data in enumerate(f, start=1):
+            line, repaired = decode_line(data)
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                errors.append(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})")
+                row = parse_row(line)
+            except LineError as exc:
+                errors.append(f"{where}: {exc}")
                 continue
             if not isinstance(row, dict):
                 errors.append(f"{where}: expected a JSON object, got {type(row).__name__}")
@@ -90,14 +114,68 @@ def read_rows(path: Path, reward_cfg: Any) -> tuple[list[tuple[int, dict[str, An
             ):
                 errors.append(f"{where}: 'responses' must be a list of strings")
                 continue
+            deep = has_deep(row)
             try:
                 reward_path(row, reward_cfg, lineno)
-                ground_truth(row, lineno)
+                if not deep:
+                    ground_truth(row, lineno)
             except RowError as exc:
                 errors.append(f"{where}: {exc.reason}")
                 continue
-            rows.append((lineno, row))
+            rows.append(InputRow(lineno, row, repaired, deep))
     return rows, errors
+
+
+def _unreadable_result(item: InputRow, reward_cfg: Any) -> Any:
+    from klear.rewards.registry import failure_score, reward_path
+    from klear.types import RewardResult
+
+    return RewardResult(
+        score=failure_score(reward_path(item.row, reward_cfg), reward_cfg),
+        correct=False,
+        flags=("error",),
+        detail="reward_model nested deeper than the JSON reader can decode: not scored",
+    )
+
+
+def _original_lines(path: Path, linenos: set[int]) -> dict[int, str]:
+    """The text of the given lines of ``path`` (for rows too deep to re-encode)."""
+    found: dict[int, str] = {}
+    if not linenos:
+        return found
+    with path.open("rb") as f:
+        for lineno, data in enumerate(f, start=1):
+            if lineno in linenos:
+                found[lineno] = decode_line(data)[0]
+    return found
+
+
+def write_rows(path: Path, src: Path, rows: list[InputRow], results: list[Any]) -> None:
+    """Each input row plus its ``reward`` / ``rewards``, written atomically; no content can fail it."""
+    lines: list[str | None] = []
+    retry: set[int] = set()
+    cursor = 0
+    extras = []
+    for item in rows:
+        k = len(item.responses)
+        got = [r.to_dict() for r in results[cursor : cursor + k]]
+        cursor += k
+        if item.repaired:
+            for r in got:
+                note = "input line had invalid UTF-8 (replaced by U+FFFD)"
+                r["detail"] = f"{r['detail']}; {note}" if r["detail"] else note
+        extra = {"reward": got[0]} if "response" in item.row else {"rewards": got}
+        extras.append(extra)
+        try:
+            lines.append(dump_row(item.row, extra))
+        except RecursionError:
+            lines.append(None)
+            retry.add(item.lineno)
+    originals = _original_lines(src, retry)
+    for i, item in enumerate(rows):
+        if lines[i] is None:
+            lines[i] = dump_row(item.row, extras[i], originals[item.lineno])
+    write_atomic(path, [line for line in lines if line is not None])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,13 +199,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"klear: nothing written; {len(errors)} bad row(s) in {src}", file=sys.stderr)
         return 2
 
-    # one item per response, remembering which row it came from
+    # one item per response, remembering which row it came from; rows whose ground truth could not be
+    # decoded are flagged here, not sent to the pool
     items_rows: list[dict[str, Any]] = []
     items_responses: list[str] = []
-    for _, row in rows:
-        for response in [row["response"]] if "response" in row else row["responses"]:
-            items_rows.append(row)
-            items_responses.append(response)
+    for item in rows:
+        if not item.unreadable_truth:
+            items_rows.extend([item.row] * len(item.responses))
+            items_responses.extend(item.responses)
+    repaired = [item.lineno for item in rows if item.repaired]
+    for lineno in repaired[:MAX_REPORTED_ERRORS]:
+        print(f"klear: warning: {src}:{lineno}: invalid UTF-8 replaced by U+FFFD", file=sys.stderr)
 
     start = time.monotonic()
     err = Console(stderr=True)
@@ -151,18 +233,17 @@ def run(args: argparse.Namespace) -> int:
         restarts = pool.last_metrics.get("worker_restarts", 0.0)
     seconds = time.monotonic() - start
 
-    out_lines: list[str] = []
-    cursor = 0
-    for _, row in rows:
-        if "response" in row:
-            out = {**row, "reward": results[cursor].to_dict()}
-            cursor += 1
-        else:
-            k = len(row["responses"])
-            out = {**row, "rewards": [r.to_dict() for r in results[cursor : cursor + k]]}
-            cursor += k
-        out_lines.append(json.dumps(out, ensure_ascii=False) + "\n")
-    write_atomic(Path(args.output), out_lines)
+    scored = iter(results)
+    results = [
+        r
+        for item in rows
+        for r in (
+            [_unreadable_result(item, reward_cfg)] * len(item.responses)
+            if item.unreadable_truth
+            else [next(scored) for _ in item.responses]
+        )
+    ]
+    write_rows(Path(args.output), src, rows, results)
 
     m = reward_metrics(results)
     flags = ", ".join(f"{k.split('/', 1)[1]}={int(v)}" for k, v in m.items() if k.startswith("flag/"))

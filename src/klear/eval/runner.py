@@ -39,10 +39,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from klear.errors import KlearError
 from klear.eval.benchmarks import Problem
 from klear.eval.metrics import DEFAULT_N_BOOT, BenchmarkSummary, ScoredSample, summarize_samples
 from klear.eval.report import render_markdown
+from klear.eval.rundir import (
+    REPORT_FILE,
+    SAMPLES_FILE,
+    SUMMARY_FILE,
+    EvalError,
+    append_lines,
+    kept_lines,
+    prepare_run_dir,
+    read_samples_for_resume,
+    run_identity,
+)
 from klear.io import write_atomic
 from klear.rewards.think import judged_texts, think_prefix
 
@@ -52,10 +62,6 @@ if TYPE_CHECKING:
     from klear.rollout import RolloutBackend, SamplingParams
     from klear.types import RewardResult, Rollout
 
-SAMPLES_FILE = "samples.jsonl"
-SUMMARY_FILE = "summary.json"
-REPORT_FILE = "report.md"
-RUN_FILE = "run.json"
 
 #: Appended to every math question unless the caller says otherwise. The shared
 #: benchmark files hold the bare problem; the math reward reads the last
@@ -80,10 +86,6 @@ EVAL_REWARD_DEFAULTS: dict[str, Any] = {
 
 #: At most this many problems of a bad generations file are listed in one error.
 MAX_REPORTED_ERRORS = 20
-
-
-class EvalError(KlearError, ValueError):
-    """An evaluation input or run directory that cannot be used; the message says where and why."""
 
 
 # ----------------------------------------------------------------------------- settings
@@ -221,79 +223,6 @@ def sample_record(
     return record
 
 
-# ----------------------------------------------------------------------------- files
-
-
-def _append_lines(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
-    """Append one problem's records in one write, then fsync: a crash loses at most that problem."""
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-@dataclass
-class SamplesOnDisk:
-    """What a ``samples.jsonl`` holds, read for a resume.
-
-    complete: records of problems with all n samples, by problem id (sample order).
-    dropped: problem ids whose samples were incomplete (they are regenerated).
-    torn_tail: the file ended in a line without a newline (an interrupted write), now discarded.
-    """
-
-    complete: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    dropped: list[str] = field(default_factory=list)
-    torn_tail: bool = False
-
-
-def read_samples_for_resume(path: Path, problems: Sequence[Problem], n: int) -> SamplesOnDisk:
-    """Read a run's samples; keep problems whose n samples are all present.
-
-    An incomplete trailing line is what an interrupted append leaves, so it is
-    discarded; an unreadable line before the end is not (the file was damaged
-    some other way), and is an error naming the line.
-    """
-    out = SamplesOnDisk()
-    if not path.exists():
-        return out
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    if lines and lines[-1] != b"":
-        out.torn_tail = True
-    lines = lines[:-1]  # the last piece is "" (file ends with a newline) or the torn tail
-    known = {p.id for p in problems}
-    by_problem: dict[str, dict[int, dict[str, Any]]] = {}
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise EvalError(
-                f"{where}: not a valid sample record ({err}); move the file away to start over"
-            ) from None
-        if not isinstance(record, dict) or "problem_id" not in record or "sample" not in record:
-            raise EvalError(f"{where}: a sample record needs 'problem_id' and 'sample'")
-        pid, sample = str(record["problem_id"]), record["sample"]
-        if pid not in known:
-            # another --limit or benchmark version: kept on disk, ignored here
-            continue
-        if not isinstance(sample, int) or not 0 <= sample < n:
-            raise EvalError(f"{where}: sample index {sample!r} outside 0..{n - 1} for n = {n}")
-        slot = by_problem.setdefault(pid, {})
-        if sample in slot:
-            raise EvalError(f"{where}: problem {pid!r} sample {sample} appears twice")
-        slot[sample] = record
-    for pid, slot in by_problem.items():
-        if len(slot) == n:
-            out.complete[pid] = [slot[i] for i in range(n)]
-        else:
-            out.dropped.append(pid)
-    return out
-
-
 # ----------------------------------------------------------------------------- summary and outputs
 
 
@@ -383,52 +312,6 @@ def write_outputs(
 ProgressFn = Callable[[int, int], None]
 
 
-def run_identity(
-    benchmark: str, settings: GenerationSettings, identity: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """Everything a run's samples depend on: the benchmark, the caller's identity (model ...) and the settings."""
-    return {"benchmark": benchmark, **(identity or {}), **settings.to_dict()}
-
-
-def prepare_run_dir(out_dir: str | os.PathLike[str], identity: Mapping[str, Any], restart: bool) -> None:
-    """Refuse to resume a directory that holds samples drawn with other settings; record the settings.
-
-    The CLI calls this before loading the model, so a mismatch costs nothing;
-    :func:`run_eval` calls it again (it is idempotent).
-    restart: delete the samples already there instead.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run_path, samples_path = out_dir / RUN_FILE, out_dir / SAMPLES_FILE
-    identity = json.loads(
-        json.dumps(dict(identity))
-    )  # compared with what run.json read back: tuples as lists
-    if restart:
-        samples_path.unlink(missing_ok=True)
-    elif run_path.exists():
-        try:
-            previous = json.loads(run_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise EvalError(f"{run_path}: not valid JSON ({err.msg}); use restart to start over") from None
-        old = previous.get("identity", {})
-        diffs = [
-            f"{key}: {old.get(key)!r} then, {identity.get(key)!r} now"
-            for key in sorted(set(old) | set(identity))
-            if old.get(key) != identity.get(key)
-        ]
-        if diffs:
-            raise EvalError(
-                f"{out_dir} holds samples drawn with other settings ({'; '.join(diffs)}); "
-                "use another output directory, or restart to discard them"
-            )
-    elif samples_path.exists() and samples_path.stat().st_size > 0:
-        raise EvalError(
-            f"{samples_path} exists but {run_path} does not, so its settings are unknown; "
-            "use another output directory, or restart to discard it"
-        )
-    write_atomic(run_path, json.dumps({"identity": dict(identity)}, indent=2) + "\n")
-
-
 def run_eval(
     problems: Sequence[Problem],
     backend: RolloutBackend,
@@ -464,7 +347,7 @@ def run_eval(
     samples_path = out / SAMPLES_FILE
     disk = read_samples_for_resume(samples_path, problems, settings.n)
     if disk.dropped or disk.torn_tail:
-        kept = _kept_lines(samples_path, disk)
+        kept = kept_lines(samples_path, disk)
         write_atomic(samples_path, kept)
     samples_path.touch()
     todo = [p for p in problems if p.id not in disk.complete]
@@ -501,7 +384,7 @@ def run_eval(
             records = [
                 sample_record(problem, j, texts[k], results[k], rollouts[k]) for j, k in enumerate(part)
             ]
-            _append_lines(samples_path, records)
+            append_lines(samples_path, records)
             records_by_id[problem.id] = records
             generated.append(problem.id)
             done_count += 1
@@ -536,309 +419,3 @@ def run_eval(
         resumed=[p.id for p in problems if p.id in disk.complete],
         seconds=seconds,
     )
-
-
-def _kept_lines(path: Path, disk: SamplesOnDisk) -> str:
-    """The file's complete lines, less those of problems whose samples were incomplete."""
-    dropped = set(disk.dropped)
-    raw = path.read_bytes().split(b"\n")[:-1]
-    kept: list[str] = []
-    for line in raw:
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        if str(record["problem_id"]) not in dropped:
-            kept.append(line.decode("utf-8") + "\n")
-    return "".join(kept)
-
-
-# ----------------------------------------------------------------------------- eval score
-
-
-@dataclass
-class Generations:
-    """Responses per problem id read from a generations file, with the lines they came from."""
-
-    responses: dict[str, list[str]]
-    lines: dict[str, list[int]]
-    path: Path
-
-
-def read_generations(
-    path: str | os.PathLike[str],
-    problems: Sequence[Problem],
-    *,
-    skip: Sequence[Problem] = (),
-    max_errors: int = MAX_REPORTED_ERRORS,
-) -> Generations:
-    """Responses per problem from a jsonl file; every problem must end with the same number of samples.
-
-    Each line names its problem by ``id`` (or ``problem_id``, as ``samples.jsonl``
-    does) or by 0-based ``index``, and carries ``responses`` (a list of strings)
-    or ``response`` (one string); several lines for one problem accumulate in file
-    order, or at their ``sample`` index when lines give one (so a ``samples.jsonl``
-    scores back in its own order). All problems of the benchmark must be present; lines
-    for the problems in ``skip`` (those a ``--limit`` left out) are ignored.
-    Every error names the file and the 1-based line; up to ``max_errors`` are
-    reported together.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise EvalError(f"{p}: no such generations file")
-    by_id = {prob.id: prob for prob in problems}
-    by_index = {prob.index: prob for prob in problems}
-    skip_id = {prob.id: prob for prob in skip}
-    skip_index = {prob.index: prob for prob in skip}
-    slots: dict[str, dict[int, str]] = {}
-    lines: dict[str, list[int]] = {}
-    errors: list[str] = []
-    with open(p, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if len(errors) >= max_errors:
-                break
-            if not line.strip():
-                continue
-            where = f"{p}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                errors.append(f"{where}: invalid JSON ({err.msg} at column {err.colno})")
-                continue
-            if not isinstance(row, dict):
-                errors.append(f"{where}: expected a JSON object, got {type(row).__name__}")
-                continue
-            problem, why = _generation_problem(row, by_id, by_index)
-            if problem is None and _generation_problem(row, skip_id, skip_index)[0] is not None:
-                continue  # a problem outside --limit
-            if problem is None:
-                errors.append(f"{where}: {why}")
-                continue
-            responses, why = _generation_responses(row)
-            if responses is None:
-                errors.append(f"{where}: {why}")
-                continue
-            slot = slots.setdefault(problem.id, {})
-            sample = row.get("sample")
-            if sample is not None and "response" in row:
-                if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
-                    errors.append(f"{where}: 'sample' should be a non-negative integer, got {sample!r}")
-                    continue
-                if sample in slot:
-                    errors.append(f"{where}: problem {problem.id!r} sample {sample} given twice")
-                    continue
-                slot[sample] = responses[0]
-            else:
-                for response in responses:
-                    slot[max(slot, default=-1) + 1] = response
-            lines.setdefault(problem.id, []).append(lineno)
-    _raise_if(errors, p, max_errors)
-
-    missing = [prob.id for prob in problems if prob.id not in slots]
-    if missing:
-        errors.append(
-            f"{p}: {len(missing)} of {len(problems)} problems have no generations, e.g. "
-            + ", ".join(repr(m) for m in missing[:5])
-            + " (score a subset with --limit, which keeps the first problems)"
-        )
-    for pid, slot in slots.items():
-        if sorted(slot) != list(range(len(slot))):
-            gaps = sorted(set(range(max(slot) + 1)) - set(slot))
-            errors.append(
-                f"{p}: problem {pid!r} (lines {_line_list(lines[pid])}) is missing sample(s) {gaps[:10]}"
-            )
-    _raise_if(errors, p, max_errors)
-    counts: dict[int, list[str]] = {}
-    for prob in problems:
-        counts.setdefault(len(slots[prob.id]), []).append(prob.id)
-    if len(counts) > 1:
-        common = max(counts, key=lambda k: len(counts[k]))
-        odd = [(pid, k) for k, ids in counts.items() if k != common for pid in ids]
-        listing = "; ".join(
-            f"{pid!r} has {k} (lines {_line_list(lines[pid])})" for pid, k in odd[:max_errors]
-        )
-        raise EvalError(
-            f"{p}: problems have unequal sample counts: most have {common}, but {listing}"
-            + (f"; and {len(odd) - max_errors} more" if len(odd) > max_errors else "")
-            + "; avg@k and pass@k need the same number of samples for every problem"
-        )
-    responses = {pid: [slot[i] for i in range(len(slot))] for pid, slot in slots.items()}
-    return Generations(responses=responses, lines=lines, path=p)
-
-
-def _generation_problem(
-    row: Mapping[str, Any], by_id: Mapping[str, Problem], by_index: Mapping[int, Problem]
-) -> tuple[Problem | None, str]:
-    """The problem a generations line refers to, or (None, why not)."""
-    raw_id = row.get("id", row.get("problem_id"))
-    raw_index = row.get("index")
-    if raw_id is None and raw_index is None:
-        return None, "missing field 'id' (or 'problem_id', or 0-based 'index') naming the problem"
-    by_id_problem = by_index_problem = None
-    if raw_id is not None:
-        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-            return None, f"field 'id' should be a string or an integer, got {raw_id!r}"
-        by_id_problem = by_id.get(str(raw_id).strip())
-        if by_id_problem is None:
-            examples = ", ".join(repr(k) for k in list(by_id)[:3])
-            hint = ""
-            if str(raw_id).strip().isdigit() and raw_index is None:
-                hint = "; to name problems by 0-based row position, use 'index'"
-            return (
-                None,
-                f"unknown problem id {raw_id!r} (the benchmark's ids look like {examples}, ...){hint}",
-            )
-    if raw_index is not None:
-        if isinstance(raw_index, bool) or not isinstance(raw_index, int):
-            return None, f"field 'index' should be an integer, got {raw_index!r}"
-        by_index_problem = by_index.get(raw_index)
-        if by_index_problem is None:
-            return (
-                None,
-                f"problem index {raw_index} out of range (the benchmark has {len(by_index)} problems)",
-            )
-    if by_id_problem is not None and by_index_problem is not None and by_id_problem is not by_index_problem:
-        return None, (
-            f"id {raw_id!r} and index {raw_index} name different problems "
-            f"(index {raw_index} is {by_index_problem.id!r})"
-        )
-    problem = by_id_problem or by_index_problem
-    assert problem is not None
-    return problem, ""
-
-
-def _generation_responses(row: Mapping[str, Any]) -> tuple[list[str] | None, str]:
-    has_one, has_many = "response" in row, "responses" in row
-    if has_one == has_many:
-        return None, "needs exactly one of 'response' (a string) or 'responses' (a list of strings)"
-    if has_one:
-        if not isinstance(row["response"], str):
-            return None, f"'response' should be a string, got {type(row['response']).__name__}"
-        return [row["response"]], ""
-    value = row["responses"]
-    if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
-        return None, "'responses' should be a list of strings"
-    if not value:
-        return None, "'responses' is empty"
-    return list(value), ""
-
-
-def _line_list(numbers: Sequence[int]) -> str:
-    shown = ", ".join(map(str, numbers[:5]))
-    return shown + (", ..." if len(numbers) > 5 else "")
-
-
-def _raise_if(errors: Sequence[str], path: Path, max_errors: int) -> None:
-    if errors:
-        more = f"\n(stopped reading at {max_errors} errors)" if len(errors) >= max_errors else ""
-        raise EvalError(f"{len(errors)} problem(s) in generations file {path}:\n" + "\n".join(errors) + more)
-
-
-def score_generations(
-    problems: Sequence[Problem],
-    generations: Generations,
-    pool: RewardPool,
-    out_dir: str | os.PathLike[str],
-    *,
-    benchmark: str,
-    meta: Mapping[str, Any] | None = None,
-    seed: int = 0,
-    n_boot: int = DEFAULT_N_BOOT,
-    progress: ProgressFn | None = None,
-) -> EvalOutcome:
-    """Score existing generations against ``problems``; write samples, summary and report (all atomically).
-
-    progress(done, total): called with responses scored.
-    """
-    start = time.monotonic()
-    out = Path(out_dir)
-    rows = {p.id: problem_row(p) for p in problems}
-    order = [(p, j, response) for p in problems for j, response in enumerate(generations.responses[p.id])]
-    results = pool.score([rows[p.id] for p, _, _ in order], [r for _, _, r in order], progress=progress)
-    records = [
-        sample_record(p, j, response, result) for (p, j, response), result in zip(order, results, strict=True)
-    ]
-    summary = summarize_records(benchmark, problems, records, n_boot=n_boot, seed=seed)
-    write_atomic(out / SAMPLES_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    seconds = {"scoring": time.monotonic() - start, "total": time.monotonic() - start}
-    write_outputs(
-        out, summary, records, {**(meta or {}), "generations": str(generations.path), "seconds": seconds}
-    )
-    return EvalOutcome(summary=summary, out_dir=out, records=records, seconds=seconds)
-
-
-# ----------------------------------------------------------------------------- model loading
-
-
-@dataclass(frozen=True)
-class YarnSetting:
-    """YaRN rope scaling asked for on the command line (see :mod:`klear.eval.yarn`)."""
-
-    factor: float
-    original_max_position_embeddings: int
-
-
-def load_backend(
-    name: str,
-    model_dir: str | os.PathLike[str],
-    *,
-    seed: int = 0,
-    yarn: YarnSetting | None = None,
-    dtype: str = "auto",
-    device: str | None = None,
-    max_batch_size: int | None = None,
-) -> Any:
-    """A rollout backend for a local model directory, with YaRN applied to the model config when asked.
-
-    ``hf``: the config is loaded, passed through :func:`klear.eval.yarn.apply_yarn`,
-    and the model built from it, so the scaling the model runs with is exactly the
-    config recorded in ``summary.json``. Other registered backends (vLLM) are
-    built with ``cls.from_pretrained(model_dir, seed=..., yarn=(factor, original))``;
-    the vLLM backend turns that into ``hf_overrides`` holding the whole rope section
-    :func:`klear.eval.yarn.apply_yarn` writes (rope_theta included).
-    """
-    from klear.rollout import backend_class
-
-    try:
-        cls = backend_class(name)
-    except (ValueError, ImportError, AttributeError) as err:
-        raise EvalError(f"--backend {name}: {err}") from None
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise EvalError(f"model directory {str(path)!r} does not exist")
-    if name != "hf":
-        kwargs: dict[str, Any] = {"seed": seed}
-        if yarn is not None:
-            kwargs["yarn"] = (yarn.factor, yarn.original_max_position_embeddings)
-        return cls.from_pretrained(str(path), **kwargs)
-
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(path)
-    if yarn is not None:
-        from klear.eval.yarn import apply_yarn
-
-        config = apply_yarn(config, yarn.factor, yarn.original_max_position_embeddings)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype == "auto":
-        torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    else:
-        torch_dtype = getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch_dtype)
-    model.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return cls(model, tokenizer, seed=seed, max_batch_size=max_batch_size)
-
-
-def model_description(backend: Any, model_dir: str | os.PathLike[str], name: str) -> dict[str, Any]:
-    """What ``summary.json`` records about the model: path, backend, and the rotary settings it ran with."""
-    info: dict[str, Any] = {"path": str(Path(model_dir).resolve()), "backend": name}
-    config = getattr(getattr(backend, "model", None), "config", None)
-    if config is not None:
-        info["max_position_embeddings"] = getattr(config, "max_position_embeddings", None)
-        rope = getattr(config, "rope_parameters", None)
-        if rope is None:
-            rope = getattr(config, "rope_scaling", None)
-        info["rope"] = json.loads(json.dumps(rope, default=str)) if rope is not None else None
-        info["architecture"] = (getattr(config, "architectures", None) or [None])[0]
-    return info

@@ -1,1 +1,2 @@
-"""Model-side numerics shared by the trainers: precision policy and chunked LM-head log-probs."""
+"""Everything about the model itself: the built-in tiny Qwen3 and its tokenizer (:mod:`.tiny`),
+YaRN rope scaling (:mod:`.yarn`), precision policy and chunked LM-head log-probs (:mod:`.logprobs`)."""

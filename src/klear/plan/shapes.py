@@ -138,7 +138,7 @@ def load_shape(model_path: str | None, tiny: bool, arch: str | None) -> tuple[Mo
             raise PlanError(f"--arch {arch!r}: unknown; built in: {', '.join(sorted(ARCHS))}")
         return ARCHS[arch], f"--arch {arch}"
     if model_path is None and tiny:
-        from klear.tasks.tiny import TinyModelSpec, build_tokenizer
+        from klear.models.tiny import TinyModelSpec, build_tokenizer
 
         spec, vocab = TinyModelSpec(), len(build_tokenizer())
         cfg = {

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import re
 import time
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from klear.config import CodeRewardConfig, RewardConfig
+from klear.rewards.compare import tokens_match, values_match
 from klear.rewards.sandbox import SandboxError, TestRun, get_sandbox
 from klear.types import RewardResult
 
@@ -42,8 +42,6 @@ THINK_END = "</think>"
 #: flagged ``infra`` (masked out of training with ``reward.mask_failures``).
 INFRA_REASONS = frozenset({"sandbox_restart", "server_error"})
 _CODE_BLOCK = re.compile(r"```(?:python|py|python3)[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
-_INT = re.compile(r"[+-]?\d+")
-_FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,47 +243,6 @@ def select_tests(spec: TestSpec, cfg: CodeRewardConfig) -> list[TestCase]:
 # ---------------------------------------------------------------------------------------------
 # Comparison
 # ---------------------------------------------------------------------------------------------
-
-
-def tokens_match(actual: str, expected: str, tol: float = 1e-6) -> bool:
-    """Whitespace-normalised token comparison: integers exact, other numbers within ``tol``."""
-    got, want = actual.split(), expected.split()
-    if len(got) != len(want):
-        return False
-    for a, e in zip(got, want, strict=True):
-        if a == e:
-            continue
-        if _INT.fullmatch(a) and _INT.fullmatch(e):
-            try:
-                if int(a) == int(e):
-                    continue
-            except ValueError:  # more digits than int() converts: the strings differ
-                pass
-            return False
-        numbers = _FLOAT.fullmatch(a) and _FLOAT.fullmatch(e)
-        if numbers and math.isclose(float(a), float(e), rel_tol=tol, abs_tol=tol):
-            continue
-        return False
-    return True
-
-
-def values_match(actual: Any, expected: Any, tol: float = 1e-6) -> bool:
-    """Structural equality of JSON values: bools and ints exact, floats within ``tol``."""
-    if isinstance(actual, bool) or isinstance(expected, bool):
-        return type(actual) is type(expected) and actual == expected
-    if isinstance(actual, int) and isinstance(expected, int):
-        return actual == expected
-    if isinstance(actual, (int, float)) and isinstance(expected, (int, float)):
-        return math.isclose(actual, expected, rel_tol=tol, abs_tol=tol)
-    if isinstance(actual, list) and isinstance(expected, list):
-        return len(actual) == len(expected) and all(
-            values_match(a, e, tol) for a, e in zip(actual, expected, strict=True)
-        )
-    if isinstance(actual, dict) and isinstance(expected, dict):
-        return actual.keys() == expected.keys() and all(
-            values_match(actual[k], expected[k], tol) for k in actual
-        )
-    return type(actual) is type(expected) and actual == expected
 
 
 def _record(run: TestRun) -> dict[str, Any] | None:

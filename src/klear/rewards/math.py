@@ -20,12 +20,20 @@ timeouts off, under our own ``ITIMER_REAL`` timer (float seconds, previous timer
 on the main thread of a process -- in training, a reward worker of :mod:`klear.rewards.pool`,
 whose hard per-item kill covers what a signal cannot interrupt (long C-level big-integer work).
 
+Ground truths: a number, a string (``$...$`` and a box removed; several boxed answers are read
+as math_verify reads them, as a set: :func:`normalize_gold`), or a list of accepted ground truths.
+
 Fast path: plain integers, decimals and simple fractions (``3``, ``-2.5``, ``7/8``, ``\\frac{7}{8}``,
-``\\dfrac78``) are compared as exact rationals without math_verify. It answers only when its verdict
+``\\dfrac78``), and exact rational expressions (nested ``\\frac``, ``+ - * /``, any depth:
+:func:`klear.rewards.math_screen.rational_value`) are compared as exact rationals without math_verify. It answers only when its verdict
 cannot differ from math_verify's: equal values are equal; two integers that differ are different; two
 rationals that differ by more than 1e-3 absolute and 1e-9 relative are different (math_verify rounds
 floats to 6 places). Everything else goes to math_verify. Verdicts are cached per process by
 (gold, answer), timeouts included, so the 8 samples of a prompt that agree cost one verification.
+An answer too large to compute (``9^{9^{9}}``, ``1000000!``: :func:`klear.rewards.math_screen.screen`)
+gets what math_verify gives it after the whole timeout -- negative, flag ``timeout`` -- at once.
+Everything that needs no math_verify (:func:`quick_math_reward`) is decided by the pool's parent
+without a round trip to a worker.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from contextlib import contextmanager
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
+from klear.rewards.math_screen import rational_value, screen
 from klear.types import RewardResult
 
 if TYPE_CHECKING:
@@ -116,12 +125,35 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+def all_boxed(text: str) -> list[str]:
+    """Contents of every complete top-level ``\\boxed{...}`` / ``\\fbox{...}`` in ``text``, in order
+    (a box inside another box is part of the outer one)."""
+    starts = [m.end() - 1 for m in _BOX_START.finditer(text)]
+    if not starts:
+        return []
+    matches = _matching_braces(text, starts[0])
+    boxes: list[str] = []
+    end = -1
+    for open_at in starts:
+        close_at = matches.get(open_at)
+        if open_at > end and close_at is not None:
+            boxes.append(text[open_at + 1 : close_at].strip())
+            end = close_at
+    return boxes
+
+
 def normalize_gold(ground_truth: Any) -> str:
-    """Ground truth as a LaTeX string: numbers via str(), ``$...$`` and an outer ``\\boxed{}`` removed."""
+    """Ground truth as a LaTeX string: numbers via str(), ``$...$`` and a ``\\boxed{}`` removed.
+
+    A ground truth with several different boxed answers (``\\boxed{1} and \\boxed{-2}``, five boxed
+    primes) is kept whole: math_verify reads it as it reads the unreduced ground truth (boxes joined by
+    ``and``, commas or ``\\quad`` are the set of their answers), so ``-2, 1`` is correct and ``1``
+    alone is not. Repeats of one box count once.
+    """
     gold = str(ground_truth).strip()
-    boxed = last_boxed(gold)
-    if boxed is not None:
-        gold = boxed
+    boxes = list(dict.fromkeys(all_boxed(gold)))
+    if len(boxes) == 1:
+        gold = boxes[0]
     return gold.strip().strip("$").strip()
 
 
@@ -153,6 +185,18 @@ def _rational(text: str) -> tuple[Fraction, bool] | None:
     return None
 
 
+#: Longer answers are not tried as rational expressions (the fast path stays microseconds).
+_MAX_EXPRESSION_CHARS = 20_000
+
+
+def _expression(text: str) -> tuple[Fraction, bool] | None:
+    """(value, False) for an exact rational expression (nested ``\\frac``, ``+ - * /``), else None."""
+    if len(text) > _MAX_EXPRESSION_CHARS:
+        return None
+    value = rational_value(text)
+    return None if value is None else (value, False)
+
+
 def fast_equal(gold: str, answer: str) -> bool | None:
     """Verdict on plain numbers without math_verify, or None when math_verify must decide.
 
@@ -160,8 +204,8 @@ def fast_equal(gold: str, answer: str) -> bool | None:
     against math_verify itself): equal rationals are equal; different integers are different;
     other rationals only when far apart (math_verify compares floats after rounding).
     """
-    g = _rational(gold.strip())
-    a = _rational(answer.strip())
+    g = _rational(gold.strip()) or _expression(gold)
+    a = _rational(answer.strip()) or _expression(answer)
     if g is None or a is None:
         return None
     (gv, g_int), (av, a_int) = g, a
@@ -236,14 +280,23 @@ def _math_verify_equal(gold: str, answer: str, cache_size: int) -> str:
 
     parsed_gold = _GOLD_CACHE.get(gold)
     if parsed_gold is None:
-        parsed_gold = parse("\\boxed{" + gold + "}", parsing_timeout=None)
+        try:
+            parsed_gold = parse("\\boxed{" + gold + "}", parsing_timeout=None)
+        except RecursionError:  # nesting deeper than the parser can follow
+            parsed_gold = []
         _remember(_GOLD_CACHE, gold, parsed_gold, min(cache_size, 4096))
     if not parsed_gold:
         return "bad_gold"
-    parsed_answer = parse("\\boxed{" + answer + "}", parsing_timeout=None)
+    try:
+        parsed_answer = parse("\\boxed{" + answer + "}", parsing_timeout=None)
+    except RecursionError:
+        return "bad_answer"
     if not parsed_answer:
         return "bad_answer"
-    return "equal" if verify(parsed_gold, parsed_answer, timeout_seconds=None) else "unequal"
+    try:
+        return "equal" if verify(parsed_gold, parsed_answer, timeout_seconds=None) else "unequal"
+    except RecursionError:
+        return "unequal"  # sympy could not compare them: not shown equal
 
 
 _WARM = False
@@ -269,11 +322,21 @@ def warm_up() -> None:
     _WARM = True
 
 
-def judge(gold: str, answer: str, timeout_s: float, cache_size: int = 0, fast_path: bool = True) -> str:
-    """Verdict on ``answer`` against ``gold``: 'equal', 'unequal', 'timeout', 'bad_gold' or 'bad_answer'.
+def judge(
+    gold: str,
+    answer: str,
+    timeout_s: float,
+    cache_size: int = 0,
+    fast_path: bool = True,
+    allow_verify: bool = True,
+) -> str | None:
+    """Verdict on ``answer`` against ``gold``: 'equal', 'unequal', 'timeout', 'screened', 'bad_gold' or
+    'bad_answer'; None when math_verify is needed and ``allow_verify`` is false.
 
-    Identical strings and the fast path answer first; then the (gold, answer) cache; then math_verify
-    under a ``timeout_s`` timer. Every verdict, timeouts included, is cached.
+    Identical strings and the fast path answer first; then the (gold, answer) cache; then the screen
+    (:mod:`klear.rewards.math_screen`: an answer too large to compute is 'screened', what math_verify
+    would reach only by timing out); then math_verify under a ``timeout_s`` timer. Every math_verify
+    verdict, timeouts included, is cached.
     """
     if gold == answer:
         return "equal"
@@ -286,6 +349,10 @@ def judge(gold: str, answer: str, timeout_s: float, cache_size: int = 0, fast_pa
     if cached is not None:
         _VERDICTS.move_to_end(key)
         return cached
+    if fast_path and screen(answer) is not None and screen(gold) is None:
+        return "screened"
+    if not allow_verify:
+        return None
     warm_up()
     try:
         with deadline(timeout_s):
@@ -315,6 +382,21 @@ def math_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
     Runs math_verify, so call it on the main thread of a process: in training that is a reward
     worker of :class:`klear.rewards.pool.RewardPool`, which also bounds the time it may take.
     """
+    result = _score(response, ground_truth, cfg, allow_verify=True)
+    assert result is not None
+    return result
+
+
+def quick_math_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardResult | None:
+    """:func:`math_reward`'s result when it needs no math_verify (format, extraction, fast path,
+    screen), else None. Microseconds, any thread, never raises: the pool's parent calls it."""
+    try:
+        return _score(response, ground_truth, cfg, allow_verify=False)
+    except Exception:  # e.g. a ground truth too deep to print: the worker scores (and flags) it
+        return None
+
+
+def _score(response: str, ground_truth: Any, cfg: RewardConfig, allow_verify: bool) -> RewardResult | None:
     m = cfg.math
     start = time.perf_counter()
 
@@ -358,20 +440,28 @@ def math_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
     golds = ground_truth if isinstance(ground_truth, (list, tuple)) else [ground_truth]
     verdicts = []
     for gold in golds:
-        verdict = judge(normalize_gold(gold), answer, m.verify_timeout_s, m.cache_size, m.fast_path)
+        verdict = judge(
+            normalize_gold(gold), answer, m.verify_timeout_s, m.cache_size, m.fast_path, allow_verify
+        )
         if verdict == "equal":
             return done(m.positive, True, (), answer, None)
         verdicts.append(verdict)
+    if None in verdicts:
+        return None  # math_verify must decide
     if "timeout" in verdicts:
         detail = f"math_verify took longer than verify_timeout_s={m.verify_timeout_s}"
-        return done(m.negative, False, ("timeout",), answer, detail, infra=True)  # the verifier's limit
+        # the verifier's limit, not the answer's fault: pathological answers are screened below first
+        return done(m.negative, False, ("timeout",), answer, detail, infra=True)
+    if "screened" in verdicts:  # the model's own answer is the problem: a verdict, never masked
+        detail = f"not verified: {screen(answer)}; math_verify would not finish within verify_timeout_s"
+        return done(m.negative, False, ("timeout",), answer, detail)
     if "bad_gold" in verdicts:
         return done(
             m.negative,
             False,
             ("error",),
             answer,
-            f"ground truth {ground_truth!r} could not be parsed",
+            f"ground truth {ground_truth!r:.200} could not be parsed",
             infra=True,
         )
     if all(v == "bad_answer" for v in verdicts):

@@ -24,6 +24,9 @@ Why processes, and how they are bounded:
   result comes back on its own and starts the clock of the next item, so the bound stays per item;
   a killed worker's unstarted items go back to the queue. A worker keeps taking the samples of the
   prompt it is on (same ground truth), so its (gold, answer) cache sees the repeats of a GRPO group.
+- Built-in math items that need no math_verify (format penalties, no answer, plain numbers, answers
+  too large to compute) are decided in the parent before dispatch, and an item whose ground truth
+  cannot be sent (not picklable) is flagged, not fatal: :mod:`klear.rewards.pool_inline`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from klear.rewards import lifecycle
+from klear.rewards.pool_inline import (
+    copy_result,
+    decide_inline,
+    find_repeats,
+    send_items,
+    unsendable_result,
+)
 from klear.rewards.registry import as_result, failure_score, ground_truth, load_function, reward_path
 from klear.types import REWARD_FLAGS, RewardResult
 
@@ -169,13 +179,14 @@ class _Queue:
     are pending).
     """
 
-    def __init__(self, keys: list[Any]) -> None:
+    def __init__(self, keys: list[Any], todo: Sequence[int] | None = None) -> None:
         self.keys = keys
         self.groups: dict[Any, deque[int]] = {}
-        for index, key in enumerate(keys):
-            self.groups.setdefault(key, deque()).append(index)
+        todo = range(len(keys)) if todo is None else todo
+        for index in todo:
+            self.groups.setdefault(keys[index], deque()).append(index)
         self.order: deque[Any] = deque(self.groups)
-        self.size = len(keys)
+        self.size = len(todo)
 
     def __len__(self) -> int:
         return self.size
@@ -355,13 +366,24 @@ class RewardPool:
                 (path, truth if isinstance(truth, (str, int, float)) else id(truth))
                 for path, truth in zip(paths, truths, strict=True)
             ]
-            batch = _Batch(paths, truths, responses, [None] * len(rows), _Queue(groups))
+            # decided here when no worker is needed (math fast path); the rest go to the workers
+            decided = [
+                decide_inline(p, r, t, self.cfg) for p, r, t in zip(paths, responses, truths, strict=True)
+            ]
+            repeats = find_repeats(paths, responses, truths, decided, self.cfg)  # scored once, copied
+            todo = [i for i, r in enumerate(decided) if r is None and i not in repeats]
+            batch = _Batch(paths, truths, responses, decided, _Queue(groups, todo))
+            batch.done = len(rows) - len(todo)
             batch.progress = progress
+            if progress is not None and batch.done:
+                progress(batch.done, len(rows))
             try:
                 restarts = self._run(batch)
             except BaseException:
                 self._abandon_busy()
                 raise
+            for i, first in repeats.items():
+                batch.results[i] = copy_result(batch.results[first])  # type: ignore[arg-type]
             results: list[RewardResult] = [r for r in batch.results if r is not None]
             assert len(results) == len(rows)
             seconds = time.monotonic() - start
@@ -405,9 +427,10 @@ class RewardPool:
         start_failures = 0
         while batch.done < len(batch.results):
             now = time.monotonic()
-            # 1. hand a chunk to each idle, ready worker (only idle ones: a send never blocks on a busy one)
+            # 1. hand a chunk to each idle, ready worker (only idle ones: a send never blocks on a busy one);
+            #    again while a chunk turned out unsendable, so no worker idles while items are pending
             for w in self._workers:
-                if w.ready and not w.items and batch.pending:
+                while w.ready and not w.items and batch.pending:
                     busy = {v.group for v in self._workers if v.items}
                     size = max(1, min(MAX_CHUNK, len(batch.pending) // (2 * len(self._workers))))
                     chunk = []
@@ -417,13 +440,18 @@ class RewardPool:
                         chunk.append(batch.pending.take(w.group, busy))
                         w.group = batch.pending.keys[chunk[-1]]
                     try:
-                        w.conn.send([(i, batch.paths[i], batch.responses[i], batch.truths[i]) for i in chunk])
+                        items = [(i, batch.paths[i], batch.responses[i], batch.truths[i]) for i in chunk]
+                        for i, why in send_items(w.conn, items):  # unpicklable: flagged, not sent
+                            chunk.remove(i)
+                            batch.finish(i, unsendable_result(batch.paths[i], why, self.cfg))
                     except (BrokenPipeError, OSError):
                         for i in reversed(chunk):  # it died; its sentinel reports it below
                             batch.pending.put_back(i)
-                        continue
+                        break
                     w.items.extend(chunk)
                     w.item_started = now
+            if batch.done == len(batch.results):
+                break  # the last items were flagged unsendable
             if not batch.pending and not any(w.items for w in self._workers):
                 raise RuntimeError(f"reward pool lost track of {len(batch.results) - batch.done} item(s)")
             # 2. sleep until a result, a death, or the nearest deadline

@@ -41,7 +41,7 @@ How each part of the interface maps onto vLLM's documented API (vLLM >= 0.10.2):
   the same seeds. vLLM's seeded sampling is deterministic only for the same batch shape,
   kernels and GPU, so this is "the same seeds", not a bitwise promise.
 - YaRN: ``yarn=(factor, original_max_positions)`` becomes ``hf_overrides`` holding the rope
-  section written by :func:`klear.eval.yarn.apply_yarn` (so vLLM and the HF trainer get the
+  section written by :func:`klear.models.yarn.apply_yarn` (so vLLM and the HF trainer get the
   same rope settings) and the scaled ``max_position_embeddings``.
 - Sleep mode (``enable_sleep_mode``): after each ``generate`` the engine sleeps
   (``LLM.sleep``), freeing its GPU memory for the trainer; ``update_weights`` wakes only the
@@ -222,7 +222,7 @@ def sampled_logprobs(completion: Any) -> list[float]:
 
 
 def yarn_hf_overrides(model_path: str, factor: float, original_max_positions: int) -> dict[str, Any]:
-    """``hf_overrides`` that give vLLM the rope section :func:`klear.eval.yarn.apply_yarn` writes.
+    """``hf_overrides`` that give vLLM the rope section :func:`klear.models.yarn.apply_yarn` writes.
 
     The whole rope dict is sent (rope_theta included), in whichever form the installed
     transformers uses (``rope_parameters`` in 5.x, ``rope_scaling`` in 4.x), because vLLM
@@ -230,7 +230,7 @@ def yarn_hf_overrides(model_path: str, factor: float, original_max_positions: in
     """
     from transformers import AutoConfig
 
-    from klear.eval.yarn import apply_yarn
+    from klear.models.yarn import apply_yarn
 
     config = apply_yarn(AutoConfig.from_pretrained(model_path), factor, original_max_positions)
     key = "rope_parameters" if getattr(config, "rope_parameters", None) is not None else "rope_scaling"

@@ -68,7 +68,7 @@ def resolve_model_dir(cfg: ModelConfig, out_dir: str | Path, seed: int) -> Path:
                 f"model.path = {str(path)!r}: no config.json there; expected a local Hugging Face model directory"
             )
         return path
-    from klear.tasks.tiny import build_tiny_model
+    from klear.models.tiny import build_tiny_model
 
     return build_tiny_model(Path(out_dir) / "init", seed=seed)
 
@@ -80,7 +80,7 @@ def load_model(path: str | Path, cfg: ModelConfig, device: torch.device) -> tupl
     weight_dtype, _ = precision(cfg, device)
     config = AutoConfig.from_pretrained(path)
     if cfg.yarn_factor is not None and cfg.yarn_original_max_position is not None:
-        from klear.eval.yarn import apply_yarn
+        from klear.models.yarn import apply_yarn
 
         config = apply_yarn(config, cfg.yarn_factor, cfg.yarn_original_max_position)
     model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=weight_dtype).to(device)

@@ -287,10 +287,10 @@ def allreduce_grads(model: torch.nn.Module, group: Any = None) -> None:
 
 
 def load_weights(model: torch.nn.Module, model_dir: Path) -> None:
-    """Load a checkpoint's ``model.safetensors`` into ``model`` (tied embeddings are saved once)."""
-    from safetensors.torch import load_file
+    """Load a checkpoint's safetensors (one file or shards) into ``model`` (tied embeddings are saved once)."""
+    from klear.train.parallel import read_weights
 
-    weights = load_file(str(Path(model_dir) / "model.safetensors"))
+    weights = read_weights(Path(model_dir))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or any("lm_head" not in k for k in missing):
         raise RuntimeError(
@@ -347,16 +347,9 @@ class LocalLearner:
 
     def full_state(self) -> dict[str, torch.Tensor] | None:
         """The unsharded model state on CPU (collective when sharded; None on ranks other than 0)."""
-        if not self.sharded:  # replicas: rank 0's copy is everyone's
-            return (
-                {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if self.rank == 0 else None
-            )
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from klear.train.parallel import full_model_state
 
-        state = get_model_state_dict(
-            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
-        return state if self.rank == 0 else None
+        return full_model_state(self.model, self.rank, self.sharded)
 
     def old_logprobs(self, samples: Sequence[Sample]) -> None:
         """Set ``old_logp`` of every sample (this rank computes all of them)."""
@@ -399,56 +392,25 @@ class LocalLearner:
 
     def save(self, root: Path, step: int, extra: dict[str, Any]) -> Path | None:
         """Write the checkpoint (collective when sharded; rank 0 writes, others return None)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        from klear.train.parallel import save_full_checkpoint
 
-        from klear.train.checkpoint import save_checkpoint
-
-        model_state = self.full_state()
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=options)
-        if self.rank != 0:
-            return None
-        return save_checkpoint(
+        return save_full_checkpoint(
             root,
             step,
             self.model,
             self.tokenizer,
-            None,
+            self.optimizer,
             self.scheduler,
             extra,
-            model_state=model_state,
-            optimizer_state=optim_state,
+            rank=self.rank,
+            sharded=self.sharded,
         )
 
     def restore(self, ckpt: Path) -> dict[str, Any]:
         """Weights, optimizer and schedule from ``ckpt``; returns the rest of its state (step, RNG, extra)."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-            set_optimizer_state_dict,
-        )
+        from klear.train.parallel import restore_full_checkpoint
 
-        from klear.train.checkpoint import load_trainer_state
-
-        state = load_trainer_state(ckpt)
-        if self.sharded:
-            from safetensors.torch import load_file
-
-            weights = load_file(str(Path(ckpt) / "model" / "model.safetensors"))
-            set_model_state_dict(
-                self.model, weights, options=StateDictOptions(full_state_dict=True, strict=False)
-            )
-        else:
-            load_weights(self.model, Path(ckpt) / "model")
-        optim = state.pop("optimizer")
-        if all(isinstance(k, int) for k in optim["state"]):  # a plain optimizer.state_dict()
-            self.optimizer.load_state_dict(optim)
-        else:  # keyed by parameter name: any rank count, either strategy
-            set_optimizer_state_dict(
-                self.model, self.optimizer, optim, options=StateDictOptions(full_state_dict=True)
-            )
-        self.scheduler.load_state_dict(state.pop("scheduler"))
-        return state
+        return restore_full_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, sharded=self.sharded)
 
     def close(self) -> None:
         pass

@@ -23,6 +23,9 @@ SAFE_TO_CHANGE: tuple[str, ...] = (
     "run.name",
     "run.out_dir",
     "trainer.total_steps",
+    "trainer.max_steps",  # klear sft: train longer or shorter
+    "trainer.log_every",
+    "trainer.eval_every",
     "trainer.save_every",
     "trainer.num_threads",
     "validation.every",

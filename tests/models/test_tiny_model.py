@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from klear.models.tiny import build_tiny_model, build_tokenizer
 from klear.tasks import TASKS, generate_problems
-from klear.tasks.tiny import build_tiny_model, build_tokenizer
 
 
 def test_tokenizer_round_trip_and_single_token_markers():

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from klear.eval.yarn import (
+from klear.models.yarn import (
     PAPER_MAX_MODEL_LEN,
     apply_yarn,
     yarn_max_positions,
