@@ -241,6 +241,14 @@ def test_aggregate_memory_is_bounded_across_processes():
         # a single process within the bound is not touched
         out = run(b, "b = bytearray(60 << 20)\nprint(len(b))\n")
         assert (out.status, out.exit_code, out.stdout) == ("exited", 0, f"{60 << 20}\n")
+        # nor are three processes of 20 MB each (the interpreter's shared pages counted in each)
+        honest = (
+            "import os, time\nb = bytearray(20 << 20)\nkids = []\nfor i in range(2):\n    pid = os.fork()\n"
+            "    if pid == 0:\n        c = bytearray(20 << 20)\n        time.sleep(0.3)\n        os._exit(0)\n"
+            "    kids.append(pid)\nprint(sum(os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) for k in kids))\n"
+        )
+        out = run(b, honest)
+        assert (out.status, out.exit_code, out.stdout) == ("exited", 0, "0\n"), out.stderr
         assert b.guard_kills == 1
     finally:
         b.close()
