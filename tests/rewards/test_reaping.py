@@ -105,3 +105,18 @@ def test_pool_reports_the_memory_bound_at_start_up(caplog):
     with RewardPool(RewardConfig(num_workers=1)) as pool:
         assert pool.memory_bound == "memory_guard"
     assert "aggregate memory bound per test by memory_guard (1024 MiB" in caplog.text
+
+
+def test_signals_exit_raises_once_then_ignores_until_the_block_is_left():
+    from klear.rewards.lifecycle import signals_exit
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exc, signals_exit():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        finally:
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # the reaping cannot be interrupted
+            os.kill(os.getpid(), signal.SIGINT)  # ignored
+    assert exc.value.code == 143
+    assert signal.getsignal(signal.SIGTERM) == before

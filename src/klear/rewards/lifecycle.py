@@ -12,8 +12,8 @@ before it stops them, kills them all, and returns only once none is running, wit
   allow :data:`GRACE_S` to close its sandboxes, then kill and reap everything recorded.
 - :func:`terminate` (an exception or a signal leaves the ``with`` block): kill and reap now.
 - :func:`report_bounds`: the start-up log line naming the aggregate memory bound in use.
-- :func:`signals_exit` (the CLI): SIGTERM raises ``SystemExit(143)`` so that the ``with``
-  block is left through :func:`terminate`; SIGINT already raises KeyboardInterrupt.
+- :func:`signals_exit` (the CLI): SIGTERM raises ``SystemExit(143)``, SIGINT KeyboardInterrupt,
+  so that the ``with`` block is left through :func:`terminate`; a second signal is ignored.
 """
 
 from __future__ import annotations
@@ -161,20 +161,29 @@ def _finish(workers: list[_WorkerLike], idents: list[tuple[int, str]]) -> None:
 
 @contextlib.contextmanager
 def signals_exit() -> Iterator[None]:
-    """Within the block, SIGTERM raises SystemExit(143) in the main thread (SIGINT: KeyboardInterrupt)."""
+    """Within the block, SIGTERM raises SystemExit(143) and SIGINT KeyboardInterrupt in the main thread.
 
-    def on_term(signum: int, _frame: object) -> None:
+    After the first of them both are ignored until the block is left, so that a second
+    Ctrl-C or SIGTERM cannot interrupt the reaping it started.
+    """
+
+    def on_signal(signum: int, _frame: object) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise SystemExit(128 + signum)
 
     try:
-        previous = signal.signal(signal.SIGTERM, on_term)
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def report_bounds(sandbox_cfg: Any) -> str:

@@ -17,8 +17,10 @@ as killed (a failed test) and its per-test wipe removes the files.
 
 Limits: it is a sampling bound, not a hard one: between two scans a test can overshoot
 by what it allocates in ~20 ms (tens of MB); the RLIMIT_AS of each process still bounds
-the overshoot of each. Resident memory of pages shared with the server (the warm
-interpreter) is counted once per process, so the bound errs on the strict side.
+the overshoot of each. Memory is resident memory summed over the processes, with pages
+shared between them (the warm interpreter, a parent's data inherited by a fork) counted
+once: the proportional set size, read from ``smaps_rollup`` only when the cheap resident
+sum passes the bound.
 """
 
 from __future__ import annotations
@@ -85,6 +87,18 @@ def _rss(pid: int) -> int:
         return 0
 
 
+def _pss(pid: int) -> int:
+    """Proportional set size: pages shared by n processes count 1/n in each (falls back to RSS)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) << 10
+    except (OSError, ValueError, IndexError):
+        pass
+    return _rss(pid)
+
+
 def _used_inodes(path: str) -> int | None:
     """Files on the mount at ``path`` (seen through /proc/<init>/root), or None if we may not look."""
     try:
@@ -123,6 +137,8 @@ def check(w: Watched) -> str | None:
         return None
     reason = None
     total = sum(_rss(p) for p in pids)
+    if total > w.memory_bytes:  # cheap and an upper bound; only then the exact (and dearer) figure
+        total = sum(_pss(p) for p in pids)
     if total > w.memory_bytes:
         reason = (
             f"memory: {total >> 20} MiB resident across {len(pids)} processes > {w.memory_bytes >> 20} MiB"
