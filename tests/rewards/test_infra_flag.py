@@ -20,8 +20,8 @@ PROGRAM = "<think>x</think>\n```python\nprint(input())\n```"
 class FakeBox:
     """A sandbox whose every run ends as scripted (no process is started)."""
 
-    def __init__(self, run: TestRun | Exception):
-        self.outcome = run
+    def __init__(self, run: TestRun | Exception, privileged: bool = True):
+        self.outcome, self.privileged = run, privileged
 
     def run(self, code, payload):
         if isinstance(self.outcome, Exception):
@@ -66,6 +66,16 @@ def test_sandbox_failures_are_infra(with_box, outcome, flag):
     with_box(outcome)
     r = code_reward(PROGRAM, GT, RewardConfig())
     assert r.infra and flag in r.flags and not r.correct
+
+
+def test_a_restart_where_tests_share_the_servers_uid_is_the_programs_failure(monkeypatch):
+    """Unprivileged mode: a program can kill its own server. Were that masked, a policy could learn
+    to kill the server instead of taking a wrong answer's negative advantage."""
+    monkeypatch.setattr(
+        code_mod, "get_sandbox", lambda cfg: FakeBox(TestRun(status="sandbox_restart"), False)
+    )
+    r = code_reward(PROGRAM, GT, RewardConfig())
+    assert not r.infra and "sandbox_restart" in r.flags and r.passed == 0 and r.score == -1.0
 
 
 def test_code_format_and_bad_ground_truth(with_box):

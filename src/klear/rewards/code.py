@@ -376,8 +376,11 @@ def code_reward(response: str, ground_truth: Any, cfg: RewardConfig) -> RewardRe
             flags.append(reason)
         elif reason == "server_error":
             flags.append("error")
-        # the harness failed, not the program (its own timeouts and crashes are verdicts)
-        infra = infra or reason in INFRA_REASONS
+        # the harness failed, not the program (its own timeouts and crashes are verdicts); but where
+        # tests share the server's uid (unprivileged mode) a program can kill its own server, so a
+        # restart there is the program's doing: a failed test, never masked out of training
+        blameless = reason != "sandbox_restart" or getattr(box, "privileged", True)
+        infra = infra or (reason in INFRA_REASONS and blameless)
         if first_error is None and (
             reason == "runtime_error" or (reason == "wrong" and test.kind == "check")
         ):
