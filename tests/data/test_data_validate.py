@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from klear.cli.data import percentiles
+from klear.data.summary import percentiles
 
 from .conftest import FIXTURES, write_jsonl
 
