@@ -153,3 +153,56 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
             proc.kill()
     assert proc.returncode == 143 and "terminated (SIGTERM)" in err and marker.exists()
     assert time.monotonic() - t0 < 5
+
+
+ROW = {
+    "data_source": "x",
+    "ability": "math",
+    "prompt": [{"role": "user", "content": "1+1?"}],
+    "reward_model": {"ground_truth": "2"},
+    "response": "<think>a</think>\\boxed{2}",
+}
+
+
+@pytest.mark.parametrize(
+    "output, extra, needle",
+    [
+        ("in.jsonl", [], "is the input; writing would replace it"),
+        ("adir", [], "is a directory"),
+        ("old.jsonl", [], "already exists; pass --force"),
+    ],
+)
+def test_reward_score_refuses_unsafe_outputs_before_scoring(tmp_path, capsys, output, extra, needle):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps(ROW) + "\n")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "old.jsonl").write_text("keep me\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert main(["reward", "score", "--input", str(src), "--output", str(tmp_path / output), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("klear: error: ") and needle in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_reward_score_empty_input_is_an_error_and_force_replaces(tmp_path, capsys):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    assert (
+        main(
+            [
+                "reward",
+                "score",
+                "--input",
+                str(tmp_path / "empty.jsonl"),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+            ]
+        )
+        == 2
+    )
+    assert "no rows to score" in capsys.readouterr().err and not (tmp_path / "o.jsonl").exists()
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps(ROW) + "\n")
+    (tmp_path / "o.jsonl").write_text("old\n")
+    args = ["reward", "score", "--input", str(src), "--output", str(tmp_path / "o.jsonl"), "--force"]
+    assert main([*args, "reward.num_workers=1"]) == 0
+    assert json.loads((tmp_path / "o.jsonl").read_text())["reward"]["correct"] is True

@@ -53,6 +53,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     s.add_argument("--config", metavar="RECIPE", help="RL recipe whose 'reward' section is used")
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. reward.num_workers=4")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--force", action="store_true", help="replace --output if it already exists")
 
 
 def _load_reward_config(recipe: str | None, overrides: list[str]) -> Any:
@@ -179,9 +180,8 @@ def write_rows(path: Path, src: Path, rows: list[InputRow], results: list[Any]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+    from klear.data.schema import DataError
+    from klear.progress import progress
     from klear.rewards.lifecycle import signals_exit
     from klear.rewards.pool import RewardPool, reward_metrics
 
@@ -190,7 +190,16 @@ def run(args: argparse.Namespace) -> int:
     if not src.is_file():
         print(f"klear: error: input {str(src)!r} not found", file=sys.stderr)
         return 2
+    out = Path(args.output)
+    if out.is_dir():
+        raise DataError(f"--output {out}: is a directory; give a file name")
+    if out.resolve() == src.resolve():
+        raise DataError(f"--output {out}: is the input; writing would replace it")
+    if out.exists() and not args.force:
+        raise DataError(f"--output {out}: already exists; pass --force to replace it")
     rows, errors = read_rows(src, reward_cfg)
+    if not rows and not errors:
+        raise DataError(f"{src}: no rows to score")
     if errors:
         for e in errors[:MAX_REPORTED_ERRORS]:
             print(f"klear: error: {e}", file=sys.stderr)
@@ -212,21 +221,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"klear: warning: {src}:{lineno}: invalid UTF-8 replaced by U+FFFD", file=sys.stderr)
 
     start = time.monotonic()
-    err = Console(stderr=True)
-    show = not args.no_progress and err.is_terminal
     with (
         signals_exit(),
-        Progress(
-            TextColumn("scoring"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            disable=not show,
-        ) as bar,
+        progress(not args.no_progress) as bar,
         RewardPool(reward_cfg) as pool,
     ):
-        task = bar.add_task("score", total=len(items_responses))
+        task = bar.add_task("scoring", total=len(items_responses))
         results = pool.score(
             items_rows, items_responses, progress=lambda done, total: bar.update(task, completed=done)
         )
