@@ -64,3 +64,13 @@ def test_a_command_piped_to_a_file_still_reports_progress(tmp_path):
         env={**os.environ, "KLEAR_PROGRESS_SECONDS": "0"},
     )
     assert "convert: " in proc.stderr and "(100%)" in proc.stderr and "done in" in proc.stderr
+
+
+def test_a_resumed_task_counts_its_rate_from_where_it_started():
+    now = [0.0]
+    out = io.StringIO()
+    with LineProgress(interval=10, stream=out, clock=lambda: now[0]) as bar:
+        task = bar.add_task("sft", total=100, completed=40, status="")
+        now[0] = 10.0
+        bar.update(task, advance=20, status="loss 1.000")
+    assert out.getvalue().splitlines()[0] == "sft: 60/100 (60%) 2/s ETA 0:20 loss 1.000"

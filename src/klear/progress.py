@@ -25,6 +25,7 @@ class _Task:
     start: float = 0.0
     last_line: float = 0.0  # when the last line was printed; -1 once the final one was
     lines: int = 0
+    initial: float = 0.0  # done before this process started (a resumed run): not in the rate
     fields: dict[str, Any] = field(default_factory=dict)
 
 
@@ -55,10 +56,14 @@ class LineProgress:
             if task.lines and task.last_line >= 0:  # reported along the way, not yet finished
                 self._line(task, final=True)
 
-    def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
+    def add_task(
+        self, description: str, total: float | None = None, completed: float = 0, **fields: Any
+    ) -> int:
         now = self.clock()
         task_id = len(self.tasks)
-        self.tasks[task_id] = _Task(description, total, start=now, last_line=now, fields=fields)
+        self.tasks[task_id] = _Task(
+            description, total, completed, start=now, last_line=now, fields=fields, initial=completed
+        )
         return task_id
 
     def advance(self, task_id: int, advance: float = 1) -> None:
@@ -96,7 +101,7 @@ class LineProgress:
     def _line(self, task: _Task, final: bool = False) -> None:
         now = self.clock()
         elapsed = max(now - task.start, 1e-9)
-        rate = task.completed / elapsed
+        rate = (task.completed - task.initial) / elapsed
         done = f"{task.completed:g}" + (f"/{task.total:g}" if task.total else "")
         parts = [f"{task.description}: {done}"]
         if task.total:
