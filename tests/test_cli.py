@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from klear import __version__
 from klear.cli import main
 
@@ -32,3 +34,49 @@ def test_config_error_exit_code_and_message(capsys):
     assert main(["config", DEMO, "loss.tpye=cispo"]) == 2
     err = capsys.readouterr().err
     assert "klear: error: invalid config" in err and "did you mean 'type'" in err
+
+
+def test_overrides_stand_anywhere_in_every_command_that_takes_them(capsys):
+    from klear.cli import build_parser, parse
+
+    parser = build_parser()
+    args = parse(parser, ["rl", DEMO, "--no-resume", "loss.type=cispo", "optim.lr=1e-4"])
+    assert args.overrides == ["loss.type=cispo", "optim.lr=1e-4"] and args.no_resume
+    args = parse(
+        parser,
+        [
+            "data",
+            "filter-math",
+            "in.jsonl",
+            "--kept",
+            "k.jsonl",
+            "reward.num_workers=2",
+            "--dropped",
+            "d.jsonl",
+            "--set",
+            "reward.math.negative=0",
+            "--generations",
+            "g.jsonl",
+        ],
+    )
+    assert args.overrides == ["reward.math.negative=0", "reward.num_workers=2"]
+    args = parse(
+        parser,
+        [
+            "eval",
+            "score",
+            "--benchmark",
+            "aime24",
+            "--generations",
+            "g.jsonl",
+            "--out",
+            "o",
+            "reward.num_workers=1",
+            "--seed",
+            "3",
+        ],
+    )
+    assert args.overrides == ["reward.num_workers=1"] and args.seed == 3
+    with pytest.raises(SystemExit) as exc:  # not an override: argparse's own error, exit 2
+        parse(parser, ["rl", DEMO, "--bogus"])
+    assert exc.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err

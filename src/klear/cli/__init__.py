@@ -58,6 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; ``key.sub=value`` overrides may stand anywhere on the line, in every command
+    that takes overrides (argparse alone takes positional overrides only right after the other
+    positionals, and ``klear data`` only as ``--set``)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+        if len(overrides) < len(extra) or not hasattr(args, "overrides"):
+            parser.parse_args(argv)  # argparse names what it does not recognise (exit 2)
+        args.overrides = [*(args.overrides or []), *overrides]
+    return args
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     from klear.errors import Terminated
 
@@ -93,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from klear.errors import Terminated
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0

@@ -87,7 +87,7 @@ def _sampling(p: argparse.ArgumentParser, what: str) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="dotted config override, repeatable, e.g. --set reward.num_workers=4",
+        help="dotted config override, repeatable: --set reward.num_workers=4, or just reward.num_workers=4",
     )
 
 
