@@ -71,6 +71,10 @@ TRAIN = [
         "--model: '{d}/nomodel' has no config.json",
     ),
     (
+        "data filter-math {d}/notrl.jsonl --kept {d}/k.jsonl --dropped {d}/dd.jsonl --model {d}/nomodel",
+        "--model: '{d}/nomodel' has no config.json",
+    ),
+    (
         "eval run --model {d}/nomodel --benchmark aime24 --n 1 --max-new-tokens 4 --temperature -1",
         "--temperature -1.0: must be >= 0",
     ),
@@ -91,9 +95,7 @@ def test_bad_input_is_one_line_rc2_and_nothing_written(inputs, capsys, monkeypat
     args = argv.format(**fill).split()
     if args[0] in ("rl", "sft"):
         args.append(f"run.out_dir={out}")
-    elif args[0] == "demo":
-        args += ["--out", str(out)]
-    else:
+    elif args[0] in ("demo", "eval"):
         args += ["--out", str(out)]
     before = sorted(p.name for p in inputs.iterdir())
     assert main(args) == 2

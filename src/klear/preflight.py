@@ -44,6 +44,19 @@ def check_model_dir(path: str | Path, key: str = "model.path") -> None:
         raise ConfigError(f"{key}: {config}: no 'model_type'; transformers cannot tell which model it is")
 
 
+def check_device(device: str | None, key: str = "--device") -> None:
+    """A CUDA device asked for must be visible (torch says so plainly only deep inside a model load)."""
+    if not device or not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{key} {device}: no CUDA GPU is visible (torch.cuda.is_available() is False)")
+    index = device.partition(":")[2]
+    if index.isdigit() and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"{key} {device}: only {torch.cuda.device_count()} GPU(s) are visible")
+
+
 def check_data_files(files: Iterable[str], key: str, kind: str) -> int:
     """Every record of every file reads (exists, UTF-8, valid JSON / parquet); RL rows also validate.
 

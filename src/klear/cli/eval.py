@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
 def _check_run_inputs(args: argparse.Namespace) -> None:
     """Sampling settings, the model directory and the device, before the run directory exists."""
     from klear.eval.rundir import EvalError
-    from klear.preflight import check_model_dir
+    from klear.preflight import check_device, check_model_dir
     from klear.rollout import SamplingParams
 
     fields = {
@@ -154,13 +154,7 @@ def _check_run_inputs(args: argparse.Namespace) -> None:
         raise EvalError(f"{fields.get(field, field)} {rest}") from None
     if args.backend == "hf":
         check_model_dir(args.model, "--model")
-    if args.device and args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise EvalError(
-                f"--device {args.device}: no CUDA GPU is visible (torch.cuda.is_available() is False)"
-            )
+    check_device(args.device)
 
 
 def _problems(args: argparse.Namespace, *, with_rest: bool = False) -> Any:
