@@ -208,3 +208,30 @@ def test_reward_score_empty_input_is_an_error_and_force_replaces(tmp_path, capsy
     args = ["reward", "score", "--input", str(src), "--output", str(tmp_path / "o.jsonl"), "--force"]
     assert main([*args, "reward.num_workers=1"]) == 0
     assert json.loads((tmp_path / "o.jsonl").read_text())["reward"]["correct"] is True
+
+
+def test_eval_score_does_not_replace_earlier_outputs_without_force(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("{}\n")
+    gens = tmp_path / "g.jsonl"
+    gens.write_text('{"index": 0, "response": "x"}\n')
+    argv = [
+        "eval",
+        "score",
+        "--benchmark",
+        "aime24",
+        "--generations",
+        str(gens),
+        "--out",
+        str(out),
+        "--limit",
+        "1",
+    ]
+    assert main(argv) == 2
+    assert (
+        "earlier run; pass --force" in capsys.readouterr().err
+        and (out / "summary.json").read_text() == "{}\n"
+    )
+    assert main([*argv, "--force", "reward.num_workers=1"]) == 0
+    assert json.loads((out / "summary.json").read_text())["n_problems"] == 1

@@ -102,6 +102,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     _benchmark_args(s)
     s.add_argument("--generations", required=True, metavar="FILE", help="jsonl of responses per problem")
     s.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    s.add_argument("--force", action="store_true", help="replace the outputs of an earlier score in --out")
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     s.add_argument("overrides", nargs="*", help="reward settings, e.g. reward.num_workers=4")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -327,10 +328,16 @@ def _run(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     from klear.eval.generations import read_generations, score_generations
+    from klear.eval.rundir import SUMMARY_FILE, EvalError
     from klear.eval.runner import eval_reward_config
     from klear.rewards.pool import RewardPool
 
     reward_cfg = eval_reward_config(args.overrides)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"--out {out}: is a file, not a directory")
+    if (out / SUMMARY_FILE).exists() and not args.force:
+        raise EvalError(f"--out {out}: holds the outputs of an earlier run; pass --force to replace them")
     name, problems, rest = _problems(args, with_rest=True)
     generations = read_generations(args.generations, problems, skip=rest)  # --limit: the rest are ignored
     meta = {
