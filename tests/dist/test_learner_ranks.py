@@ -11,7 +11,8 @@ import torch.multiprocessing as mp
 
 from klear.config import RLConfig, build_config
 from klear.models.tiny import build_tiny_model
-from klear.train.common import load_model, make_optimizer, pick_device
+from klear.models.loading import load_model, pick_device
+from klear.train.common import make_optimizer
 from klear.train.learner import (
     Sample,
     allreduce_grads,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from klear.config import ConfigError, ModelConfig, RLConfig, SFTConfig, build_config, lowest_exact_lr
-from klear.train.common import precision
+from klear.models.loading import precision
 
 
 def test_rounding_threshold_by_hand():

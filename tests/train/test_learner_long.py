@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from klear.config import RLConfig, build_config
+from klear.models.loading import load_model, pick_device
 from klear.models.tiny import build_tiny_model
 from klear.train.batch import micro_batches, over_budget
-from klear.train.common import load_model, make_optimizer, pick_device
+from klear.train.common import make_optimizer
 from klear.train.learner import Sample, merge_stats, old_logprobs, pad_id, update_policy
 from klear.types import RewardResult, Rollout
 
@@ -104,9 +105,9 @@ def test_chunked_logprobs_and_checkpointing_give_the_same_update(model_dir, tmp_
     )
     layer_calls = []
 
-    from klear.train import common
+    from klear.models import loading
 
-    load = common.load_model
+    load = loading.load_model
 
     def counting_load(*a, **kw):
         model, tok = load(*a, **kw)

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from klear.config import RLConfig, build_config
 from klear.data.dynamic_sampling import keep_groups
-from klear.train.common import load_model, make_optimizer, pick_device, resolve_model_dir
+from klear.models.loading import load_model, pick_device, resolve_model_dir
+from klear.train.common import make_optimizer
 from klear.train.learner import Sample, merge_stats, old_logprobs, pad_id, update_policy
 from klear.train.metrics import read_metrics
 from klear.train.rl import PromptStream, reuse_rollout_logprobs, train_rl

@@ -11,7 +11,7 @@ import yaml
 
 from klear.cli import main
 from klear.config import ModelConfig, RLConfig, build_config
-from klear.train.common import resolve_model_dir
+from klear.models.loading import resolve_model_dir
 from klear.train.metrics import read_metrics
 from klear.train.rl import train_rl
 

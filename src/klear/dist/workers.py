@@ -34,7 +34,7 @@ class RolloutWorker:
 
     def __init__(self, cfg: RLConfig, model_dir: str, threads: float) -> None:
         from klear.rollout import backend_class, backend_options
-        from klear.train.common import load_model, pick_device, quiet_transformers
+        from klear.models.loading import load_model, pick_device, quiet_transformers
 
         _threads(threads)
         quiet_transformers()
@@ -94,7 +94,7 @@ class LearnerRank:
     """
 
     def __init__(self, cfg: RLConfig, model_dir: str, rank: int, world: int, threads: float) -> None:
-        from klear.train.common import quiet_transformers
+        from klear.models.loading import quiet_transformers
 
         _threads(threads)
         quiet_transformers()
@@ -118,7 +118,7 @@ class LearnerRank:
         """Join the process group, then load (and, with FSDP, shard) the model; returns the device."""
         import torch.distributed as dist
 
-        from klear.train.common import pick_device
+        from klear.models.loading import pick_device
         from klear.train.learner import LocalLearner, allreduce_grads
 
         backend = "nccl" if pick_device().type == "cuda" else "gloo"

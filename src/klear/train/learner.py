@@ -63,7 +63,7 @@ def model_autocast(model: torch.nn.Module, cfg: RLConfig):
     """
     from contextlib import nullcontext
 
-    from klear.train.common import autocast, precision
+    from klear.models.loading import autocast, precision
 
     if getattr(model, "_klear_fsdp_mixed_precision", False):
         return nullcontext()
@@ -322,7 +322,8 @@ class LocalLearner:
         allreduce: Callable[[torch.nn.Module], None] | None = None,
         strategy: str = "ddp",
     ) -> None:
-        from klear.train.common import load_model, make_optimizer, make_scheduler, pick_device, precision
+        from klear.models.loading import load_model, pick_device, precision
+        from klear.train.common import make_optimizer, make_scheduler
 
         self.cfg, self.rank, self.world, self.allreduce = cfg, rank, world, allreduce
         self.sharded = strategy == "fsdp" and world > 1

@@ -114,9 +114,9 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
     reward pool -- in this process, or spread over a Ray cluster with ``dist.backend=ray``
     (``klear.dist``); the loop is the same.
     """
+    from klear.models.loading import quiet_transformers, resolve_model_dir
     from klear.rewards.pool import reward_metrics
     from klear.rollout import SamplingParams
-    from klear.train.common import quiet_transformers, resolve_model_dir
 
     # 0. Set-up: seed, output dir with the resolved config, engines, data.
     out = Path(cfg.run.out_dir)
@@ -417,7 +417,7 @@ def reuse_rollout_logprobs(cfg: RLConfig, device: torch.device) -> bool:
     numbers up to kernel rounding: the HF backend samples from the trainer's own module,
     nothing autocasts, and top-p/top-k do not truncate the sampled distribution.
     """
-    from klear.train.common import precision
+    from klear.models.loading import precision
 
     mode = cfg.trainer.old_logprobs
     if mode != "auto":

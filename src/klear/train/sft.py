@@ -30,18 +30,16 @@ from pathlib import Path
 import torch
 
 from klear.config import ConfigError, SFTConfig, save_config
-from klear.train.checkpoint import latest_checkpoint, set_rng_state
-from klear.train.common import (
+from klear.models.loading import (
     autocast,
     load_model,
-    make_optimizer,
-    make_scheduler,
     pick_device,
     precision,
     quiet_transformers,
     resolve_model_dir,
-    token_logprobs,
 )
+from klear.train.checkpoint import latest_checkpoint, set_rng_state
+from klear.train.common import make_optimizer, make_scheduler, token_logprobs
 from klear.train.learner import allreduce_grads, clip_grads, fsdp_shard, idle_pass
 from klear.train.metrics import MetricsLogger, plot_curves, read_metrics
 from klear.train.parallel import (
