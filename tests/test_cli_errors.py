@@ -28,6 +28,8 @@ def inputs(tmp_path: Path) -> Path:
     (tmp_path / "latin1.jsonl").write_bytes(b'{"prompt": "caf\xe9"}\n')
     (tmp_path / "notrl.jsonl").write_text(json.dumps({"data_source": "d", "prompt": "x"}) + "\n")
     (tmp_path / "afile").write_text("not a directory\n")
+    rl = {"data_source": "d", "prompt": "1+1?", "reward_model": {"ground_truth": "2"}}
+    (tmp_path / "rl.jsonl").write_text(json.dumps(rl) + "\n")
     (tmp_path / "nomodel").mkdir()
     (tmp_path / "badmodel").mkdir()
     (tmp_path / "badmodel" / "config.json").write_text('{"hidden_size": 8}')
@@ -71,7 +73,7 @@ TRAIN = [
         "--model: '{d}/nomodel' has no config.json",
     ),
     (
-        "data filter-math {d}/notrl.jsonl --kept {d}/k.jsonl --dropped {d}/dd.jsonl --model {d}/nomodel",
+        "data filter-math {d}/rl.jsonl --kept {d}/k.jsonl --dropped {d}/dd.jsonl --model {d}/nomodel",
         "--model: '{d}/nomodel' has no config.json",
     ),
     (

@@ -71,11 +71,6 @@ def run_filter(args: argparse.Namespace) -> int:
         reward_cfg = reward_cfg.model_copy(
             update={"code": reward_cfg.code.model_copy(update={"max_tests": None, "mode": "hard"})}
         )
-    if args.model:  # before any row is read or a shard written
-        from klear.preflight import check_device, check_model_dir
-
-        check_model_dir(args.model, "--model")
-        check_device(args.device)
     rows = located_rows(args.input, "rl")
     generations = load_generations(args.generations) if args.generations else None
     k = args.k if args.k is not None else (None if generations is not None else 16)
@@ -90,6 +85,10 @@ def run_filter(args: argparse.Namespace) -> int:
             )
         except ValueError as exc:
             raise DataError(str(exc)) from None
+        from klear.preflight import check_device, check_model_dir  # before any shard is written
+
+        check_model_dir(args.model, "--model")
+        check_device(args.device)
     source: Any = (
         ["generations"]  # each row's own responses are part of its shard key (key_of)
         if generations is not None

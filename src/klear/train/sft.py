@@ -293,6 +293,11 @@ def run_sft(cfg: SFTConfig, *, resume: bool = True) -> SFTResult:
         # 9. Final model (gathered from the shards), held-out evaluation on rank 0, summary.
         final_dir = out / "final"
         save_full_model(model, tokenizer, final_dir, ranks.rank, sharded)
+        # Every collective is done: the ranks leave the group together (one rank tearing its end
+        # down while another still holds the group aborted a gloo rank under load), and rank 0's
+        # evaluation below needs no collective.
+        barrier(ranks)
+        leave_ranks(ranks)
         if not ranks.lead:
             return SFTResult(out, final_dir, total_steps, time.perf_counter() - t_start, last, lead=False)
         if sharded:  # rank 0 evaluates an unsharded copy of the final model; the shards go first
