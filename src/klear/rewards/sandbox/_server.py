@@ -163,27 +163,52 @@ def _kill_leftovers(cfg):
     if cfg["isolation"] == "uid":
         if not _other_pids(live_only=True) and not _has_leftovers(cfg):
             return
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                uid = cfg["uid"]
-                os.setgroups([])
-                os.setresgid(uid, uid, uid)
-                os.setresuid(uid, uid, uid)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(-1, signal.SIGKILL)
-                _wipe(cfg)
-            except BaseException:
-                code = 1
-            os._exit(code)
-        os.waitpid(pid, 0)
+        _as_test_uid(cfg, wipe=True)
+        # SIGKILL is delivered when the target next leaves the kernel: one caught inside a system
+        # call (a loop of kill(-1)) can still finish that call. The next test's processes run under
+        # the same uid, so it starts only once nothing of this test is left running.
+        _until_dead(lambda: _as_test_uid(cfg, wipe=False))
         return
     if cfg["isolation"] == "pidns":
-        for pid in _other_pids():
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        _kill_others()
+        _until_dead(_kill_others)
     _wipe(cfg)
+
+
+def _as_test_uid(cfg, wipe):
+    """In a short-lived helper under the test's uid: SIGKILL to -1 (every process of that uid in
+    this pid namespace), then, if asked, the wipe of what the test left (as the owner)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            uid = cfg["uid"]
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(-1, signal.SIGKILL)
+            if wipe:
+                _wipe(cfg)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.waitpid(pid, 0)
+
+
+def _kill_others():
+    for pid in _other_pids():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _until_dead(kill_again, tries=400):
+    """Wait (up to ~2 s) until no leftover process is running (zombies run nothing), killing again."""
+    for _ in range(tries):
+        if not _other_pids(live_only=True):
+            return
+        time.sleep(0.005)
+        kill_again()
 
 
 def _scratch_dirs(cfg):
