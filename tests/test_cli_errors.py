@@ -237,3 +237,24 @@ def test_eval_score_does_not_replace_earlier_outputs_without_force(tmp_path, cap
     )
     assert main([*argv, "--force", "reward.num_workers=1"]) == 0
     assert json.loads((out / "summary.json").read_text())["n_problems"] == 1
+
+
+def test_eval_inputs_that_are_not_utf8_or_not_parquet_name_the_file(tmp_path, capsys):
+    bench = tmp_path / "latin1.jsonl"
+    bench.write_bytes(b'{"question": "1+1?", "answer": "2"}\n{"question": "caf\xe9", "answer": "1"}\n')
+    gens = tmp_path / "g.jsonl"
+    gens.write_text('{"index": 0, "response": "x"}\n')
+    argv = ["eval", "score", "--generations", str(gens), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--benchmark", str(bench)]) == 2
+    assert f"{bench}:2: not UTF-8 text" in capsys.readouterr().err
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 not parquet PAR1")
+    assert main([*argv, "--benchmark", str(bad)]) == 2
+    assert "not a readable parquet file" in capsys.readouterr().err
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text('{"question": "1+1?", "answer": "2"}\n')
+    gens.write_bytes(b'{"index": 0, "response": "caf\xe9"}\n')
+    assert main([*argv, "--benchmark", str(ok)]) == 2
+    err = capsys.readouterr().err
+    assert f"{gens}:1: not UTF-8 text" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -214,10 +214,15 @@ class Row:
     where: str  # "path:line" for jsonl (1-based line), "path row N" otherwise (1-based)
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _open_bytes(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")  # type: ignore[return-value]
+
+
+def _utf8(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BenchmarkError(f"{where}: not UTF-8 text (byte {exc.start + 1})") from None
 
 
 def read_rows(path: str | os.PathLike[str]) -> list[Row]:
@@ -234,8 +239,9 @@ def read_rows(path: str | os.PathLike[str]) -> list[Row]:
         return _read_parquet(p)
     if name.endswith(".jsonl"):
         rows: list[Row] = []
-        with _open_text(p) as handle:
-            for lineno, line in enumerate(handle, start=1):
+        with _open_bytes(p) as handle:
+            for lineno, raw in enumerate(handle, start=1):
+                line = _utf8(raw, f"{p}:{lineno}")
                 if not line.strip():
                     continue
                 try:
@@ -249,9 +255,9 @@ def read_rows(path: str | os.PathLike[str]) -> list[Row]:
                 rows.append(Row(data, f"{p}:{lineno}"))
         return rows
     if name.endswith(".json"):
-        with _open_text(p) as handle:
+        with _open_bytes(p) as handle:
             try:
-                data = json.load(handle)
+                data = json.loads(_utf8(handle.read(), str(p)))
             except json.JSONDecodeError as err:
                 raise BenchmarkError(f"{p}:{err.lineno}: invalid JSON ({err.msg})") from None
         if not isinstance(data, list):
@@ -272,7 +278,12 @@ def _read_parquet(path: Path) -> list[Row]:
         raise BenchmarkError(
             f"{path}: reading parquet needs pyarrow, which is not installed: pip install pyarrow"
         ) from None
-    records = pq.read_table(path).to_pylist()
+    import pyarrow as pa
+
+    try:
+        records = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise BenchmarkError(f"{path}: not a readable parquet file ({exc})") from None
     return [Row(record, f"{path} row {i}") for i, record in enumerate(records, start=1)]
 
 

@@ -67,13 +67,18 @@ def read_generations(
     slots: dict[str, dict[int, str]] = {}
     lines: dict[str, list[int]] = {}
     errors: list[str] = []
-    with open(p, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    with open(p, "rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
             if len(errors) >= max_errors:
                 break
+            where = f"{p}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                errors.append(f"{where}: not UTF-8 text (byte {exc.start + 1})")
+                continue
             if not line.strip():
                 continue
-            where = f"{p}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
