@@ -33,6 +33,8 @@ def inputs(tmp_path: Path) -> Path:
     (tmp_path / "nomodel").mkdir()
     (tmp_path / "badmodel").mkdir()
     (tmp_path / "badmodel" / "config.json").write_text('{"hidden_size": 8}')
+    (tmp_path / "tinymodel").mkdir()
+    (tmp_path / "tinymodel" / "config.json").write_text('{"model_type": "qwen3"}')
     return tmp_path
 
 
@@ -77,6 +79,10 @@ TRAIN = [
         "--model: '{d}/nomodel' has no config.json",
     ),
     (
+        "eval run --model {d}/tinymodel --benchmark aime24 --n 1 --max-new-tokens 4 --device cuda",
+        "--device cuda: no CUDA GPU is visible",
+    ),
+    (
         "eval run --model {d}/nomodel --benchmark aime24 --n 1 --max-new-tokens 4 --temperature -1",
         "--temperature -1.0: must be >= 0",
     ),
@@ -91,6 +97,11 @@ TRAIN = [
     "argv, needle", TRAIN, ids=[t[0].split(" {")[0] + f"-{i}" for i, t in enumerate(TRAIN)]
 )
 def test_bad_input_is_one_line_rc2_and_nothing_written(inputs, capsys, monkeypatch, argv, needle):
+    if "--device cuda" in argv:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is visible here")
     monkeypatch.chdir(inputs)
     out = inputs / "out"
     fill = {"d": str(inputs), "rl": DEMO_RL, "sft": DEMO_SFT}
