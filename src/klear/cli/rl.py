@@ -18,35 +18,20 @@ other difference is refused with the list of changed keys.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from klear.cli.training import add_run_args, prepare_run
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("recipe", help="YAML recipe (kind: rl)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.type=cispo optim.lr=1e-6")
-    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in run.out_dir")
-    p.add_argument(
-        "--resume-anyway",
-        action="store_true",
-        help="resume even though the config differs from the one saved in run.out_dir (see the error)",
-    )
+    add_run_args(p, "rl", "loss.type=cispo optim.lr=1e-6")
 
 
 def run(args: argparse.Namespace) -> int:
     from klear.config import RLConfig, load_config
-    from klear.preflight import check_train_run
-    from klear.train.checkpoint import latest_checkpoint
     from klear.train.rl import train_rl
-    from klear.train.rundir import check_resume
 
     cfg = load_config(RLConfig, args.recipe, args.overrides)
-    check_train_run(cfg, "rl")  # before OUT is created or a model loaded
-    ckpt = None if args.no_resume else latest_checkpoint(Path(cfg.run.out_dir) / "checkpoints")
-    if ckpt is not None:
-        if not args.resume_anyway:
-            check_resume(cfg.run.out_dir, cfg.model_dump(mode="json"))
-        print(f"resuming from {ckpt.name} ({ckpt}); --no-resume starts over", flush=True)
+    prepare_run(cfg, "rl", args)
     result = train_rl(cfg, resume=not args.no_resume)
     last = result.history[-1] if result.history else {}
     print(f"done: {result.out_dir} (final model: {result.final_model})")

@@ -17,37 +17,21 @@ keys safe to change (steps, cadences, dist, logging); any other difference is re
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from klear.cli.training import add_run_args, prepare_run
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("recipe", help="YAML recipe (kind: sft)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-4")
-    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in run.out_dir")
-    p.add_argument(
-        "--resume-anyway",
-        action="store_true",
-        help="resume even though the config differs from the one saved in run.out_dir (see the error)",
-    )
+    add_run_args(p, "sft", "optim.lr=1e-4")
 
 
 def run(args: argparse.Namespace) -> int:
     from klear.config import SFTConfig, load_config
-    from klear.preflight import check_train_run
-    from klear.train.checkpoint import latest_checkpoint
     from klear.train.parallel import ranks_from_env
-    from klear.train.rundir import check_resume
     from klear.train.sft import run_sft
 
     cfg = load_config(SFTConfig, args.recipe, args.overrides)
-    check_train_run(cfg, "sft")  # before OUT is created or a model loaded
-    ckpt = None if args.no_resume else latest_checkpoint(Path(cfg.run.out_dir) / "checkpoints")
-    if ckpt is not None:
-        if not args.resume_anyway:
-            check_resume(cfg.run.out_dir, cfg.model_dump(mode="json"), "klear sft")
-        if ranks_from_env().lead:
-            print(f"resuming from {ckpt.name} ({ckpt}); --no-resume starts over", flush=True)
+    prepare_run(cfg, "sft", args, announce=ranks_from_env().lead)
     result = run_sft(cfg, resume=not args.no_resume)
     if not result.lead:
         return 0
