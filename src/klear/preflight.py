@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from klear.config import ConfigError
-from klear.data.schema import DataError, iter_records, parse_row
+from klear.data.schema import DataError
 
 
 def check_out_dir(path: str | Path, key: str = "run.out_dir") -> None:
@@ -57,35 +57,18 @@ def check_device(device: str | None, key: str = "--device") -> None:
         raise ConfigError(f"{key} {device}: only {torch.cuda.device_count()} GPU(s) are visible")
 
 
-def check_data_files(files: Iterable[str], key: str, kind: str) -> int:
-    """Every record of every file reads (exists, UTF-8, valid JSON / parquet); RL rows also validate.
-
-    ``kind`` is ``"rl"`` (rows checked against the RL schema) or ``"chat"`` (any JSON object: the
-    SFT trainer accepts several shapes and says which it could not read). Returns the row count.
-    """
-    total = 0
+def check_files_exist(files: Iterable[str], key: str) -> None:
+    """Each named data file exists (cheap; its rows are read, and checked, by the trainer)."""
     for name in files:
-        path = Path(name)
-        if not path.exists():
+        if not Path(name).exists():
             raise DataError(f"{key}: {name}: file not found")
-        n = 0
-        for where, record in iter_records(path):
-            n += 1
-            if kind == "rl":
-                parse_row(record, "rl", f"{path}: {where}")
-            elif not isinstance(record, dict):
-                raise DataError(f"{path}: {where}: expected an object, got {type(record).__name__}")
-        if n == 0:
-            raise DataError(f"{key}: {name}: no rows")
-        total += n
-    return total
 
 
-def check_train_run(cfg: Any, kind: str) -> None:
-    """What ``klear rl`` / ``klear sft`` read before they create ``run.out_dir``."""
+def check_train_run(cfg: Any) -> None:
+    """What ``klear rl`` / ``klear sft`` check before the trainer starts; the trainers themselves
+    read their data before they create ``run.out_dir`` or load a model."""
     check_out_dir(cfg.run.out_dir)
     if cfg.model.path is not None:
         check_model_dir(cfg.model.path)
-    rows = "rl" if kind == "rl" else "chat"
-    check_data_files(cfg.data.train_files, "data.train_files", rows)
-    check_data_files(cfg.data.val_files, "data.val_files", rows)
+    check_files_exist(cfg.data.train_files, "data.train_files")
+    check_files_exist(cfg.data.val_files, "data.val_files")

@@ -26,7 +26,7 @@ def prepare_run(cfg: Any, kind: str, args: argparse.Namespace, *, announce: bool
     from klear.train.checkpoint import latest_checkpoint
     from klear.train.rundir import check_resume
 
-    check_train_run(cfg, kind)
+    check_train_run(cfg)
     ckpt = None if args.no_resume else latest_checkpoint(Path(cfg.run.out_dir) / "checkpoints")
     if ckpt is None:
         return

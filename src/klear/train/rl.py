@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from klear.algo.advantages import compute_advantages
-from klear.config import DataConfig, RLConfig, save_config
+from klear.config import ConfigError, DataConfig, RLConfig, save_config
 from klear.data.dynamic_sampling import keep_groups, overlong_penalty
 from klear.data.prompts import PromptStats, fit_prompts
 from klear.errors import KlearError
@@ -118,7 +118,9 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
     from klear.rewards.pool import reward_metrics
     from klear.rollout import SamplingParams
 
-    # 0. Set-up: seed, output dir with the resolved config, engines, data.
+    # 0. Set-up: data (a bad file fails before anything is written), seed, output dir with the
+    #    resolved config, engines.
+    train_located, val_located = located_rows(cfg.data, "train"), located_rows(cfg.data, "test")
     out = Path(cfg.run.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
@@ -133,8 +135,8 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
     prefix = think_prefix(tokenizer)
     if prefix:
         log.info("the chat template opens %r in the prompt: the reward judges it + the response", prefix)
-    train_rows, prompt_stats = fit_rows(cfg.data, "train", tokenizer)
-    val_rows, _ = fit_rows(cfg.data, "test", tokenizer)
+    train_rows, prompt_stats = fit_rows(train_located, cfg.data, tokenizer)
+    val_rows, _ = fit_rows(val_located, cfg.data, tokenizer)
     if cfg.validation.max_prompts is not None:
         val_rows = val_rows[: cfg.validation.max_prompts]
     if not train_rows:
@@ -319,7 +321,7 @@ def located_rows(cfg: DataConfig, split: str) -> tuple[list[dict[str, Any]], lis
         return rows, [f"task {cfg.task} {split} row {i + 1}" for i in range(len(rows))]
     files = cfg.train_files if split == "train" else cfg.val_files
     if split == "train" and not files:
-        raise ValueError("data: set data.task (a built-in task) or data.train_files")
+        raise ConfigError("data: set data.task (a built-in task) or data.train_files")
     from klear.data.schema import DataError, iter_rows
 
     rows, where = [], []
@@ -334,9 +336,11 @@ def located_rows(cfg: DataConfig, split: str) -> tuple[list[dict[str, Any]], lis
     return rows, where
 
 
-def fit_rows(cfg: DataConfig, split: str, tokenizer: Any) -> tuple[list[dict[str, Any]], PromptStats]:
-    """:func:`located_rows` with ``data.max_prompt_length`` applied per ``data.truncation``."""
-    rows, where = located_rows(cfg, split)
+def fit_rows(
+    located: tuple[list[dict[str, Any]], list[str]], cfg: DataConfig, tokenizer: Any
+) -> tuple[list[dict[str, Any]], PromptStats]:
+    """:func:`located_rows`' rows with ``data.max_prompt_length`` applied per ``data.truncation``."""
+    rows, where = located
     return fit_prompts(rows, tokenizer, cfg.max_prompt_length, cfg.truncation, where)
 
 

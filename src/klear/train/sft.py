@@ -122,6 +122,7 @@ def run_sft(cfg: SFTConfig, *, resume: bool = True) -> SFTResult:
     try:
         # held-out rows: every rank reads them, so a refusal is every rank's (none waits in a collective)
         val_rows = [r for r in load_rows(cfg.data, "test") if "reward_model" in r]
+        train_rows = load_rows(cfg.data, "train")  # a bad file fails here, before OUT or a model exists
         check_rank_settings(cfg, ranks.world, bool(val_rows))
         if ranks.lead:
             out.mkdir(parents=True, exist_ok=True)
@@ -142,9 +143,10 @@ def run_sft(cfg: SFTConfig, *, resume: bool = True) -> SFTResult:
 
         # 3. Data: chats -> token ids with assistant masks; held-out rows for evaluation (every rank
         #    tokenises everything, so every rank plans the same steps).
-        examples, data_stats = build_examples(tokenizer, load_rows(cfg.data, "train"), tc.max_length, end_ids)
+        examples, data_stats = build_examples(tokenizer, train_rows, tc.max_length, end_ids)
         if not examples:
             raise ValueError("no training examples: every row was empty or had no assistant tokens")
+        del train_rows  # the examples hold what training needs
         val_rows = val_rows if ranks.lead else []  # rank 0 evaluates
 
         # 4. Plan: every optimizer step's examples, packed by token count (the same on every rank).

@@ -6,7 +6,6 @@ and takes its share of each step's micro-batches (:func:`rank_share`).
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Iterator, Sequence
@@ -103,18 +102,17 @@ def chat_of_row(row: dict[str, Any], where: str) -> list[dict[str, str]]:
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a .jsonl, .json (list) or .parquet file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {str(path)!r} not found")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq  # optional: only for parquet data
+    """Rows of a .jsonl, .json (list) or .parquet file; DataError naming file and line (or "no rows")."""
+    from klear.data.schema import DataError, iter_records
 
-        return pq.read_table(path).to_pylist()
-    if path.suffix == ".json":
-        return list(json.loads(path.read_text()))
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+    rows = []
+    for where, record in iter_records(path):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: {where}: expected an object, got {type(record).__name__}")
+        rows.append(record)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
 
 
 def load_rows(data: DataConfig, split: str) -> list[dict[str, Any]]:
