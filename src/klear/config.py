@@ -761,3 +761,12 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None, kind: st
     if kind not in CONFIG_KINDS:
         raise ConfigError(f"recipe {str(recipe)!r}: kind = {kind!r}: allowed: {', '.join(CONFIG_KINDS)}")
     return load_config(CONFIG_KINDS[kind], recipe, overrides)
+
+
+def load_reward_config(recipe: str | None, overrides: list[str] | None = None) -> RewardConfig:
+    """The ``reward`` section of an RL recipe (defaults without one) with dotted overrides: what the
+    offline scorers (``klear reward score``, the data filters) use."""
+    cfg = load_recipe(recipe, overrides) if recipe else load_config(RLConfig, None, overrides)
+    if not hasattr(cfg, "reward"):
+        raise ConfigError(f"recipe {recipe!r} has no 'reward' section (is it an RL recipe?)")
+    return cfg.reward

@@ -16,15 +16,6 @@ from klear.cli.data import check_outputs, located_rows, write_json
 # ---------------------------------------------------------------------------------------------
 
 
-def _reward_config(recipe: str | None, overrides: list[str]) -> Any:
-    from klear.config import ConfigError, RLConfig, load_config, load_recipe
-
-    cfg = load_recipe(recipe, overrides) if recipe else load_config(RLConfig, None, overrides)
-    if not hasattr(cfg, "reward"):
-        raise ConfigError(f"recipe {recipe!r} has no 'reward' section (is it an RL recipe?)")
-    return cfg.reward
-
-
 def _dir_fingerprint(path: str) -> list[Any]:
     """Names, sizes and mtimes of a model directory's files: new weights invalidate finished shards."""
     root = Path(path)
@@ -52,6 +43,7 @@ class _Lazy:
 
 
 def run_filter(args: argparse.Namespace) -> int:
+    from klear.config import load_reward_config
     from klear.data.filters import Summary, backend_generator, filter_shard, load_generations, prompt_key
     from klear.data.schema import DataError
     from klear.data.shards import (
@@ -66,7 +58,7 @@ def run_filter(args: argparse.Namespace) -> int:
 
     mode = "code" if args.data_command == "filter-tests" else "math"
     check_outputs(args.kept, args.dropped, args.save_generations, inputs=[args.input], force=args.force)
-    reward_cfg = _reward_config(args.config, args.overrides)
+    reward_cfg = load_reward_config(args.config, args.overrides)
     if mode == "code":  # judge every test; all-or-nothing stops at the first failure
         reward_cfg = reward_cfg.model_copy(
             update={"code": reward_cfg.code.model_copy(update={"max_tests": None, "mode": "hard"})}

@@ -56,15 +56,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     s.add_argument("--force", action="store_true", help="replace --output if it already exists")
 
 
-def _load_reward_config(recipe: str | None, overrides: list[str]) -> Any:
-    from klear.config import ConfigError, RLConfig, load_config, load_recipe
-
-    cfg = load_recipe(recipe, overrides) if recipe else load_config(RLConfig, None, overrides)
-    if not hasattr(cfg, "reward"):
-        raise ConfigError(f"recipe {recipe!r} has no 'reward' section (is it an RL recipe?)")
-    return cfg.reward
-
-
 @dataclass
 class InputRow:
     """One row to score: where it came from, its content, and what reading it had to work around."""
@@ -180,12 +171,13 @@ def write_rows(path: Path, src: Path, rows: list[InputRow], results: list[Any]) 
 
 
 def run(args: argparse.Namespace) -> int:
+    from klear.config import load_reward_config
     from klear.data.schema import DataError
     from klear.progress import progress
     from klear.rewards.lifecycle import signals_exit
     from klear.rewards.pool import RewardPool, reward_metrics
 
-    reward_cfg = _load_reward_config(args.config, args.overrides)
+    reward_cfg = load_reward_config(args.config, args.overrides)
     src = Path(args.input)
     if not src.is_file():
         print(f"klear: error: input {str(src)!r} not found", file=sys.stderr)
