@@ -182,7 +182,7 @@ ROW = {
 @pytest.mark.parametrize(
     "output, extra, needle",
     [
-        ("in.jsonl", [], "is the input; writing would replace it"),
+        ("in.jsonl", [], "named as both input and output; writing would replace the input"),
         ("adir", [], "is a directory"),
         ("old.jsonl", [], "already exists; pass --force"),
     ],

@@ -47,3 +47,21 @@ def test_atomic_write_keeps_the_umask_mode_and_a_replaced_files_mode(tmp_path):
         assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+def test_check_outputs_refuses_what_would_destroy_something(tmp_path):
+    from klear.errors import OutputError
+    from klear.io import check_outputs
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("x\n")
+    (tmp_path / "d").mkdir()
+    for paths, inputs, needle in [
+        ([src], [src], "named as both input and output"),
+        ([tmp_path / "d"], [], "is a directory"),
+        ([tmp_path / "a", tmp_path / "a"], [], "named for two outputs"),
+        ([src], [], "already exists; pass --force"),
+    ]:
+        with pytest.raises(OutputError, match=needle):
+            check_outputs(paths, inputs)
+    check_outputs([src, None, tmp_path / "new"], [], force=True)  # replacing on purpose is allowed

@@ -12,5 +12,9 @@ class KlearError(Exception):
     """A problem with the user's input, settings or environment, fixable without changing code."""
 
 
+class OutputError(KlearError):
+    """An output path that would destroy something: an input, a directory, an existing file."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what schedulers send), raised like Ctrl-C so the same cleanup runs; exit 143."""

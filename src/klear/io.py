@@ -76,3 +76,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_outputs(
+    paths: Iterable[str | Path | None], inputs: Iterable[str | Path] = (), force: bool = False
+) -> None:
+    """Before any work: refuse an output that is a directory, is one of the inputs (writing would
+    replace it), is named twice, or already exists (unless ``force``). None entries are skipped."""
+    from klear.errors import OutputError
+
+    named = [Path(p) for p in paths if p is not None]
+    resolved = [p.resolve() for p in named]
+    for p in named:
+        if p.is_dir():
+            raise OutputError(f"{p}: is a directory; give an output file name")
+    for src in inputs:
+        if Path(src).resolve() in resolved:
+            raise OutputError(f"{src}: named as both input and output; writing would replace the input")
+    if len(set(resolved)) != len(resolved):
+        raise OutputError(f"the same file is named for two outputs: {', '.join(map(str, named))}")
+    existing = [str(p) for p in named if p.is_file()]
+    if existing and not force:
+        raise OutputError(f"{', '.join(existing)}: already exists; pass --force to replace it")

@@ -290,22 +290,11 @@ def located_rows(path: str, kind: str) -> list[tuple[str, Any]]:
 
 
 def check_outputs(*paths: str | None, inputs: Sequence[str] = (), force: bool = False) -> None:
-    """Fail before any work on an output type we cannot write, one file named for two outputs, an
-    output that is a directory, or an output that is one of the inputs (it would be replaced)."""
+    """:func:`klear.io.check_outputs`, and an output type we can write (.jsonl, .json, .parquet)."""
     from klear.data.schema import SUFFIXES, DataError
+    from klear.io import check_outputs as check_paths
 
-    given = [Path(p).resolve() for p in paths if p is not None]
-    for p in given:
-        if p.is_dir():
-            raise DataError(f"{p}: is a directory; give an output file name")
-    for src in inputs:
-        if Path(src).resolve() in given:
-            raise DataError(f"{src}: named as both input and output; writing would replace the input")
-    existing = [str(p) for p in paths if p is not None and Path(p).is_file()]
-    if existing and not force:
-        raise DataError(f"{', '.join(existing)}: already exists; pass --force to replace it")
-    if len(set(given)) != len(given):
-        raise DataError(f"the same file is named for two outputs: {', '.join(str(p) for p in paths if p)}")
+    check_paths(paths, inputs, force)
     for p in paths:
         if p is not None and Path(p).suffix.lower() not in SUFFIXES:
             raise DataError(f"{p}: unsupported output type {Path(p).suffix!r}; use .jsonl, .json or .parquet")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from klear.io import write_atomic
+from klear.io import check_outputs, write_atomic
 from klear.rewards.rows import LineError, decode_line, dump_row, has_deep, parse_row
 
 MAX_REPORTED_ERRORS = 20
@@ -182,13 +182,7 @@ def run(args: argparse.Namespace) -> int:
     if not src.is_file():
         print(f"klear: error: input {str(src)!r} not found", file=sys.stderr)
         return 2
-    out = Path(args.output)
-    if out.is_dir():
-        raise DataError(f"--output {out}: is a directory; give a file name")
-    if out.resolve() == src.resolve():
-        raise DataError(f"--output {out}: is the input; writing would replace it")
-    if out.exists() and not args.force:
-        raise DataError(f"--output {out}: already exists; pass --force to replace it")
+    check_outputs([args.output], inputs=[src], force=args.force)
     rows, errors = read_rows(src, reward_cfg)
     if not rows and not errors:
         raise DataError(f"{src}: no rows to score")
