@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from klear.progress import progress
+
 MAX_REPORTED_ERRORS = 20
 
 
@@ -399,7 +401,6 @@ def run_convert(args: argparse.Namespace) -> int:
         ShardStats,
         default_work_dir,
         finish_work_dir,
-        progress_bar,
         run_sharded,
     )
 
@@ -433,7 +434,7 @@ def run_convert(args: argparse.Namespace) -> int:
     stats = ShardStats()
     rejected: list[dict[str, Any]] = []
     try:
-        with progress_bar(not args.no_progress) as bar:
+        with progress(not args.no_progress) as bar:
             task = bar.add_task("convert", total=total)
             with AtomicOutputs({"rows": args.output, "rejected": args.rejected}) as out:
                 for routed in run_sharded(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from klear.cli.data import check_outputs, located_rows, write_json
+from klear.progress import progress
 
 # ---------------------------------------------------------------------------------------------
 # filter-tests / filter-math
@@ -51,7 +52,6 @@ def run_filter(args: argparse.Namespace) -> int:
         ShardStats,
         default_work_dir,
         finish_work_dir,
-        progress_bar,
         run_sharded,
         shard_seed,
     )
@@ -145,7 +145,7 @@ def run_filter(args: argparse.Namespace) -> int:
     work = Path(args.work_dir) if args.work_dir else default_work_dir(args.kept)
     stats, summary = ShardStats(), Summary()
     try:
-        with progress_bar(not args.no_progress) as bar:
+        with progress(not args.no_progress) as bar:
             task = bar.add_task(args.data_command, total=len(rows))
             outputs = {"kept": args.kept, "dropped": args.dropped, "generations": args.save_generations}
             with AtomicOutputs(outputs) as out:
@@ -210,7 +210,6 @@ def run_sft_select(args: argparse.Namespace) -> int:
         default_work_dir,
         digest,
         finish_work_dir,
-        progress_bar,
         run_sharded,
     )
 
@@ -244,7 +243,7 @@ def run_sft_select(args: argparse.Namespace) -> int:
         args.unknown_is_hard,
     ]
     total = sum(count_records(p) or 0 for p in args.inputs) or None
-    with progress_bar(not args.no_progress) as bar:
+    with progress(not args.no_progress) as bar:
         task = bar.add_task("sft-select: features", total=total)
         for routed in run_sharded(
             all_rows(),
@@ -308,7 +307,7 @@ def run_sft_select(args: argparse.Namespace) -> int:
     )
 
     # 4. write: stream the inputs again, routing each row by its decision
-    with progress_bar(not args.no_progress) as bar:
+    with progress(not args.no_progress) as bar:
         task = bar.add_task("sft-select: write", total=len(features))
         with AtomicOutputs({"kept": args.output, "dropped": args.dropped}) as out:
             for i, (_, row) in enumerate(all_rows()):

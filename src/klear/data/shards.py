@@ -55,13 +55,6 @@ def default_work_dir(output: str | Path) -> Path:
     return output.parent / f"{output.name}.work"
 
 
-def progress_bar(enabled: bool = True) -> Any:
-    """A bar on stderr on a terminal, a line every ~10 s otherwise (:func:`klear.progress.progress`)."""
-    from klear.progress import progress
-
-    return progress(enabled)
-
-
 @dataclass
 class ShardStats:
     """What a sharded run did: shards computed now vs reused from the work directory."""

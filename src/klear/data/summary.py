@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from klear.data.shards import progress_bar
+from klear.progress import progress as make_progress
 
 
 def percentiles(values: list[int]) -> dict[str, float]:
@@ -60,7 +60,7 @@ def summarize_file(
 
     n = 0
     too_long: list[str] = []
-    with progress_bar(progress) as bar:
+    with make_progress(progress) as bar:
         task = bar.add_task(f"validate {Path(path).name}", total=count_records(path))
         for where, row in iter_rows(path, kind, errors):  # type: ignore[arg-type]
             n += 1
