@@ -88,12 +88,3 @@ def load_model(path: str | Path, cfg: ModelConfig, device: torch.device) -> tupl
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
-
-
-def save_model(model: torch.nn.Module, tokenizer: Any, out: str | Path) -> Path:
-    """Write a plain HF directory (config, safetensors, generation config, tokenizer)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out

@@ -98,8 +98,3 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     if not (path / "trainer_state.pt").is_file():
         raise FileNotFoundError(f"{pointer} names {path.name}, which has no trainer_state.pt")
     return path
-
-
-def load_trainer_state(path: str | Path) -> dict[str, Any]:
-    # our own file, written by save_checkpoint: it holds numpy RNG state, hence weights_only=False
-    return torch.load(Path(path) / "trainer_state.pt", map_location="cpu", weights_only=False)
