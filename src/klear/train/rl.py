@@ -10,7 +10,13 @@ Per step (Klear-Reasoner Sec. 2-3, with DAPO's dynamic sampling):
 4. PPO epochs over mini-batches of ``ppo_mini_batch_size`` groups, micro-batched
    by a token budget, with the configured loss, the ``sft_alpha`` term on correct
    rollouts, and a true global token-mean per mini-batch;
-5. metrics; 6. validation; 7. checkpoint.
+5. the new weights to the sampler; 6. metrics; 7. validation; 8. checkpoint.
+
+With ``trainer.async_rollouts = K`` step 1 runs ahead, on a producer thread, while the
+learner trains: batches sampled with weights up to K updates old, from a sampler with its
+own copy of the policy (:mod:`klear.train.rollouts`; the schedule is deterministic, so
+resume stays exact). ``time/*`` metrics split each step into gen, reward, old_logprob,
+update, sync and wait (the learner waiting for its batch).
 
 Safety rails (all counted in the metrics): prompts over ``data.max_prompt_length``
 follow ``data.truncation``; the reward judges the think prefix the chat template
@@ -25,7 +31,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +46,7 @@ from klear.rewards.think import judged_texts, think_prefix
 from klear.train.checkpoint import latest_checkpoint, set_rng_state
 from klear.train.learner import LocalLearner, Sample
 from klear.train.metrics import MetricsLogger, plot_curves
-from klear.train.rollouts import AsyncRollouts, Batch, SyncRollouts, collect_batch, valid
+from klear.train.rollouts import AsyncRollouts, Batch, PromptStream, SyncRollouts, collect_batch, valid
 
 log = logging.getLogger("klear.rl")
 
@@ -73,42 +78,6 @@ class RLResult:
     out_dir: Path
     final_model: Path
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-class PromptStream:
-    """Prompt rows in a fresh seeded permutation each epoch; its state is two integers (exact resume)."""
-
-    def __init__(self, rows: Sequence[dict[str, Any]], seed: int, shuffle: bool = True):
-        if not rows:
-            raise ValueError("no training prompts")
-        self.rows, self.seed, self.shuffle = list(rows), seed, shuffle
-        self.epoch, self.pos = 0, 0
-        self._order = self._permutation()
-
-    def _permutation(self) -> list[int]:
-        order = list(range(len(self.rows)))
-        if self.shuffle:
-            random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
-        return order
-
-    def take(self, k: int) -> list[tuple[int, dict[str, Any]]]:
-        """The next ``k`` rows as (uid, row); uid is unique per draw, so repeated prompts are separate groups."""
-        out = []
-        for _ in range(k):
-            if self.pos == len(self._order):
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._order = self._permutation()
-            idx = self._order[self.pos]
-            out.append((self.epoch * len(self.rows) + self.pos, self.rows[idx]))
-            self.pos += 1
-        return out
-
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load(self, state: dict[str, int]) -> None:
-        self.epoch, self.pos = state["epoch"], state["pos"]
-        self._order = self._permutation()
 
 
 def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: bool = True) -> RLResult:

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,42 @@ MAX_DROPPED_IN_A_ROW = 3
 
 class StaleRolloutsError(KlearError, RuntimeError):
     """The sampler kept producing batches more than ``trainer.async_rollouts`` versions behind."""
+
+
+class PromptStream:
+    """Prompt rows in a fresh seeded permutation each epoch; its state is two integers (exact resume)."""
+
+    def __init__(self, rows: Sequence[dict[str, Any]], seed: int, shuffle: bool = True):
+        if not rows:
+            raise ValueError("no training prompts")
+        self.rows, self.seed, self.shuffle = list(rows), seed, shuffle
+        self.epoch, self.pos = 0, 0
+        self._order = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        order = list(range(len(self.rows)))
+        if self.shuffle:
+            random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
+        return order
+
+    def take(self, k: int) -> list[tuple[int, dict[str, Any]]]:
+        """The next ``k`` rows as (uid, row); uid is unique per draw, so repeated prompts are separate groups."""
+        out = []
+        for _ in range(k):
+            if self.pos == len(self._order):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._permutation()
+            idx = self._order[self.pos]
+            out.append((self.epoch * len(self.rows) + self.pos, self.rows[idx]))
+            self.pos += 1
+        return out
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._permutation()
 
 
 @dataclass
