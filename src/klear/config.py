@@ -442,7 +442,19 @@ class RLTrainerConfig(Section):
     gen_batch_size: int | None = Field(None, ge=1, description="prompts generated per generation batch")
     ppo_mini_batch_size: int = Field(16, ge=1, description="prompts per optimizer update")
     ppo_epochs: int = Field(1, ge=1)
-    micro_batch_tokens: int = Field(16384, ge=1, description="token budget per forward/backward")
+    micro_batch_tokens: int = Field(
+        16384,
+        ge=1,
+        description="token budget per forward/backward, padding included: packed rows x their width "
+        "(the micro-batch's longest sequence; shorter ones fill the rows) with pack_sequences, else "
+        "padded rows x longest; a longer sequence runs alone",
+    )
+    pack_sequences: bool = Field(
+        True,
+        description="learner micro-batches as one packed row (sequences concatenated, position ids "
+        "restarting per sequence, no padding); false: one right-padded row per sequence. The same "
+        "log-probs, loss and gradients either way (klear.train.batch)",
+    )
     logits_chunk_tokens: int = Field(
         1024,
         ge=0,
