@@ -166,13 +166,14 @@ class RolloutGroup:
         self.dist = d
         self._source: LearnerGroup | None = None  # collective weight sync: the learner, once attached
         self._stale = False  # an actor was replaced since the weight-sync group was formed
+        self._synced_updates = 0  # the learner's update count at the last collective sync
 
         def make(_: int) -> Any:
             handle = actor.remote(cfg, str(model_dir), d.rollout_cpus)
             if self._source is not None and self.version > 0:
-                # a replacement joins the weight-sync group at the next sync; the current weights
-                # reach it once through the object store
-                self._weights = self._source.state_ref()
+                # a replacement joins the weight-sync group at the next sync; the weights of the
+                # current version reach it once through the object store, from a surviving actor
+                self._weights = self._peer_weights()
             if self._weights is not None:
                 ray.get(handle.load_weights.remote(self._weights, self.version))
             if self._source is not None:
@@ -254,7 +255,26 @@ class RolloutGroup:
         except ray.exceptions.RayActorError as err:
             raise WorkerLost(f"a rollout actor died during a collective weight sync: {err}") from err
         self.version = version
+        self._synced_updates = weights.updates
         self._weights = None  # the object-store copy, if any, is out of date
+
+    def _peer_weights(self) -> Any:
+        """An ObjectRef of a live actor's state dict (the group's current version); the learner's
+        when none is left and it has not updated since the last sync."""
+        for actor in list(self.actors.actors):  # the one being replaced is dead: skipped
+            ref = actor.state.remote()
+            try:
+                ray.get(ref)
+                return ref
+            except ray.exceptions.RayActorError:
+                continue
+        assert self._source is not None
+        if self._source.updates != self._synced_updates:
+            raise WorkerLost(
+                "every rollout actor was lost and the learner has updated since the last weight sync: "
+                "no copy of the current policy version is left"
+            )
+        return self._source.state_ref()
 
     def digests(self) -> list[str]:
         """Each actor's parameter hash (tests: bit-identical weights)."""

@@ -90,6 +90,10 @@ class RolloutWorker:
         self.version = version
         return version
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The policy's state dict on CPU (a replacement actor's weights under collective sync)."""
+        return {k: v.detach().cpu() for k, v in self.backend.model.state_dict().items()}
+
     def weights_digest(self) -> str:
         """A hash of the policy's parameters (tests compare members bit for bit)."""
         from klear.dist.weight_sync import digest
