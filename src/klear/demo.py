@@ -1,9 +1,14 @@
-"""``klear demo``: the whole Klear-Reasoner pipeline on a laptop CPU, on the built-in tiny task.
+"""``klear demo``: the whole Klear-Reasoner pipeline on a laptop CPU, on a built-in tiny task.
 
-1. SFT of a freshly built tiny Qwen3 on worked solutions (``recipes/demo-sft.yaml``);
-2. RL with GPPO from that checkpoint (``recipes/demo.yaml``), scored through the real
-   math reward path, with held-out greedy accuracy measured before and after;
+1. SFT of a freshly built tiny Qwen3 on worked solutions (the task's SFT recipe);
+2. RL with GPPO from that checkpoint (the task's RL recipe), scored through the real
+   reward path (math: the math verifier; code: programs run in the sandbox), with
+   held-out greedy accuracy (and, for code, the mean test pass rate) before and after;
 3. a table, ``OUT/summary.json``, ``OUT/metrics.jsonl`` and ``OUT/curves.png``.
+
+``--task`` picks the recipe pair from :data:`DEMO_RECIPES`: ``addition-2to3`` (the default:
+``recipes/demo-sft.yaml`` then ``recipes/demo.yaml``) or ``code-fn`` (the code task:
+``recipes/demo-code-sft.yaml`` then ``recipes/demo-code.yaml``).
 
 ``--compare`` runs ppo (clip-higher), gppo, CE-GPPO (beta_low 0.5) and cispo from one SFT
 checkpoint over several seeds and writes a table with 95% confidence intervals and a plot.
@@ -32,6 +37,14 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
+#: The demo's tasks: task -> (SFT recipe, RL recipe) in the recipes directory.
+DEMO_RECIPES: dict[str, tuple[str, str]] = {
+    "addition-2to3": ("demo-sft.yaml", "demo.yaml"),
+    "code-fn": ("demo-code-sft.yaml", "demo-code.yaml"),
+}
+DEFAULT_TASK = "addition-2to3"
+
+
 def recipes_dir() -> Path:
     """The shipped recipes: inside the installed package (wheel), else the source checkout's ``recipes/``."""
     packaged = Path(__file__).resolve().parent / "recipes"
@@ -49,12 +62,21 @@ class DemoSettings:
     seed: int = 0
     sft_overrides: tuple[str, ...] = ()
     rl_overrides: tuple[str, ...] = ()
+    task: str = DEFAULT_TASK
+
+
+def demo_recipes(task: str) -> tuple[Path, Path]:
+    """(SFT recipe, RL recipe) of the demo on ``task``; a ConfigError names the choices."""
+    if task not in DEMO_RECIPES:
+        raise ConfigError(f"--task {task!r}: the demo has recipes for {', '.join(DEMO_RECIPES)}")
+    sft, rl = DEMO_RECIPES[task]
+    return recipes_dir() / sft, recipes_dir() / rl
 
 
 def sft_config(s: DemoSettings, out: Path) -> SFTConfig:
     return load_config(
         SFTConfig,
-        recipes_dir() / "demo-sft.yaml",
+        demo_recipes(s.task)[0],
         [f"run.out_dir={out}", f"run.seed={s.seed}", *s.sft_overrides],
     )
 
@@ -62,7 +84,7 @@ def sft_config(s: DemoSettings, out: Path) -> SFTConfig:
 def rl_config(s: DemoSettings, out: Path, extra: list[str] | tuple[str, ...] = ()) -> RLConfig:
     return load_config(
         RLConfig,
-        recipes_dir() / "demo.yaml",
+        demo_recipes(s.task)[1],
         [f"run.out_dir={out}", f"run.seed={s.seed}", *s.rl_overrides, *extra],
     )
 
@@ -94,6 +116,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         "gain_points": 100 * (end["val/greedy_acc"] - start["val/greedy_acc"]),
         "held_out_prompts": rl_cfg.data.val_size,
         "accuracy_curve": [{"step": h["step"], "greedy_acc": h["val/greedy_acc"]} for h in vals],
+        **_pass_rates(start, end),
         "seconds": {"sft": t_sft, "rl": t_rl, "total": time.perf_counter() - t0},
         "peak_rss_mib": _peak_rss_mib(),
         "final_model": str(rl.final_model),
@@ -127,7 +150,7 @@ def run_compare(s: DemoSettings, seeds: int) -> dict[str, Any]:
             run_dir = root / _slug(name) / f"seed{k}"
             _say(f"{name}, seed {k} ({run_dir})")
             cfg = rl_config(
-                DemoSettings(s.out, s.seed + k, s.sft_overrides, s.rl_overrides), run_dir, overrides
+                DemoSettings(s.out, s.seed + k, s.sft_overrides, s.rl_overrides, s.task), run_dir, overrides
             )
             res = train_rl(cfg, init_model=sft.model_dir, resume=False)
             vals = [h for h in res.history if "val/greedy_acc" in h]
@@ -142,6 +165,13 @@ def run_compare(s: DemoSettings, seeds: int) -> dict[str, Any]:
     _plot_compare(runs, root / "compare.png")
     print(md)
     return result
+
+
+def _pass_rates(start: dict[str, Any], end: dict[str, Any]) -> dict[str, float]:
+    """Code tasks: the held-out mean test pass rate before and after RL (nothing for math)."""
+    if "val/greedy_pass_rate" not in start:
+        return {}
+    return {"sft_pass_rate": start["val/greedy_pass_rate"], "rl_pass_rate": end["val/greedy_pass_rate"]}
 
 
 def _ci(values: list[float]) -> dict[str, float]:
@@ -226,12 +256,19 @@ def _print_table(summary: dict[str, Any]) -> None:
     t = Table(
         title=f"held-out greedy accuracy on '{summary['task']}' ({summary['held_out_prompts']} prompts)"
     )
+    code = "sft_pass_rate" in summary  # a code task: also the mean fraction of hidden tests passed
     t.add_column("stage")
     t.add_column("accuracy", justify="right")
+    if code:
+        t.add_column("tests passed", justify="right")
     t.add_column("seconds", justify="right")
-    t.add_row(
-        "after SFT (start of RL)", f"{100 * summary['sft_accuracy']:.1f}%", f"{summary['seconds']['sft']:.0f}"
-    )
-    t.add_row("after RL (GPPO)", f"{100 * summary['rl_accuracy']:.1f}%", f"{summary['seconds']['rl']:.0f}")
-    t.add_row("gain", f"{summary['gain_points']:+.1f} points", f"{summary['seconds']['total']:.0f}")
+    sec = summary["seconds"]
+    rows = [
+        ("after SFT (start of RL)", summary["sft_accuracy"], summary.get("sft_pass_rate"), sec["sft"]),
+        ("after RL (GPPO)", summary["rl_accuracy"], summary.get("rl_pass_rate"), sec["rl"]),
+    ]
+    for stage, acc, passed, seconds in rows:
+        t.add_row(stage, f"{100 * acc:.1f}%", *([f"{100 * passed:.1f}%"] if code else []), f"{seconds:.0f}")
+    gain = [f"{100 * (summary['rl_pass_rate'] - summary['sft_pass_rate']):+.1f} points"] if code else []
+    t.add_row("gain", f"{summary['gain_points']:+.1f} points", *gain, f"{sec['total']:.0f}")
     Console().print(t)

@@ -57,3 +57,26 @@ def test_demo_compare_table_and_plot(tmp_path):
     # the variants really ran with their own losses
     cfg = (out / "compare" / "ce-gppo-beta-low-0-5" / "seed1" / "config.yaml").read_text()
     assert "beta_low: 0.5" in cfg and "seed: 1" in cfg
+
+
+@pytest.mark.slow
+def test_demo_on_the_code_task_scores_programs_in_the_sandbox(tmp_path):
+    """`klear demo --task code-fn`: its own recipes, rows scored by the code reward, pass rates reported."""
+    out = tmp_path / "demo"
+    sft = [*SFT, "trainer.eval_max_new_tokens=24"]
+    rl = [*RL, "rollout.max_new_tokens=24", "trainer.total_steps=1", "validation.n=1"]
+    assert main(["demo", "--task", "code-fn", "--out", str(out), "--sft", *sft, "--rl", *rl]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "code-fn"
+    assert summary["config"]["sft"]["data"]["task"] == "code-fn"
+    assert summary["config"]["rl"]["reward"]["code"]["mode"] == "soft"
+    # 24 tokens cannot hold a program: every held-out response is judged and fails all its tests
+    assert summary["sft_pass_rate"] == summary["rl_pass_rate"] == 0.0 == summary["rl_accuracy"]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["val/greedy_pass_rate"] == 0.0 and rows[-1]["reward/flag/no_answer"] > 0
+
+
+def test_demo_rejects_an_unknown_task(capsys):
+    assert main(["demo", "--task", "nope", "--out", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err
+    assert "klear: error:" in err and "code-fn" in err and "addition-2to3" in err
