@@ -27,6 +27,7 @@ RL = [
         (["ablate", "loss", "--seeds", "0"], "--seeds 0: paired intervals need at least 2 seeds"),
         (["ablate", "loss", "--seeds", "1"], "--seeds 1"),
         (["ablate"], "name an ablation"),
+        (["ablate", "loss", "--jobs", "0"], "--jobs 0: must be >= 1"),
         (["demo", "--compare", "--seeds", "0"], "--seeds 0"),
         (["ablate", "loss", "--rl", "trainer.ppo_epochs=0"], "ppo_epochs"),
     ],
@@ -69,7 +70,7 @@ def test_demo_compare_runs_the_loss_ablation(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_two_seed_smoke_run_of_filter(tmp_path, capsys):
     out = tmp_path / "filter"
-    argv = ["ablate", "filter", "--seeds", "2", "--out", str(out), "--sft", *SFT, "--rl", *RL]
+    argv = ["ablate", "filter", "--seeds", "2", "--jobs", "1", "--out", str(out), "--sft", *SFT, "--rl", *RL]
     assert main(argv) == 0
     summary = json.loads((out / "ablation.json").read_text())
     on, off = summary["variants"]["dynamic sampling on"], summary["variants"]["dynamic sampling off"]

@@ -20,6 +20,8 @@ LOSS_REGIME = (
 
 #: The RL ablations' common sizing: fewer steps than the demo's 24, held-out set of 128.
 RL_SHORT = ("trainer.total_steps=12", "validation.every=4")
+#: The loss ablation's steps cost 4 PPO epochs each: 8 of them.
+LOSS_STEPS = ("trainer.total_steps=8", "validation.every=2")
 
 register(
     Ablation(
@@ -39,7 +41,7 @@ register(
             Claim("GPPO beats PPO clip-higher", better="gppo", worse="ppo (clip-higher)"),
             Claim("GPPO beats CISPO", better="gppo", worse="cispo"),
         ),
-        rl=(*RL_SHORT, *LOSS_REGIME),
+        rl=(*LOSS_STEPS, *LOSS_REGIME),
         notes=(
             "Regime: ppo_epochs 4 over mini-batches of 2 prompts (32 optimizer steps per RL step) at "
             "lr 5e-5, so that the ratio leaves the clip range on a few percent of the tokens; in the "

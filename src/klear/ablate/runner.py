@@ -25,7 +25,7 @@ from klear.config import RLConfig, SFTConfig, load_config
 #: Seconds per unit of work on 2 idle cores (1 torch thread), measured on the demo (see estimate()).
 COST = {
     "sft_token": 6.5e-5,  # one SFT training token (forward + backward)
-    "gen_token": 1.6e-4,  # one generated token of one sequence, batched sampling
+    "gen_token": 8.0e-5,  # one generated token of one sequence, batched sampling
     "update_token": 7.0e-5,  # one response token through the RL update (per PPO epoch)
     "run_overhead": 4.0,  # model load, reward pool start, checkpoint, plot
 }
@@ -62,6 +62,7 @@ class Settings:
     sft_overrides: tuple[str, ...] = ()
     rl_overrides: tuple[str, ...] = ()
     sft_cache: Path | None = None  # shared SFT checkpoints (``klear ablate all`` shares one across ablations)
+    jobs: int = 1  # seeds run in this many worker processes at once (each run uses one torch thread)
     say: Callable[[str], None] = print
 
 
@@ -183,30 +184,36 @@ def _data_overrides(train: Path, val: Path | None) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def estimate(ab: Ablation, s: Settings) -> dict[str, float]:
+def estimate(ab: Ablation, s: Settings, seen_sft: set[str] | None = None) -> dict[str, float]:
     """Seconds per kind of run and in all, from the configs and ``COST`` (2 idle cores).
 
     SFT: trained tokens (steps x batch_tokens) plus held-out generation. RL per step: sampled
     tokens (prompts x n x max_new_tokens, with the expected extra generation batches of dynamic
-    sampling), update tokens x ppo_epochs, and the validations. Shared SFT stages count once.
+    sampling), update tokens x ppo_epochs, and the validations. Shared SFT stages count once (and
+    not at all when their key is in ``seen_sft``: another ablation of ``klear ablate all`` trains them).
     """
     tmp = s.out / "validate"
     per: dict[str, float] = {}
     sft_keys: dict[str, float] = {}
     for v in ab.variants:
         sft_cfg = sft_config(ab, v, s, tmp, s.base_seed)
-        sft_keys[sft_key(ab, v, s)] = _sft_seconds(sft_cfg) if v.stage != "sft" else 0.0
+        key = sft_key(ab, v, s)
+        sft_keys[key] = _sft_seconds(sft_cfg) if v.stage != "sft" and key not in (seen_sft or ()) else 0.0
         if v.stage == "sft":
             per[v.name] = _sft_seconds(sft_cfg)
         elif v.stage == "rl":
             per[v.name] = _rl_seconds(rl_config(ab, v, s, tmp, s.base_seed, _match_placeholder(v)))
         else:  # the same wall-clock as the RL run it matches, plus its evaluations
             per[v.name] = per[v.match[0]] if v.match else 0.0  # type: ignore[index]
+    if seen_sft is not None:
+        seen_sft.update(sft_keys)
     per_seed = sum(per.values()) + sum(sft_keys.values())
+    rounds = math.ceil(s.seeds / max(1, min(s.jobs, 2)))  # 2 cores: a 3rd job only shares them
     return {
         **{f"variant:{k}": x for k, x in per.items()},
         "sft": sum(sft_keys.values()),
-        "total": per_seed * s.seeds,
+        "per_seed": per_seed,
+        "total": per_seed * rounds,
     }
 
 
@@ -254,33 +261,78 @@ def run_ablation(ab: Ablation, s: Settings) -> dict[str, Any]:
     n_runs = s.seeds * len(ab.variants)
     s.say(
         f"{ab.name}: {len(ab.variants)} variants x {s.seeds} seeds = {n_runs} runs (+ shared SFT stages); "
-        f"estimated {_mmss(est['total'])} on 2 idle cores"
+        f"estimated {_mmss(est['total'])} on 2 idle cores with --jobs {s.jobs}"
     )
     s.out.mkdir(parents=True, exist_ok=True)
-    cache = s.sft_cache or (s.out / "sft")
     results: list[RunResult] = []
     t0 = time.perf_counter()
-    done = 0
-    for k in range(s.seeds):
-        seed = s.base_seed + k
-        by_name: dict[str, RunResult] = {}
-        for v in ab.variants:
-            t_run = time.perf_counter()
-            res = _run_variant(ab, v, s, seed, cache, by_name)
-            by_name[v.name] = res
-            results.append(res)
-            done += 1
-            spent = time.perf_counter() - t0
-            eta = spent / done * (n_runs - done)
-            clip = "" if res.clip_high is None else f", clip {100 * (res.clip_high + res.clip_low):.2f}%"
-            s.say(
-                f"[{done}/{n_runs}] {v.name}, seed {seed}: accuracy {100 * res.final:.1f}%"
-                f"{'' if res.gain is None else f' ({100 * res.gain:+.1f} over SFT)'}{clip} "
-                f"in {time.perf_counter() - t_run:.0f} s; ETA {_mmss(eta)}"
-            )
+
+    def report(res: RunResult) -> None:
+        results.append(res)
+        done = len(results)
+        eta = (time.perf_counter() - t0) / done * (n_runs - done)
+        clip = "" if res.clip_high is None else f", clip {100 * (res.clip_high + res.clip_low):.2f}%"
+        gain = "" if res.gain is None else f" ({100 * res.gain:+.1f} over its start)"
+        s.say(
+            f"[{done}/{n_runs}] {res.variant}, seed {res.seed}: accuracy {100 * res.final:.1f}%{gain}{clip} "
+            f"in {res.seconds:.0f} s; ETA {_mmss(eta)}"
+        )
+
+    seeds = [s.base_seed + k for k in range(s.seeds)]
+    if s.jobs <= 1:
+        for seed in seeds:
+            run_seed(ab, s, seed, report)
+    else:
+        _run_parallel(ab, s, seeds, report)
+    results.sort(key=lambda r: (r.seed, [v.name for v in ab.variants].index(r.variant)))
     summary = summarise(ab, results, s, seconds=time.perf_counter() - t0, estimate=est)
     write_report(summary, s.out)
     return summary
+
+
+def run_seed(ab: Ablation, s: Settings, seed: int, report: Callable[[RunResult], None]) -> list[RunResult]:
+    """Every variant of ``ab`` on one seed, in registry order (a matched variant after its reference)."""
+    cache = s.sft_cache or (s.out / "sft")
+    by_name: dict[str, RunResult] = {}
+    for v in ab.variants:
+        by_name[v.name] = _run_variant(ab, v, s, seed, cache, by_name)
+        report(by_name[v.name])
+    return list(by_name.values())
+
+
+def _seed_worker(ab: Ablation, s: Settings, seed: int, queue: Any) -> None:
+    """One seed in a worker process: each finished run goes to ``queue`` (as a dict) at once."""
+    import dataclasses
+
+    s = dataclasses.replace(s, say=print)
+    run_seed(ab, s, seed, lambda r: queue.put(asdict(r)))
+
+
+def _run_parallel(ab: Ablation, s: Settings, seeds: list[int], report: Callable[[RunResult], None]) -> None:
+    """Seeds in ``s.jobs`` worker processes (spawned: never fork a process that holds torch)."""
+    import dataclasses
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        q = manager.Queue()
+        plain = dataclasses.replace(s, say=print)
+        with ProcessPoolExecutor(max_workers=min(s.jobs, len(seeds)), mp_context=ctx) as pool:
+            pending = {pool.submit(_seed_worker, ab, plain, seed, q) for seed in seeds}
+            while pending:
+                finished, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
+                while True:
+                    try:
+                        report(RunResult(**q.get_nowait()))
+                    except queue_mod.Empty:
+                        break
+                for f in finished:
+                    if f.exception() is not None:
+                        for other in pending:
+                            other.cancel()
+                        raise f.exception()  # type: ignore[misc]
 
 
 def _run_variant(

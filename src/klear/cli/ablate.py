@@ -12,6 +12,7 @@ Examples:
   klear ablate loss                        # ppo clip-higher / gppo / ce-gppo / cispo, 5 seeds
   klear ablate filter --seeds 8 --out runs/filter
   klear ablate all --out runs/ablate       # every ablation; SFT checkpoints shared where equal
+  klear ablate loss --jobs 1               # one run at a time (a busy machine)
   klear ablate loss --rl trainer.total_steps=4 --seeds 2   # a quick look (overrides of demo.yaml)
 """
 
@@ -27,6 +28,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the ablations with their claims and estimates")
     p.add_argument("--seeds", type=int, help="paired seeds per variant (default: the ablation's, 5)")
     p.add_argument("--seed", type=int, default=0, help="first seed (seeds are SEED, SEED+1, ...; default 0)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="seeds run at once in worker processes, one core each (default 2: a 2-core laptop)",
+    )
     p.add_argument("--out", type=Path, help="output directory (default: runs/ablate/NAME)")
     p.add_argument(
         "--sft", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides of recipes/demo-sft.yaml"
@@ -41,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seeds is not None and args.seeds < 2:
         raise AblationError(f"--seeds {args.seeds}: paired intervals need at least 2 seeds")
+    if args.jobs < 1:
+        raise AblationError(f"--jobs {args.jobs}: must be >= 1")
     if args.list:
-        _list(all_ablations())
+        _list(all_ablations(), args.jobs)
         return 0
     if not args.name:
         raise AblationError("name an ablation (klear ablate --list shows them) or 'all'")
@@ -65,6 +74,7 @@ def run_all(chosen, root: Path, args: argparse.Namespace) -> list[dict]:
             sft_overrides=tuple(args.sft),
             rl_overrides=tuple(args.rl),
             sft_cache=root / "sft" if len(chosen) > 1 else None,
+            jobs=args.jobs,
             say=_say,
         )
 
@@ -86,14 +96,16 @@ def run_all(chosen, root: Path, args: argparse.Namespace) -> list[dict]:
     return summaries
 
 
-def _list(ablations) -> None:
+def _list(ablations, jobs: int) -> None:
     from klear.ablate.runner import Settings, estimate
 
     for ab in ablations:
-        est = estimate(ab, Settings(out=Path("runs/ablate") / ab.name, seeds=ab.seeds))
+        est = estimate(ab, Settings(out=Path("runs/ablate") / ab.name, seeds=ab.seeds, jobs=jobs))
         print(f"{ab.name}: {ab.claim}")
         print(f"  baseline {ab.baseline!r}; variants: {', '.join(v.name for v in ab.variants)}")
-        print(f"  {ab.seeds} seeds by default; about {est['total'] / 60:.0f} min on 2 idle cores")
+        print(
+            f"  {ab.seeds} seeds by default; about {est['total'] / 60:.0f} min on 2 idle cores with --jobs {jobs}"
+        )
 
 
 def _say(msg: str) -> None:

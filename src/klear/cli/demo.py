@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         from klear.ablate import AblationError, get_ablation
         from klear.cli.ablate import run_all
 
+        args.jobs = 2
         if args.seeds is not None and args.seeds < 2:
             raise AblationError(f"--seeds {args.seeds}: paired intervals need at least 2 seeds")
         run_all([get_ablation("loss")], args.out / "compare", args)
