@@ -11,8 +11,9 @@ An entry is plain data (no code runs until ``klear ablate`` does)::
             Variant("gppo", rl=("loss.type=gppo",)),
         ),
         claims=(Claim("GPPO beats clip-higher", better="gppo", worse="ppo (clip-higher)"),),
-        rl=("trainer.total_steps=12", ...),            # overrides of recipes/demo.yaml for every variant
-        sft=(...),                                     # overrides of recipes/demo-sft.yaml for every variant
+        rl=("trainer.total_steps=12", ...),            # overrides of the RL recipe for every variant
+        sft=(...),                                     # overrides of the SFT recipe for every variant
+        rl_recipe="demo.yaml", sft_recipe="demo-sft.yaml",  # shipped recipes (recipes/) the runs start from
         seeds=6,                                       # default seed count (>= 5)
     ))
 
@@ -81,6 +82,8 @@ class Ablation:
     claims: tuple[Claim, ...]
     rl: tuple[str, ...] = ()
     sft: tuple[str, ...] = ()
+    rl_recipe: str = "demo.yaml"  # a file name in the shipped recipes/ directory (or an absolute path)
+    sft_recipe: str = "demo-sft.yaml"
     seeds: int = 6  # >= 5; 6 costs no more than 5 with --jobs 2 (3 rounds of 2 seeds either way)
     notes: str = ""  # why the sizes are what they are: printed in ablation.md
     metric_label: str = "held-out greedy accuracy"

@@ -60,6 +60,7 @@ def summarise(
         "baseline": ab.baseline,
         "metric": ab.metric_label,
         "notes": ab.notes,
+        "recipes": {"rl": ab.rl_recipe, "sft": ab.sft_recipe},
         "seeds": s.seeds,
         "base_seed": s.base_seed,
         "variants": variants,
@@ -67,6 +68,8 @@ def summarise(
         "seconds": seconds,
         "estimate_seconds": estimate["total"],
         "settings": {
+            "user_rl": list(s.rl_overrides),
+            "user_sft": list(s.sft_overrides),
             "rl": list(ab.rl),
             "sft": list(ab.sft),
             "variants": {
@@ -139,9 +142,17 @@ def markdown(summary: dict[str, Any]) -> str:
         )
     if summary["notes"]:
         lines += ["", summary["notes"]]
-    lines += ["", "Settings (overrides of recipes/demo.yaml and recipes/demo-sft.yaml):", ""]
+    lines += [
+        "",
+        f"Settings (overrides of recipes/{summary['recipes']['rl']} and recipes/{summary['recipes']['sft']}):",
+        "",
+    ]
     st = summary["settings"]
     lines.append(f"- every variant: RL `{' '.join(st['rl']) or '-'}`; SFT `{' '.join(st['sft']) or '-'}`")
+    if st.get("user_rl") or st.get("user_sft"):
+        lines.append(
+            f"- given on the command line: RL `{' '.join(st['user_rl']) or '-'}`; SFT `{' '.join(st['user_sft']) or '-'}`"
+        )
     for name, vs in st["variants"].items():
         parts = [f"stage {vs['stage']}"]
         for key in ("rl", "sft"):

@@ -67,9 +67,10 @@ class Settings:
 
 
 def recipe(name: str) -> Path:
+    """A shipped recipe by file name (``recipes/``), or a path as given when absolute."""
     from klear.demo import recipes_dir
 
-    return recipes_dir() / name
+    return Path(name) if Path(name).is_absolute() else recipes_dir() / name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,7 +99,7 @@ def sft_config(
 ) -> SFTConfig:
     return load_config(
         SFTConfig,
-        recipe("demo-sft.yaml"),
+        recipe(ab.sft_recipe),
         [*sft_overrides(ab, v, s), *data, f"run.out_dir={out}", f"run.seed={seed}", "logging.progress=false"],
     )
 
@@ -108,7 +109,7 @@ def rl_config(
 ) -> RLConfig:
     return load_config(
         RLConfig,
-        recipe("demo.yaml"),
+        recipe(ab.rl_recipe),
         [
             *ab.rl,
             *v.rl,
@@ -133,7 +134,7 @@ def continue_config(
     ]
     return load_config(
         SFTConfig,
-        recipe("demo-sft.yaml"),
+        recipe(ab.sft_recipe),
         [
             *ab.sft,
             *v.sft,
