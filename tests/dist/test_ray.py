@@ -103,8 +103,8 @@ def test_a_reward_worker_killed_mid_step_is_replaced_and_every_reward_arrives(cl
 
 def test_a_rollout_worker_killed_between_calls_is_replaced_with_current_weights(cluster, tmp_path):
     from klear.dist.groups import RolloutGroup
-    from klear.rollout import SamplingParams
     from klear.models.tiny import build_tiny_model
+    from klear.rollout import SamplingParams
 
     cfg = _slow_config(tmp_path)
     model_dir = build_tiny_model(tmp_path / "tiny", seed=0)
