@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from klear.config import RewardConfig
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGKILL this worker when its parent goes, so no worker outlives a crashed trainer."""
     try:
         import ctypes
@@ -65,7 +65,7 @@ def worker_main(conn: Connection, cfg: RewardConfig) -> None:
     Each item's result is sent as soon as it is ready: the parent times items one by one.
     """
     os.setsid()  # own process group: the parent's kill reaches everything this worker starts
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     from klear.rewards import math as math_reward_module
 
