@@ -97,7 +97,7 @@ def speed(args: argparse.Namespace, root: Path, model: Path) -> dict[str, Any]:
 
 def accuracy(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """Held-out greedy accuracy after the demo's RL run, sync vs async-1, one SFT checkpoint per seed."""
-    from klear.demo import _ci
+    from klear.ablate.stats import mean_ci, paired_diff
 
     finals: dict[str, list[float]] = {"sft": [], "sync": [], "async": []}
     for k in range(args.seeds):
@@ -110,12 +110,11 @@ def accuracy(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 finals["sft"].append(vals[0]["val/greedy_acc"])
             finals[name].append(vals[-1]["val/greedy_acc"])
             print(f"seed {seed} {name:5s}: held-out greedy {vals[-1]['val/greedy_acc']:.3f}", file=sys.stderr)
-    diff = [a - s for a, s in zip(finals["async"], finals["sync"], strict=True)]
     return {
         "seeds": args.seeds,
         "final": finals,
-        "ci": {name: _ci(v) for name, v in finals.items()},
-        "async_minus_sync": _ci(diff),
+        "ci": {name: mean_ci(v).to_dict() for name, v in finals.items()},
+        "async_minus_sync": paired_diff(finals["async"], finals["sync"]).to_dict(),
     }
 
 

@@ -442,7 +442,19 @@ class RLTrainerConfig(Section):
     gen_batch_size: int | None = Field(None, ge=1, description="prompts generated per generation batch")
     ppo_mini_batch_size: int = Field(16, ge=1, description="prompts per optimizer update")
     ppo_epochs: int = Field(1, ge=1)
-    micro_batch_tokens: int = Field(16384, ge=1, description="token budget per forward/backward")
+    micro_batch_tokens: int = Field(
+        16384,
+        ge=1,
+        description="token budget per forward/backward, padding included: packed rows x their width "
+        "(the micro-batch's longest sequence; shorter ones fill the rows) with pack_sequences, else "
+        "padded rows x longest; a longer sequence runs alone",
+    )
+    pack_sequences: bool = Field(
+        True,
+        description="learner micro-batches as one packed row (sequences concatenated, position ids "
+        "restarting per sequence, no padding); false: one right-padded row per sequence. The same "
+        "log-probs, loss and gradients either way (klear.train.batch)",
+    )
     logits_chunk_tokens: int = Field(
         1024,
         ge=0,
@@ -530,6 +542,31 @@ class DistConfig(Section):
     max_worker_restarts: int = Field(
         3, ge=0, description="rollout/reward actors replaced per call before the step fails"
     )
+    weight_sync: Literal["collective", "object_store"] = Field(
+        "collective",
+        description="how new weights reach the rollout actors after each update: collective: learner "
+        "rank 0 broadcasts them in buckets over a process group with the actors (nccl when learner and "
+        "actors have GPUs, else gloo), copied in place (klear.dist.weight_sync); object_store: the "
+        "whole state dict through Ray's object store. vLLM engines need object_store for now",
+    )
+    weight_sync_bucket_mb: float = Field(
+        256.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="bucket size of a collective weight sync in MiB (1/1024 = 1 KiB up to 65536): one "
+        "reusable buffer of this size per member, one broadcast per bucket",
+    )
+
+    @field_validator("weight_sync_bucket_mb")
+    @classmethod
+    def _bucket(cls, v: float) -> float:
+        if not 1 / 1024 <= v <= 65536:
+            raise ValueError(f"must be between 1/1024 (1 KiB) and 65536 MiB, got {v:g}")
+        return v
+
+    @property
+    def weight_sync_bucket_bytes(self) -> int:
+        return int(self.weight_sync_bucket_mb * 2**20)
 
 
 class RLConfig(Section):
@@ -568,6 +605,19 @@ class RLConfig(Section):
                 f"dist.rollout_gpus = {d.rollout_gpus:g} is too few: each vLLM rollout actor needs "
                 f"rollout.tensor_parallel_size = {self.rollout.tensor_parallel_size} GPUs"
             )
+        if d.backend == "ray" and d.weight_sync == "collective":
+            if self.rollout.backend != "hf":
+                raise ValueError(
+                    f"dist.weight_sync = collective needs rollout.backend = hf (the engine of rollout.backend "
+                    f"= {self.rollout.backend} is not a member of the weight-sync group yet): set "
+                    "dist.weight_sync = object_store"
+                )
+            if getattr(self.trainer, "async_rollouts", 0):
+                raise ValueError(
+                    "dist.weight_sync = collective sends the learner's current weights, but "
+                    "trainer.async_rollouts > 0 may load an older version later: set dist.weight_sync = "
+                    "object_store"
+                )
         return self
 
 

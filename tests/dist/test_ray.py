@@ -103,8 +103,8 @@ def test_a_reward_worker_killed_mid_step_is_replaced_and_every_reward_arrives(cl
 
 def test_a_rollout_worker_killed_between_calls_is_replaced_with_current_weights(cluster, tmp_path):
     from klear.dist.groups import RolloutGroup
-    from klear.rollout import SamplingParams
     from klear.models.tiny import build_tiny_model
+    from klear.rollout import SamplingParams
 
     cfg = _slow_config(tmp_path)
     model_dir = build_tiny_model(tmp_path / "tiny", seed=0)
@@ -207,6 +207,58 @@ def test_two_learner_ranks_take_the_one_rank_optimizer_step(cluster, tmp_path, s
     assert moved > 5
     assert got_metrics["actor/updates"] == want_metrics["actor/updates"] == 2.0
     assert got_metrics == pytest.approx(want_metrics, rel=1e-5, abs=1e-6)
+
+
+def test_collective_weight_sync_is_bit_identical_and_survives_a_replaced_actor(cluster, tmp_path):
+    """FSDP learner (2 ranks) -> 2 rollout actors by broadcast in 10 KiB buckets (smaller than most
+    tensors): every actor ends with rank 0's full weights bit for bit, at the group's version."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from klear.dist.groups import LearnerGroup, RolloutGroup
+    from klear.dist.weight_sync import digest
+    from klear.models.tiny import build_tiny_model
+    from klear.rollout import SamplingParams
+    from tests.train.test_rl import _hand_samples
+
+    cfg = _slow_config(tmp_path, weight_sync_bucket_mb=10 / 1024)
+    model_dir = build_tiny_model(tmp_path / "tiny", seed=0)
+    local = AutoModelForCausalLM.from_pretrained(model_dir)
+
+    def learner_digest(learner: LearnerGroup) -> str:
+        local.load_state_dict(ray.get(learner.state_ref()), strict=False)
+        return digest(local)
+
+    learner, sampler = LearnerGroup(cfg, model_dir), RolloutGroup(cfg, model_dir)
+    try:
+        sampler.attach_weight_sync(learner)
+        start = learner_digest(learner)
+        assert sampler.digests() == [start, start]
+        kept = _hand_samples(AutoTokenizer.from_pretrained(model_dir), truncated=False)
+        learner.old_logprobs([s for g in kept for s in g])
+        learner.update(kept)
+        sampler.update_weights(learner.weights())
+        want = learner_digest(learner)
+        assert want != start and sampler.version == 1
+        assert sampler.digests() == [want, want]
+        prompts = [r["prompt"] for r in task_rows("addition", "train", 4, 0)]
+        sampler.generate(prompts, SamplingParams(n=2, max_new_tokens=4, seed=5))  # version 1 everywhere
+        # a handle taken before another update is refused, not silently sent newer weights
+        old = learner.weights()
+        learner.update(kept)
+        with pytest.raises(RuntimeError, match="current weights only"):
+            sampler.update_weights(old)
+        # an actor dies between calls: its replacement gets version 1 through the object store,
+        # and the next sync re-forms the group with it
+        os.kill(sampler.pids()[1], signal.SIGKILL)
+        sampler.generate(prompts, SamplingParams(n=2, max_new_tokens=4, seed=5))
+        assert sampler.actors.restarts == 1
+        assert sampler.digests() == [want, want]  # a survivor's copy: version 1, not the learner's newer
+        sampler.update_weights(learner.weights())
+        want = learner_digest(learner)
+        assert sampler.version == 2 and sampler.digests() == [want, want]
+    finally:
+        sampler.close()
+        learner.close()
 
 
 def test_async_rollouts_on_ray_give_the_single_process_async_run(cluster, tmp_path):

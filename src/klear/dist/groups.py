@@ -138,6 +138,14 @@ def _kill(actor: Any) -> None:
 # --- rollouts ------------------------------------------------------------------------------------
 
 
+class CollectiveWeights:
+    """What ``LearnerGroup.weights()`` returns under ``dist.weight_sync = collective``: not the
+    weights, but the learner to broadcast them, and its update count (for a staleness check)."""
+
+    def __init__(self, learner: LearnerGroup, updates: int) -> None:
+        self.learner, self.updates = learner, updates
+
+
 class RolloutGroup:
     """``dist.rollout_workers`` rollout actors behind the rollout-backend interface.
 
@@ -155,11 +163,21 @@ class RolloutGroup:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.seeds, self.version = CallSeeds(cfg.run.seed), 0
         self._weights: Any = None  # ObjectRef of the latest state dict (None: the initial model_dir)
+        self.dist = d
+        self._source: LearnerGroup | None = None  # collective weight sync: the learner, once attached
+        self._stale = False  # an actor was replaced since the weight-sync group was formed
+        self._synced_updates = 0  # the learner's update count at the last collective sync
 
         def make(_: int) -> Any:
             handle = actor.remote(cfg, str(model_dir), d.rollout_cpus)
+            if self._source is not None and self.version > 0:
+                # a replacement joins the weight-sync group at the next sync; the weights of the
+                # current version reach it once through the object store, from a surviving actor
+                self._weights = self._peer_weights()
             if self._weights is not None:
                 ray.get(handle.load_weights.remote(self._weights, self.version))
+            if self._source is not None:
+                self._stale = True
             return handle
 
         self.actors = ActorSet(make, d.rollout_workers, d.max_worker_restarts, "rollout")
@@ -177,14 +195,90 @@ class RolloutGroup:
         parts = self.actors.run(chunks, lambda a, c: a.generate.remote(c[0], sampling, c[1], version))
         return [r for part in parts for r in part]
 
+    def attach_weight_sync(self, learner: LearnerGroup) -> None:
+        """Sync weights by collective from now on (``dist.weight_sync = collective``): form the group
+        of ``learner``'s rank 0 and every rollout actor; :meth:`update_weights` then takes the
+        :class:`CollectiveWeights` that ``learner.weights()`` returns."""
+        self._source = learner
+        learner.collective = True
+        self._form_group()
+
+    def _form_group(self) -> None:
+        learner, d = self._source, self.dist
+        assert learner is not None
+        world = 1 + len(self.actors)
+        backend = "nccl" if d.learner_gpus > 0 and d.rollout_gpus > 0 else "gloo"
+        address, port = learner.weight_sync_address()
+        args = (backend, d.weight_sync_bucket_bytes, d.learner_timeout_s)
+        refs = [
+            a.join_weight_sync.remote(address, port, i + 1, world, *args)
+            for i, a in enumerate(self.actors.actors)
+        ]
+        learner.join_weight_sync(address, port, world, *args)
+        ray.get(refs)
+        self._stale = False
+
     def update_weights(self, weights: Any) -> None:
-        """New policy weights (a state dict, a module, or an ObjectRef of a state dict) on every actor."""
+        """New policy weights on every actor: a :class:`CollectiveWeights` (broadcast by the learner),
+        a state dict, a module, or an ObjectRef of a state dict (through the object store)."""
+        if isinstance(weights, CollectiveWeights):
+            self._collective(weights)
+            return
         if isinstance(weights, torch.nn.Module):
             weights = {k: v.detach().cpu() for k, v in weights.state_dict().items()}
         ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
         self.version += 1
         self._weights = ref
         self.actors.call_all("load_weights", ref, self.version)
+
+    def _collective(self, weights: CollectiveWeights) -> None:
+        """One broadcast from learner rank 0 to every actor, in buckets (``klear.dist.weight_sync``).
+
+        A sync that loses an actor fails the step with :class:`WorkerLost` (the group cannot
+        finish a broadcast without it); an actor replaced between syncs re-forms the group first.
+        """
+        learner = weights.learner
+        if learner is not self._source:
+            raise RuntimeError("these collective weights come from a learner this group is not attached to")
+        if weights.updates != learner.updates:
+            raise RuntimeError(
+                f"collective weights of update {weights.updates} asked for after update {learner.updates}: "
+                "a collective sync sends the learner's current weights only (use dist.weight_sync = object_store)"
+            )
+        if self._stale:
+            self._form_group()
+        version = self.version + 1
+        receive = [a.receive_weights.remote(version) for a in self.actors.actors]
+        learner.send_weights(version)
+        try:
+            ray.get(receive)
+        except ray.exceptions.RayActorError as err:
+            raise WorkerLost(f"a rollout actor died during a collective weight sync: {err}") from err
+        self.version = version
+        self._synced_updates = weights.updates
+        self._weights = None  # the object-store copy, if any, is out of date
+
+    def _peer_weights(self) -> Any:
+        """An ObjectRef of a live actor's state dict (the group's current version); the learner's
+        when none is left and it has not updated since the last sync."""
+        for actor in list(self.actors.actors):  # the one being replaced is dead: skipped
+            ref = actor.state.remote()
+            try:
+                ray.get(ref)
+                return ref
+            except ray.exceptions.RayActorError:
+                continue
+        assert self._source is not None
+        if self._source.updates != self._synced_updates:
+            raise WorkerLost(
+                "every rollout actor was lost and the learner has updated since the last weight sync: "
+                "no copy of the current policy version is left"
+            )
+        return self._source.state_ref()
+
+    def digests(self) -> list[str]:
+        """Each actor's parameter hash (tests: bit-identical weights)."""
+        return self.actors.call_all("weights_digest")
 
     def get_rng_state(self) -> dict[str, int]:
         return self.seeds.state()
@@ -259,6 +353,8 @@ class LearnerGroup:
         threads = cfg.trainer.num_threads or 1
         self.owns_cluster = owns_cluster
         self.failed: str | None = None
+        self.collective = False  # weights() hands out CollectiveWeights (RolloutGroup.attach_weight_sync)
+        self.updates = 0  # optimizer updates (RL steps with an update) since start or restore
         self.ranks = [
             actor.remote(cfg, str(model_dir), r, d.learner_ranks, threads) for r in range(d.learner_ranks)
         ]
@@ -301,13 +397,33 @@ class LearnerGroup:
 
     def update(self, kept: list[list[Sample]]) -> dict[str, float]:
         ref = ray.put(kept)
-        return merge_stats(self._gather([h.update.remote(ref) for h in self.ranks]))
+        stats = merge_stats(self._gather([h.update.remote(ref) for h in self.ranks]))
+        self.updates += 1
+        return stats
 
     def weights(self) -> Any:
-        """An ObjectRef of rank 0's state dict (CPU), for the rollout group."""
-        refs = [h.weights.remote() for h in self.ranks]  # collective when sharded
+        """For the rollout group: :class:`CollectiveWeights` (collective sync), else an ObjectRef of
+        rank 0's state dict (CPU)."""
+        if self.collective:
+            return CollectiveWeights(self, self.updates)
+        return self.state_ref()
+
+    def state_ref(self) -> Any:
+        """An ObjectRef of rank 0's full state dict on CPU (collective over the ranks when sharded)."""
+        refs = [h.weights.remote() for h in self.ranks]
         self._gather(refs)
         return refs[0]
+
+    def weight_sync_address(self) -> tuple[str, int]:
+        return self._gather([self.ranks[0].weight_sync_address.remote()])[0]
+
+    def join_weight_sync(self, address: str, port: int, world: int, *args: Any) -> Any:
+        """Rank 0 joins the weight-sync group (called while the actors join: the store waits for all)."""
+        return self._gather([h.join_weight_sync.remote(address, port, world, *args) for h in self.ranks])
+
+    def send_weights(self, version: int) -> int:
+        """Rank 0 broadcasts (every rank gathers when sharded); bytes sent."""
+        return self._gather([h.send_weights.remote(version) for h in self.ranks])[0]
 
     def lr(self) -> float:
         return float(self._gather([self.ranks[0].lr.remote()])[0])
@@ -317,7 +433,9 @@ class LearnerGroup:
         return Path(self._gather([h.save.remote(str(root), step, extra) for h in self.ranks])[0])
 
     def restore(self, ckpt: Path) -> dict[str, Any]:
-        return self._gather([h.restore.remote(str(ckpt)) for h in self.ranks])[0]
+        state = self._gather([h.restore.remote(str(ckpt)) for h in self.ranks])[0]
+        self.updates += 1  # new weights: earlier CollectiveWeights are out of date
+        return state
 
     def kill(self) -> None:
         for h in self.ranks:
@@ -344,6 +462,8 @@ def build_engines(cfg: RLConfig, model_dir: Path) -> tuple[LearnerGroup, Rollout
         made.append(learner)
         sampler.ready()
         pool.ready()
+        if d.weight_sync == "collective":
+            sampler.attach_weight_sync(learner)
     except BaseException:
         for group in made:
             group.close()

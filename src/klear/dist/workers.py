@@ -57,6 +57,49 @@ class RolloutWorker:
         self.version = version
         return version
 
+    def join_weight_sync(
+        self,
+        address: str,
+        port: int,
+        rank: int,
+        world: int,
+        backend: str,
+        bucket_bytes: int,
+        timeout_s: float,
+    ) -> None:
+        """Join the weight-sync group as receiver ``rank`` (``klear.dist.weight_sync``)."""
+        from klear.dist.weight_sync import WeightSync
+
+        self.leave_weight_sync()
+        self.sync = WeightSync(
+            address, port, rank, world, backend=backend, bucket_bytes=bucket_bytes, timeout_s=timeout_s
+        )
+
+    def leave_weight_sync(self) -> None:
+        sync = getattr(self, "sync", None)
+        if sync is not None:
+            sync.close()
+        self.sync = None
+
+    def receive_weights(self, version: int) -> int:
+        """Receive one collective sync into the policy's parameters, in place; returns the version."""
+        model = getattr(self.backend, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"{type(self.backend).__name__} has no module to receive weights into")
+        self.sync.receive(model, version)
+        self.version = version
+        return version
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The policy's state dict on CPU (a replacement actor's weights under collective sync)."""
+        return {k: v.detach().cpu() for k, v in self.backend.model.state_dict().items()}
+
+    def weights_digest(self) -> str:
+        """A hash of the policy's parameters (tests compare members bit for bit)."""
+        from klear.dist.weight_sync import digest
+
+        return digest(self.backend.model)
+
     def generate(
         self, prompts: Sequence[Any], sampling: SamplingParams, groups: Sequence[int | str], version: int
     ) -> list[Rollout]:
@@ -150,6 +193,44 @@ class LearnerRank:
     def weights(self) -> dict[str, torch.Tensor] | None:
         """The full state dict (collective when sharded: every rank must be called; rank 0's is it)."""
         return self.learner.full_state()
+
+    def weight_sync_address(self) -> tuple[str, int]:
+        """(address, free port) of this rank's host, for the weight-sync group's store (rank 0 hosts it)."""
+        import ray
+
+        from klear.dist.weight_sync import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def join_weight_sync(
+        self, address: str, port: int, world: int, backend: str, bucket_bytes: int, timeout_s: float
+    ) -> None:
+        """Rank 0 joins the weight-sync group as its source (member 0); other ranks hold no member."""
+        from klear.dist.weight_sync import WeightSync
+
+        self.leave_weight_sync()
+        if self.rank == 0:
+            self.sync = WeightSync(
+                address, port, 0, world, backend=backend, bucket_bytes=bucket_bytes, timeout_s=timeout_s
+            )
+
+    def leave_weight_sync(self) -> None:
+        sync = getattr(self, "sync", None)
+        if sync is not None:
+            sync.close()
+        self.sync = None
+
+    def send_weights(self, version: int) -> int:
+        """One collective sync: rank 0 broadcasts; with FSDP every rank takes part in gathering each
+        parameter (``full_tensor``), so every rank must be called. Returns the bytes rank 0 sent."""
+        from klear.dist.weight_sync import gather_params
+
+        if self.rank == 0:
+            return self.sync.send(self.learner.model, version)
+        if self.learner.sharded:
+            for _ in gather_params(self.learner.model):
+                pass
+        return 0
 
     def lr(self) -> float:
         return self.learner.lr()

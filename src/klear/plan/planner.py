@@ -9,6 +9,8 @@ What is read from the recipe, and what is assumed:
   the learner gets ``1 - gpu_memory_utilization`` of it). The largest forward/backward is
   ``trainer.micro_batch_tokens``, or one whole sequence (``data.max_prompt_length +
   rollout.max_new_tokens``) when that is longer, since a longer sequence is a micro-batch of its own.
+  The budget counts the tensor's tokens, padding included, packed (``trainer.pack_sequences``:
+  rows x width) or padded (rows x longest), so the activations are sized the same either way.
 - SFT (``kind: sft``): under ``torchrun`` the trainer uses every GPU it is launched on (all
   ``--nodes x --gpus-per-node``), FSDP2-sharded when the recipe's ``dist.learner_strategy`` is
   ``fsdp``; a recipe schema without a ``dist`` section is taken as one device. The largest

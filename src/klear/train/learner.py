@@ -26,7 +26,7 @@ import torch
 from klear.algo.aggregate import Normaliser
 from klear.algo.losses import policy_loss
 from klear.config import RLConfig
-from klear.train.batch import make_batch, micro_batches, over_budget, response_logprobs
+from klear.train.batch import batch_maker, micro_batches, over_budget, response_logprobs
 from klear.types import RewardResult, Rollout
 
 #: metrics already divided by the global normaliser: summed over micro-batches and ranks, averaged over mini-batches
@@ -80,10 +80,11 @@ def old_logprobs(
     same number of forwards: each one gathers parameters collectively).
     """
     out: list[torch.Tensor | None] = [None] * len(rollouts)
-    plan = micro_batches(rollouts, cfg.trainer.micro_batch_tokens) if rollouts else []
+    packed = cfg.trainer.pack_sequences
+    plan = micro_batches(rollouts, cfg.trainer.micro_batch_tokens, packed) if rollouts else []
     with torch.no_grad():
         for idx in plan:
-            mb = make_batch([rollouts[i] for i in idx], pad)
+            mb = batch_maker(packed)([rollouts[i] for i in idx], pad)
             with model_autocast(model, cfg):
                 logp, _ = response_logprobs(
                     model, mb, cfg.rollout.temperature, chunk_tokens=cfg.trainer.logits_chunk_tokens
@@ -103,10 +104,12 @@ def idle_pass(model: torch.nn.Module, pad: int, backward: bool) -> None:
         (logits.float().sum() * 0.0).backward()
 
 
-def passes_per_rank(rollouts: Sequence[Rollout], world: int, token_budget: int) -> list[int]:
+def passes_per_rank(
+    rollouts: Sequence[Rollout], world: int, token_budget: int, packed: bool = False
+) -> list[int]:
     """Micro-batches each rank runs on its strided shard of ``rollouts`` (every rank can compute all)."""
     return [
-        len(micro_batches([rollouts[i] for i in shard(len(rollouts), r, world)], token_budget))
+        len(micro_batches([rollouts[i] for i in shard(len(rollouts), r, world)], token_budget, packed))
         for r in range(world)
     ]
 
@@ -151,6 +154,7 @@ def update_policy(
     minima: dict[str, float] = {}
     lead = rank == 0  # per-mini-batch counts are taken once, on rank 0
     mb_groups = cfg.trainer.ppo_mini_batch_size
+    budget, packed = cfg.trainer.micro_batch_tokens, cfg.trainer.pack_sequences
     global_keys = [k for k in _GLOBAL_SUMS if k != "sft_loss" or cfg.loss.sft_alpha > 0]
     for epoch in range(cfg.trainer.ppo_epochs):
         for start in range(0, len(kept), mb_groups):
@@ -166,21 +170,17 @@ def update_policy(
             order = sorted(range(len(samples)), key=lambda i: _length(samples[i].rollout))
             mine = [order[k] for k in shard(len(order), rank, world)]
             rollouts = [samples[i].rollout for i in mine]
-            plan = micro_batches(rollouts, cfg.trainer.micro_batch_tokens) if rollouts else []
+            plan = micro_batches(rollouts, budget, packed) if rollouts else []
             if epoch == 0:  # a sequence over the budget runs alone; counted, once per rank and sample
-                sums["over_budget_seqs"] += float(over_budget(rollouts, cfg.trainer.micro_batch_tokens))
+                sums["over_budget_seqs"] += float(over_budget(rollouts, budget))
             if lockstep:
-                busiest = max(
-                    passes_per_rank(
-                        [samples[i].rollout for i in order], world, cfg.trainer.micro_batch_tokens
-                    )
-                )
+                busiest = max(passes_per_rank([samples[i].rollout for i in order], world, budget, packed))
                 for _ in range(busiest - len(plan)):
                     idle_pass(model, pad, backward=True)
             mb_sums: dict[str, float] = defaultdict(float)
             for local in plan:
                 idx = [mine[k] for k in local]
-                mb = make_batch([samples[i].rollout for i in idx], pad)
+                mb = batch_maker(packed)([samples[i].rollout for i in idx], pad)
                 with model_autocast(model, cfg):
                     logp, entropy = response_logprobs(
                         model,
@@ -362,7 +362,11 @@ class LocalLearner:
         """Log-probs of this rank's strided shard of ``rollouts`` (all ranks get the whole list)."""
         mine = [rollouts[i] for i in shard(len(rollouts), self.rank, self.world)]
         passes = (
-            max(passes_per_rank(rollouts, self.world, self.cfg.trainer.micro_batch_tokens))
+            max(
+                passes_per_rank(
+                    rollouts, self.world, self.cfg.trainer.micro_batch_tokens, self.cfg.trainer.pack_sequences
+                )
+            )
             if self.sharded
             else 0
         )

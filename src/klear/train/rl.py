@@ -58,6 +58,7 @@ CURVE_KEYS: list[str | tuple[str, list[str]]] = [
     "reward/mean",
     "reward/accuracy",
     "val/greedy_acc",
+    "val/greedy_pass_rate",
     "response/length_mean",
     "actor/entropy",
     "actor/grad_norm",
@@ -425,7 +426,8 @@ def _step_metrics(generated, samples, kept, gen_batches, update, timing, reward_
 
 
 def _validate(sampler, pool, val_rows, cfg: RLConfig, sampling, prefix: str = "") -> dict[str, float]:
-    """Greedy accuracy and avg@n (temperature/top_p from ``validation``) on the held-out prompts."""
+    """Greedy accuracy and avg@n (temperature/top_p from ``validation``) on the held-out prompts;
+    on code rows also the greedy mean test pass rate."""
     prompts = [r["prompt"] for r in val_rows]
     max_new = cfg.validation.max_new_tokens or cfg.rollout.max_new_tokens
     with torch.no_grad():
@@ -435,6 +437,9 @@ def _validate(sampler, pool, val_rows, cfg: RLConfig, sampling, prefix: str = ""
         "val/greedy_acc": float(np.mean([r.correct for r in res])),
         "val/greedy_len": float(np.mean([len(g.response_ids) for g in greedy])),
     }
+    if any(r.total is not None for r in res):  # code (math has no tests): mean fraction of tests passed,
+        # whatever reward.code.mode is; a response with no program to run passed none
+        out["val/greedy_pass_rate"] = float(np.mean([r.passed / r.total if r.total else 0.0 for r in res]))
     k = cfg.validation.n
     if k > 1:
         v = cfg.validation
@@ -480,4 +485,6 @@ def _print_step(step: int, total: int, m: dict[str, float], enabled: bool) -> No
         parts.append(f"stale {int(m['async/staleness'])}")
     if "val/greedy_acc" in m:
         parts.append(f"[green]val {m['val/greedy_acc']:.3f}[/]")
+    if "val/greedy_pass_rate" in m:
+        parts.append(f"[green]pass {m['val/greedy_pass_rate']:.3f}[/]")
     Console(stderr=True, width=240).print("  ".join(parts), highlight=False, soft_wrap=True)

@@ -40,10 +40,10 @@ class SamplerLost(KlearError, RuntimeError):
 
 def _child(conn: Any, cfg: RLConfig, model_dir: str, threads: int) -> None:
     from klear.models.loading import load_model, pick_device, quiet_transformers
-    from klear.rewards.pool import _die_with_parent
+    from klear.rewards.pool_worker import die_with_parent
     from klear.rollout import backend_class, backend_options
 
-    _die_with_parent()
+    die_with_parent()
     torch.set_num_threads(threads)
     quiet_transformers()
     try:
