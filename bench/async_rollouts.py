@@ -9,6 +9,9 @@ alternating order, for ``1 + --steps`` steps each; the first step of every run (
 no overlap yet) is dropped. steps/s = timed steps / the sum of their ``time/step``;
 ``speedup`` = async / sync over all rounds, with each round's ratio printed too. Target:
 >= 1.4x on 2 cores (the learner and the sampler get one thread each, ``trainer.num_threads=1``).
+The wall-clock ratio needs two idle cores; ``cpu_bound_ceiling`` (the CPU seconds per step of
+the synchronous thread over those of the busier asynchronous process) is what it would be with
+a core each, and tells the load apart from the code on a shared machine.
 
 ``--accuracy``: held-out greedy accuracy after the demo's full RL run (24 steps), sync vs
 async-1, for ``--seeds`` seeds (each its own SFT checkpoint), means with 95% t-intervals and
@@ -67,6 +70,8 @@ def timed(rows: list[dict]) -> dict[str, float]:
     for p in PHASES:
         out[p] = statistics.fmean(r.get(f"time/{p}", 0.0) for r in steps)
     out["gen_batches"] = statistics.fmean(r["batch/gen_batches"] for r in steps)
+    for who in ("learner", "sampler"):
+        out[f"{who}_cpu"] = statistics.fmean(r.get(f"perf/{who}_cpu_s", 0.0) for r in steps)
     return out
 
 
@@ -85,7 +90,16 @@ def speed(args: argparse.Namespace, root: Path, model: Path) -> dict[str, Any]:
     ]
     pooled = {name: sum(m["steps"] for m in ms) / sum(m["seconds"] for m in ms) for name, ms in runs.items()}
     phases = {name: {p: statistics.fmean(m[p] for m in ms) for p in PHASES} for name, ms in runs.items()}
+    cpu = {
+        name: {who: statistics.fmean(m[f"{who}_cpu"] for m in ms) for who in ("learner", "sampler")}
+        for name, ms in runs.items()
+    }
     return {
+        "cpu_seconds_per_step": cpu,
+        # what the speedup would be with a core each (CPU seconds, not wall): sync's one thread does all
+        # the work, async's step costs the busier of its two processes
+        "cpu_bound_ceiling": cpu["sync"]["learner"]
+        / max(cpu["async"]["learner"], cpu["async"]["sampler"], 1e-9),
         "steps_per_s": pooled,
         "speedup": pooled["async"] / pooled["sync"],
         "speedup_per_round": per_round,
@@ -154,6 +168,11 @@ def print_table(res: dict[str, Any]) -> None:
             ph = res["phase_seconds"][name]
             cells = " | ".join(f"{ph[p]:.3f}" for p in PHASES)
             print(f"| {name} | {res['steps_per_s'][name]:.3f} | {cells} |")
+        c = res["cpu_seconds_per_step"]
+        print(
+            f"\nCPU s/step: sync {c['sync']['learner']:.2f} (one thread); async learner {c['async']['learner']:.2f}, "
+            f"sampler {c['async']['sampler']:.2f} -> {res['cpu_bound_ceiling']:.2f}x with a core each"
+        )
         rounds = ", ".join(f"{r:.2f}" for r in res["speedup_per_round"])
         print(f"\nspeedup async-1 / sync = {res['speedup']:.2f}x (per round {rounds}; target >= 1.4x)")
     if "accuracy" in res:

@@ -44,6 +44,11 @@ def test_async_bench_runs_both_loops_and_prints_the_json_line(tmp_path, capsys):
     assert set(line["phase_seconds"]["async"]) == set(bench.PHASES)
     assert line["phase_seconds"]["sync"]["wait"] == 0.0  # the synchronous loop never waits for a producer
     assert "speedup async-1 / sync" in out and res["speedup"] == line["speedup"]
+    cpu = line["cpu_seconds_per_step"]
+    assert cpu["sync"]["learner"] > 0 and cpu["sync"]["sampler"] == 0.0  # sync: no sampler process
+    assert cpu["async"]["learner"] > 0 and cpu["async"]["sampler"] >= 0  # clock ticks: a tiny step may read 0
+    busier = max(cpu["async"]["learner"], cpu["async"]["sampler"])
+    assert line["cpu_bound_ceiling"] == pytest.approx(cpu["sync"]["learner"] / busier)
 
 
 def test_accuracy_part_reports_means_intervals_and_the_paired_difference(tmp_path, monkeypatch, capsys):

@@ -153,7 +153,7 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
 
         rollouts = _rollouts(cfg, sampler, start_step, val_rows, produce)
         for step in range(start_step + 1, cfg.trainer.total_steps + 1):
-            t_step = time.perf_counter()
+            t_step, cpu_step, sampler_cpu = time.perf_counter(), time.thread_time(), _cpu(sampler)
 
             # 1. The batch: sampled and scored now, keeping groups with signal (dynamic sampling) until
             #    it is full -- or, with trainer.async_rollouts = K, taken from the producer thread that
@@ -209,6 +209,10 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
             metrics["actor/lr"] = learner.lr()
             metrics["batch/old_logprobs_from_rollout"] = float(reuse_logprobs)
             metrics["time/step"] = time.perf_counter() - t_step
+            # CPU seconds of the learner thread and of a sampler process: with time/step, work vs waiting for a core
+            metrics["perf/learner_cpu_s"] = time.thread_time() - cpu_step
+            if sampler_cpu is not None and (now := _cpu(sampler)) is not None:
+                metrics["perf/sampler_cpu_s"] = now - sampler_cpu
             tokens = sum(len(s.rollout.prompt_ids) + len(s.rollout.response_ids) for s in generated)
             metrics["perf/tokens_per_s"] = tokens / metrics["time/step"]
 
@@ -348,6 +352,12 @@ def _threads(cfg: RLConfig) -> int:
     if cfg.trainer.num_threads is not None:
         return cfg.trainer.num_threads
     return max(1, cores // 2) if cfg.trainer.async_rollouts and cfg.dist.backend == "none" else cores
+
+
+def _cpu(sampler: Any) -> float | None:
+    """CPU seconds used by a sampler in a process of its own (None for one in this process or on Ray)."""
+    cpu = getattr(sampler, "cpu_seconds", None)
+    return cpu() if cpu is not None else None
 
 
 def _validates(cfg: RLConfig, val_rows: list[Any], step: int) -> bool:

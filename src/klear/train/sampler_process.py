@@ -140,6 +140,14 @@ class ProcessSampler:
         self._conn.send(("weights", buf.getvalue()))
         self._reply("loading weights")
 
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds the child has used so far (user + system; None before it started or off Linux)."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def get_rng_state(self) -> dict[str, int]:
         return self.seeds.state()
 
