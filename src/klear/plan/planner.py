@@ -25,8 +25,8 @@ from typing import Any
 
 from klear.plan.memory import (
     ENGINE_OVERHEAD,
-    SYNC_LINK_GB_PER_S,
     GIB,
+    SYNC_LINK_GB_PER_S,
     VLLM_DEFAULT_MAX_NUM_SEQS,
     EngineSetup,
     LearnerSetup,
