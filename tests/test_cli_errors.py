@@ -69,7 +69,10 @@ TRAIN = [
     ("sft {sft} model.path={d}/nomodel", "has no config.json"),
     ("demo --rl loss.type=gpo", "unknown LOSSES entry 'gpo'"),
     ("demo --sft optim.lr=-1", "optim.lr"),
-    ("demo --compare --seeds 0", "--seeds 0: must be >= 1"),
+    ("demo --compare --seeds 0", "--seeds 0: paired intervals need at least 2 seeds"),
+    ("ablate loss --seeds 1", "--seeds 1: paired intervals need at least 2 seeds"),
+    ("ablate nope", "unknown ablation 'nope'"),
+    ("ablate loss --rl loss.type=gpo", "unknown LOSSES entry 'gpo'"),
     (
         "eval run --model {d}/nomodel --benchmark aime24 --n 1 --max-new-tokens 4",
         "--model: '{d}/nomodel' has no config.json",
@@ -108,7 +111,7 @@ def test_bad_input_is_one_line_rc2_and_nothing_written(inputs, capsys, monkeypat
     args = argv.format(**fill).split()
     if args[0] in ("rl", "sft"):
         args.append(f"run.out_dir={out}")
-    elif args[0] in ("demo", "eval"):
+    elif args[0] in ("demo", "eval", "ablate"):
         args += ["--out", str(out)]
     before = sorted(p.name for p in inputs.iterdir())
     assert main(args) == 2

@@ -156,3 +156,10 @@ def test_a_recipe_that_is_not_utf8_is_a_config_error(tmp_path):
     recipe.write_bytes(b"kind: rl\nrun:\n  name: caf\xe9\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         read_yaml(recipe)
+
+
+def test_async_rollouts_must_be_a_count_of_versions():
+    assert load_config(RLConfig, DEMO, ["trainer.async_rollouts=1"]).trainer.async_rollouts == 1
+    assert load_config(RLConfig, DEMO).trainer.async_rollouts == 0  # synchronous unless asked
+    assert "trainer.async_rollouts" in _error(["trainer.async_rollouts=-1"])
+    assert "trainer.async_rollouts" in _error(["trainer.async_rollouts=one"])

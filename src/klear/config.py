@@ -478,6 +478,17 @@ class RLTrainerConfig(Section):
             "auto takes the sampler's exactly when that holds"
         ),
     )
+    async_rollouts: int = Field(
+        0,
+        ge=0,
+        description=(
+            "maximum staleness K, in weight versions, of the batches trained on: 0 samples each step's batch "
+            "with the current weights, one phase after the other; K >= 1 samples up to K batches ahead while "
+            "the learner updates (in a child process with dist.backend=none, on the rollout actors with ray), "
+            "with weights up to K updates old -- the importance ratio against the sampler's log-probs corrects "
+            "the lag. A step that validates or checkpoints is a barrier (exact resume)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _batches(self) -> RLTrainerConfig:

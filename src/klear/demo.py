@@ -1,19 +1,22 @@
-"""``klear demo``: the whole Klear-Reasoner pipeline on a laptop CPU, on the built-in tiny task.
+"""``klear demo``: the whole Klear-Reasoner pipeline on a laptop CPU, on a built-in tiny task.
 
-1. SFT of a freshly built tiny Qwen3 on worked solutions (``recipes/demo-sft.yaml``);
-2. RL with GPPO from that checkpoint (``recipes/demo.yaml``), scored through the real
-   math reward path, with held-out greedy accuracy measured before and after;
+1. SFT of a freshly built tiny Qwen3 on worked solutions (the task's SFT recipe);
+2. RL with GPPO from that checkpoint (the task's RL recipe), scored through the real
+   reward path (math: the math verifier; code: programs run in the sandbox), with
+   held-out greedy accuracy (and, for code, the mean test pass rate) before and after;
 3. a table, ``OUT/summary.json``, ``OUT/metrics.jsonl`` and ``OUT/curves.png``.
 
-``--compare`` runs ppo (clip-higher), gppo, CE-GPPO (beta_low 0.5) and cispo from one SFT
-checkpoint over several seeds and writes a table with 95% confidence intervals and a plot.
+``--task`` picks the recipe pair from :data:`DEMO_RECIPES`: ``addition-2to3`` (the default:
+``recipes/demo-sft.yaml`` then ``recipes/demo.yaml``) or ``code-fn`` (the code task:
+``recipes/demo-code-sft.yaml`` then ``recipes/demo-code.yaml``).
+
+``klear demo --compare`` is ``klear ablate loss`` (:mod:`klear.ablate`): ppo (clip-higher), gppo,
+CE-GPPO (beta_low 0.5) and cispo on paired seeds, in a regime where clipping is active.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +26,12 @@ from klear.config import ConfigError, RLConfig, SFTConfig, load_config
 from klear.io import write_atomic
 from klear.preflight import check_out_dir
 
-#: The loss variants ``--compare`` runs: name -> overrides of the demo RL recipe.
-VARIANTS: dict[str, list[str]] = {
-    "ppo (clip-higher)": ["loss.type=ppo"],
-    "gppo": ["loss.type=gppo"],
-    "ce-gppo (beta_low 0.5)": ["loss.type=gppo", "loss.beta_low=0.5"],
-    "cispo": ["loss.type=cispo"],
+#: The demo's tasks: task -> (SFT recipe, RL recipe) in the recipes directory.
+DEMO_RECIPES: dict[str, tuple[str, str]] = {
+    "addition-2to3": ("demo-sft.yaml", "demo.yaml"),
+    "code-fn": ("demo-code-sft.yaml", "demo-code.yaml"),
 }
+DEFAULT_TASK = "addition-2to3"
 
 
 def recipes_dir() -> Path:
@@ -49,12 +51,21 @@ class DemoSettings:
     seed: int = 0
     sft_overrides: tuple[str, ...] = ()
     rl_overrides: tuple[str, ...] = ()
+    task: str = DEFAULT_TASK
+
+
+def demo_recipes(task: str) -> tuple[Path, Path]:
+    """(SFT recipe, RL recipe) of the demo on ``task``; a ConfigError names the choices."""
+    if task not in DEMO_RECIPES:
+        raise ConfigError(f"--task {task!r}: the demo has recipes for {', '.join(DEMO_RECIPES)}")
+    sft, rl = DEMO_RECIPES[task]
+    return recipes_dir() / sft, recipes_dir() / rl
 
 
 def sft_config(s: DemoSettings, out: Path) -> SFTConfig:
     return load_config(
         SFTConfig,
-        recipes_dir() / "demo-sft.yaml",
+        demo_recipes(s.task)[0],
         [f"run.out_dir={out}", f"run.seed={s.seed}", *s.sft_overrides],
     )
 
@@ -62,7 +73,7 @@ def sft_config(s: DemoSettings, out: Path) -> SFTConfig:
 def rl_config(s: DemoSettings, out: Path, extra: list[str] | tuple[str, ...] = ()) -> RLConfig:
     return load_config(
         RLConfig,
-        recipes_dir() / "demo.yaml",
+        demo_recipes(s.task)[1],
         [f"run.out_dir={out}", f"run.seed={s.seed}", *s.rl_overrides, *extra],
     )
 
@@ -94,6 +105,7 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
         "gain_points": 100 * (end["val/greedy_acc"] - start["val/greedy_acc"]),
         "held_out_prompts": rl_cfg.data.val_size,
         "accuracy_curve": [{"step": h["step"], "greedy_acc": h["val/greedy_acc"]} for h in vals],
+        **_pass_rates(start, end),
         "seconds": {"sft": t_sft, "rl": t_rl, "total": time.perf_counter() - t0},
         "peak_rss_mib": _peak_rss_mib(),
         "final_model": str(rl.final_model),
@@ -104,107 +116,11 @@ def run_demo(s: DemoSettings) -> dict[str, Any]:
     return summary
 
 
-def run_compare(s: DemoSettings, seeds: int) -> dict[str, Any]:
-    """One SFT checkpoint, then every variant in ``VARIANTS`` for ``seeds`` RL seeds; table + plot."""
-    from klear.train.rl import train_rl
-    from klear.train.sft import run_sft
-
-    t0 = time.perf_counter()
-    if seeds < 1:
-        raise ConfigError(f"--seeds {seeds}: must be >= 1")
-    root = s.out / "compare"
-    sft_cfg = sft_config(s, root / "sft")
-    for overrides in VARIANTS.values():  # every RL variant validated before the SFT stage runs
-        rl_config(s, root, overrides)
-    check_out_dir(s.out, "--out")
-    root.mkdir(parents=True, exist_ok=True)
-    _say(f"SFT once, shared by every variant ({root / 'sft'})")
-    sft = run_sft(sft_cfg)
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for name, overrides in VARIANTS.items():
-        runs[name] = []
-        for k in range(seeds):
-            run_dir = root / _slug(name) / f"seed{k}"
-            _say(f"{name}, seed {k} ({run_dir})")
-            cfg = rl_config(
-                DemoSettings(s.out, s.seed + k, s.sft_overrides, s.rl_overrides), run_dir, overrides
-            )
-            res = train_rl(cfg, init_model=sft.model_dir, resume=False)
-            vals = [h for h in res.history if "val/greedy_acc" in h]
-            runs[name].append({"seed": s.seed + k, "curve": [(h["step"], h["val/greedy_acc"]) for h in vals]})
-    table = {name: _ci([r["curve"][-1][1] - r["curve"][0][1] for r in rs]) for name, rs in runs.items()}
-    finals = {name: _ci([r["curve"][-1][1] for r in rs]) for name, rs in runs.items()}
-    result = {"seeds": seeds, "gain": table, "final_accuracy": finals, "runs": runs}
-    result["seconds"] = time.perf_counter() - t0
-    write_atomic(root / "compare.json", json.dumps(result, indent=2))
-    md = _compare_markdown(result)
-    (root / "compare.md").write_text(md)
-    _plot_compare(runs, root / "compare.png")
-    print(md)
-    return result
-
-
-def _ci(values: list[float]) -> dict[str, float]:
-    """Mean and a 95% t-interval over seeds (n < 2: the interval is the point)."""
-    n = len(values)
-    mean = statistics.fmean(values)
-    if n < 2:
-        return {"mean": mean, "low": mean, "high": mean, "n": n}
-    # two-sided 97.5% Student t quantiles for small n (df = n - 1)
-    t = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}.get(
-        n - 1, 1.96
-    )
-    half = t * statistics.stdev(values) / math.sqrt(n)
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
-
-
-def _compare_markdown(result: dict[str, Any]) -> str:
-    lines = [
-        f"| loss | final held-out acc (mean, 95% CI, {result['seeds']} seeds) | gain over SFT (points) |",
-        "|---|---|---|",
-    ]
-    for name in result["gain"]:
-        f, g = result["final_accuracy"][name], result["gain"][name]
-        lines.append(
-            f"| {name} | {100 * f['mean']:.1f} [{100 * f['low']:.1f}, {100 * f['high']:.1f}] "
-            f"| {100 * g['mean']:+.1f} [{100 * g['low']:+.1f}, {100 * g['high']:+.1f}] |"
-        )
-    lines.append("")
-    lines.append(
-        "Tiny model, tiny task, few seeds: intervals that overlap mean the demo cannot tell these losses apart."
-    )
-    return "\n".join(lines) + "\n"
-
-
-def _plot_compare(runs: dict[str, list[dict[str, Any]]], png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for name, rs in runs.items():
-        steps = [p[0] for p in rs[0]["curve"]]
-        mean = [statistics.fmean(r["curve"][i][1] for r in rs) for i in range(len(steps))]
-        ax.plot(steps, mean, marker="o", ms=3, label=name)
-        for r in rs:
-            ax.plot(
-                [p[0] for p in r["curve"]],
-                [p[1] for p in r["curve"]],
-                alpha=0.2,
-                color=ax.lines[-1].get_color(),
-            )
-    ax.set_xlabel("RL step")
-    ax.set_ylabel("held-out greedy accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-").replace("--", "-")
+def _pass_rates(start: dict[str, Any], end: dict[str, Any]) -> dict[str, float]:
+    """Code tasks: the held-out mean test pass rate before and after RL (nothing for math)."""
+    if "val/greedy_pass_rate" not in start:
+        return {}
+    return {"sft_pass_rate": start["val/greedy_pass_rate"], "rl_pass_rate": end["val/greedy_pass_rate"]}
 
 
 def _peak_rss_mib() -> float:
@@ -226,12 +142,19 @@ def _print_table(summary: dict[str, Any]) -> None:
     t = Table(
         title=f"held-out greedy accuracy on '{summary['task']}' ({summary['held_out_prompts']} prompts)"
     )
+    code = "sft_pass_rate" in summary  # a code task: also the mean fraction of hidden tests passed
     t.add_column("stage")
     t.add_column("accuracy", justify="right")
+    if code:
+        t.add_column("tests passed", justify="right")
     t.add_column("seconds", justify="right")
-    t.add_row(
-        "after SFT (start of RL)", f"{100 * summary['sft_accuracy']:.1f}%", f"{summary['seconds']['sft']:.0f}"
-    )
-    t.add_row("after RL (GPPO)", f"{100 * summary['rl_accuracy']:.1f}%", f"{summary['seconds']['rl']:.0f}")
-    t.add_row("gain", f"{summary['gain_points']:+.1f} points", f"{summary['seconds']['total']:.0f}")
+    sec = summary["seconds"]
+    rows = [
+        ("after SFT (start of RL)", summary["sft_accuracy"], summary.get("sft_pass_rate"), sec["sft"]),
+        ("after RL (GPPO)", summary["rl_accuracy"], summary.get("rl_pass_rate"), sec["rl"]),
+    ]
+    for stage, acc, passed, seconds in rows:
+        t.add_row(stage, f"{100 * acc:.1f}%", *([f"{100 * passed:.1f}%"] if code else []), f"{seconds:.0f}")
+    gain = [f"{100 * (summary['rl_pass_rate'] - summary['sft_pass_rate']):+.1f} points"] if code else []
+    t.add_row("gain", f"{summary['gain_points']:+.1f} points", *gain, f"{sec['total']:.0f}")
     Console().print(t)

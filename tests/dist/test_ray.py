@@ -103,8 +103,8 @@ def test_a_reward_worker_killed_mid_step_is_replaced_and_every_reward_arrives(cl
 
 def test_a_rollout_worker_killed_between_calls_is_replaced_with_current_weights(cluster, tmp_path):
     from klear.dist.groups import RolloutGroup
-    from klear.rollout import SamplingParams
     from klear.models.tiny import build_tiny_model
+    from klear.rollout import SamplingParams
 
     cfg = _slow_config(tmp_path)
     model_dir = build_tiny_model(tmp_path / "tiny", seed=0)
@@ -259,3 +259,15 @@ def test_collective_weight_sync_is_bit_identical_and_survives_a_replaced_actor(c
     finally:
         sampler.close()
         learner.close()
+
+
+def test_async_rollouts_on_ray_give_the_single_process_async_run(cluster, tmp_path):
+    # the producer thread drives the rollout and reward actors while the learner rank trains; the schedule
+    # and the keyed sampling are the same as with the sampler process, so the runs are the same
+    trainer = {"total_steps": 3, "save_every": 0, "async_rollouts": 1}
+    single = train_rl(build_config(RLConfig, rl_config(tmp_path / "one", trainer=trainer)))
+    dist = {"backend": "ray", "rollout_workers": 2, "reward_workers": 1, "learner_ranks": 1}
+    on_ray = train_rl(build_config(RLConfig, rl_config(tmp_path / "ray", trainer=trainer, dist=dist)))
+    assert [h["async/staleness"] for h in on_ray.history] == [0.0, 1.0, 1.0]
+    for got, want in zip(on_ray.history, single.history, strict=True):
+        _assert_same(got, want)

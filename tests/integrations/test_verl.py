@@ -490,6 +490,7 @@ NEW_KEYS = {
     "actor_rollout_ref.actor.policy_loss.beta_high",
     "actor_rollout_ref.actor.policy_loss.only_high",
     "reward.custom_reward_function.reward_kwargs.ability",
+    "reward.custom_reward_function.reward_kwargs.tokenizer",
 }
 
 
@@ -537,6 +538,9 @@ def test_recipe_is_klears_paper_setting_and_drives_our_loss():
     assert merged.actor_rollout_ref.rollout.n == 8 and merged.actor_rollout_ref.rollout.temperature == 1.0
     assert actor.optim.lr == 1e-6 and actor.policy_loss.loss_mode == "gppo"
     assert OmegaConf.select(merged, "reward.custom_reward_function.name") == "compute_score_async"
+    # the reward judges the response after the think block the model's template opens
+    kwargs = merged.reward.custom_reward_function.reward_kwargs
+    assert kwargs.tokenizer == merged.actor_rollout_ref.model.path
     cfg = kv.loss_config(actor, actor.policy_loss.loss_mode, actor.loss_agg_mode)
     assert cfg == LossConfig(type="gppo", eps_low=0.2, eps_high=0.28, clip_ratio_c=10.0, agg="token-mean")
     # the merged (DictConfig) actor section drives the registered loss like an ActorConfig does

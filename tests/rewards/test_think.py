@@ -3,6 +3,8 @@ the same way by the RL trainer, evaluation and the data filters (prefix + respon
 
 from __future__ import annotations
 
+import pytest
+
 from klear.config import RewardConfig
 from klear.rewards.math import math_reward
 from klear.rewards.think import generation_prompt, judged_text, think_prefix
@@ -76,6 +78,8 @@ class DirectPool:
 
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.cfg = RewardConfig()
+        self.last_metrics: dict[str, float] = {}
 
     def score(self, rows, responses, progress=None):
         self.seen.extend(responses)
@@ -132,3 +136,52 @@ def test_data_filters_judge_like_rl():
     (texts,) = generate([[{"role": "user", "content": "2+2?"}]], 3, 0)
     assert texts == ["<think>\n" + QWEN3_RESPONSE] * 3
     assert all(math_reward(t, "4", RewardConfig()).correct for t in texts)
+
+
+def test_trl_reward_function_judges_like_rl():
+    pytest.importorskip("trl", minversion="1.16")
+    from klear.integrations.trl import klear_reward_func
+
+    pool, tok = DirectPool(), qwen3_tokenizer()
+    wrong = QWEN3_RESPONSE.replace("{4}", "{5}")
+    gt = {"ground_truth": ["4", "4"], "ability": ["math", "math"]}
+    chat = [[{"role": "user", "content": "2+2?"}]] * 2
+    # conversational prompts: the tokenizer's template opened <think>; decoded ids or plain contents
+    ids = [tok.encode(t, add_special_tokens=False) for t in (QWEN3_RESPONSE, wrong)]
+    fn = klear_reward_func(pool=pool, tokenizer=tok)
+    assert fn(prompts=chat, completions=[[]] * 2, completion_ids=ids, **gt) == [1.0, -1.0]
+    contents = [[{"role": "assistant", "content": t}] for t in (QWEN3_RESPONSE, wrong)]
+    assert fn(prompts=chat, completions=contents, **gt) == [1.0, -1.0]
+    # a text prompt that ends inside <think> needs no tokenizer
+    plain = klear_reward_func(pool=pool)
+    texts = ["<|im_start|>assistant\n<think>\n"] * 2
+    assert plain(prompts=texts, completions=[QWEN3_RESPONSE, wrong], **gt) == [1.0, -1.0]
+    # without any prefix (a template that opens nothing) the format check still applies
+    assert plain(prompts=["q", "q"], completions=[QWEN3_RESPONSE, wrong], **gt) == [-2.0, -2.0]
+    # reasoning split off by a response parser is put back whole: no second <think>
+    parsed = [[{"role": "assistant", "content": "\\boxed{4}", "reasoning_content": "2+2=4"}]] * 2
+    assert fn(prompts=chat, completions=parsed, **gt) == [1.0, 1.0]
+    assert pool.seen[-1] == "<think>2+2=4</think>\\boxed{4}"
+    # an explicit prefix wins (e.g. a template rendered with enable_thinking=False)
+    closed = klear_reward_func(pool=pool, tokenizer=tok, think_prefix="")
+    assert closed(prompts=chat, completions=contents, **gt) == [-2.0, -2.0]
+
+
+def test_verl_reward_functions_judge_like_rl(tmp_path, monkeypatch):
+    pytest.importorskip("verl")
+    from klear.integrations import verl as kv
+
+    pool = DirectPool()
+    monkeypatch.setattr(kv, "reward_pool", lambda cfg=None: pool)
+    tok = qwen3_tokenizer()
+    tok.save_pretrained(tmp_path / "tok")
+    wrong = QWEN3_RESPONSE.replace("{4}", "{5}")
+    kw = {"ability": "math", "tokenizer": str(tmp_path / "tok")}
+    assert kv.compute_score("aime", QWEN3_RESPONSE, "4", {}, **kw)["score"] == 1.0
+    assert pool.seen[-1] == "<think>\n" + QWEN3_RESPONSE
+    batch = kv.compute_score_batch(["aime"] * 2, [QWEN3_RESPONSE, wrong], ["4", "4"], **kw)
+    assert [b["score"] for b in batch] == [1.0, -1.0]
+    literal = kv.compute_score("aime", QWEN3_RESPONSE, "4", {}, ability="math", think_prefix="<think>\n")
+    assert literal == {"score": 1.0, "acc": 1.0}
+    # verl's default (no tokenizer, no prefix): judged as decoded, the format check applies
+    assert kv.compute_score("aime", QWEN3_RESPONSE, "4", {}, ability="math")["score"] == -2.0

@@ -1,4 +1,5 @@
-"""`klear demo` and `klear demo --compare` end to end with a short budget (accuracy belongs to the benchmark)."""
+"""`klear demo` end to end with a short budget (accuracy belongs to the benchmark; `--compare` is
+`klear ablate loss`: tests/ablate)."""
 
 import json
 
@@ -41,19 +42,23 @@ def test_demo_writes_summary_metrics_and_curves(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_compare_table_and_plot(tmp_path):
+def test_demo_on_the_code_task_scores_programs_in_the_sandbox(tmp_path):
+    """`klear demo --task code-fn`: its own recipes, rows scored by the code reward, pass rates reported."""
     out = tmp_path / "demo"
-    rl = [*RL, "trainer.total_steps=1", "validation.n=1"]
-    assert main(["demo", "--out", str(out), "--compare", "--seeds", "2", "--sft", *SFT, "--rl", *rl]) == 0
-    result = json.loads((out / "compare" / "compare.json").read_text())
-    assert set(result["final_accuracy"]) == {"ppo (clip-higher)", "gppo", "ce-gppo (beta_low 0.5)", "cispo"}
-    for name, runs in result["runs"].items():
-        assert len(runs) == 2, name
-        ci = result["final_accuracy"][name]
-        assert ci["low"] <= ci["mean"] <= ci["high"] and ci["n"] == 2
-    md = (out / "compare" / "compare.md").read_text()
-    assert "| cispo |" in md and "95% CI" in md
-    assert (out / "compare" / "compare.png").is_file()
-    # the variants really ran with their own losses
-    cfg = (out / "compare" / "ce-gppo-beta-low-0-5" / "seed1" / "config.yaml").read_text()
-    assert "beta_low: 0.5" in cfg and "seed: 1" in cfg
+    sft = [*SFT, "trainer.eval_max_new_tokens=24"]
+    rl = [*RL, "rollout.max_new_tokens=24", "trainer.total_steps=1", "validation.n=1"]
+    assert main(["demo", "--task", "code-fn", "--out", str(out), "--sft", *sft, "--rl", *rl]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "code-fn"
+    assert summary["config"]["sft"]["data"]["task"] == "code-fn"
+    assert summary["config"]["rl"]["reward"]["code"]["mode"] == "soft"
+    # 24 tokens cannot hold a program: every held-out response is judged and fails all its tests
+    assert summary["sft_pass_rate"] == summary["rl_pass_rate"] == 0.0 == summary["rl_accuracy"]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["val/greedy_pass_rate"] == 0.0 and rows[-1]["reward/flag/no_answer"] > 0
+
+
+def test_demo_rejects_an_unknown_task(capsys):
+    assert main(["demo", "--task", "nope", "--out", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err
+    assert "klear: error:" in err and "code-fn" in err and "addition-2to3" in err

@@ -55,3 +55,30 @@ def test_curves_png(tmp_path):
     rows = [{"step": s, "loss": 1 / s, "acc": s / 10} for s in range(1, 6)]
     png = plot_curves(rows, ["loss", "acc", "missing"], tmp_path / "c.png", title="t")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curves_png_draws_a_panel_of_several_keys(tmp_path):
+    import matplotlib.pyplot as plt
+
+    rows = [{"step": s, "time/gen": 0.5, "time/update": 0.25 * s} for s in range(1, 4)]
+    drawn = []
+    real_plot = plt.Axes.plot
+
+    def spy(ax, xs, ys, *args, **kwargs):
+        drawn.append((ax.get_title(), kwargs.get("label"), list(ys)))
+        return real_plot(ax, xs, ys, *args, **kwargs)
+
+    plt.Axes.plot = spy
+    try:
+        png = plot_curves(
+            rows, ["time/gen", ("perf", ["time/gen", "time/update", "time/absent"])], tmp_path / "c.png"
+        )
+    finally:
+        plt.Axes.plot = real_plot
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one line in the single-key panel, then one labelled line per present key in the perf panel
+    assert [(label, ys) for _, label, ys in drawn] == [
+        (None, [0.5, 0.5, 0.5]),
+        ("time/gen", [0.5, 0.5, 0.5]),
+        ("time/update", [0.25, 0.5, 0.75]),
+    ]

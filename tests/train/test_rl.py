@@ -65,7 +65,10 @@ METRIC_KEYS = (
     "perf/tokens_per_s",
     "time/gen",
     "time/reward",
+    "time/old_logprob",
     "time/update",
+    "time/sync",
+    "time/wait",
 )
 
 
@@ -81,6 +84,10 @@ def test_steps_update_the_policy_and_log_metrics(tmp_path):
             assert key in r, key
             assert isinstance(r[key], float | int) and abs(r[key]) < float("inf"), key
         assert r["batch/kept_groups"] == 4 and r["actor/updates"] == 2  # 4 groups / mini-batches of 2
+        # synchronous: the phases are the whole step (what is left is advantages and metrics: ms)
+        phases = sum(r[f"time/{p}"] for p in ("gen", "reward", "old_logprob", "update", "sync", "wait"))
+        assert r["time/wait"] == 0.0 and "async/staleness" not in r
+        assert phases <= r["time/step"] < phases + 0.05 + 0.05 * phases
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "curves.png").is_file()
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["loss"]["type"] == "gppo"
 

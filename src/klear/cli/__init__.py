@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "klear.cli.demo",
         "the whole pipeline on the built-in tiny task: SFT, GPPO RL, held-out accuracy",
     ),
+    "ablate": (
+        "klear.cli.ablate",
+        "the paper's ablations at laptop scale (loss, filter, SFT data, RL vs SFT): paired seeds, intervals",
+    ),
     "config": ("klear.cli.config", "validate a recipe with overrides and print the resolved config"),
     "rl": ("klear.cli.rl", "reinforcement learning (GPPO) on verifiable rewards"),
     "eval": ("klear.cli.eval", "avg@k / pass@k / maj@k on a benchmark; re-score generations"),

@@ -7,7 +7,8 @@ Examples:
   klear demo                          # about 2 minutes on 2 cores (README: measured figures)
   klear demo --out runs/demo2 --seed 1
   klear demo --rl trainer.total_steps=20 --sft trainer.max_steps=80   # a shorter run
-  klear demo --compare --seeds 3      # ppo / gppo / ce-gppo / cispo from one SFT checkpoint
+  klear demo --task code-fn           # the code task: programs scored by the code reward in the sandbox
+  klear demo --compare                # = klear ablate loss --out OUT/compare (ppo / gppo / ce-gppo / cispo)
 """
 
 from __future__ import annotations
@@ -25,19 +26,45 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="seed of the tiny model, data order and sampling (default 0)"
     )
     p.add_argument(
-        "--sft", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of recipes/demo-sft.yaml"
+        "--task",
+        default="addition-2to3",
+        metavar="NAME",
+        help="built-in task: addition-2to3 (default; recipes/demo-sft.yaml, demo.yaml) or code-fn "
+        "(recipes/demo-code-sft.yaml, demo-code.yaml)",
     )
-    p.add_argument("--rl", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of recipes/demo.yaml")
-    p.add_argument("--compare", action="store_true", help="compare ppo, gppo, ce-gppo and cispo over seeds")
-    p.add_argument("--seeds", type=int, default=3, help="RL seeds per variant with --compare (default 3)")
+    p.add_argument(
+        "--sft", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the task's SFT recipe"
+    )
+    p.add_argument(
+        "--rl", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the task's RL recipe"
+    )
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="run `klear ablate loss` into OUT/compare: ppo, gppo, ce-gppo and cispo on paired seeds",
+    )
+    p.add_argument("--seeds", type=int, help="paired seeds with --compare (default: the ablation's, 5)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from klear.demo import DemoSettings, run_compare, run_demo
+    if args.compare:  # one implementation: the loss ablation
+        from klear.ablate import AblationError, get_ablation
+        from klear.cli.ablate import run_all
 
-    s = DemoSettings(out=args.out, seed=args.seed, sft_overrides=tuple(args.sft), rl_overrides=tuple(args.rl))
-    if args.compare:
-        run_compare(s, args.seeds)
-    else:
-        run_demo(s)
+        args.jobs = 2
+        if args.seeds is not None and args.seeds < 2:
+            raise AblationError(f"--seeds {args.seeds}: paired intervals need at least 2 seeds")
+        run_all([get_ablation("loss")], args.out / "compare", args)
+        return 0
+    from klear.demo import DemoSettings, run_demo
+
+    run_demo(
+        DemoSettings(
+            out=args.out,
+            seed=args.seed,
+            sft_overrides=tuple(args.sft),
+            rl_overrides=tuple(args.rl),
+            task=args.task,
+        )
+    )
     return 0

@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from klear.eval.benchmarks import (
+from klear.eval.benchmarks import Problem
+from klear.eval.fields import (
     CODE_TEST_KEYS,
     MISSING,
     BenchmarkError,
-    Problem,
     Row,
     as_question,
     assign_ids,

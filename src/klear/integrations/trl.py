@@ -71,7 +71,9 @@ from trl import GRPOConfig, GRPOTrainer
 from klear.algo.aggregate import Normaliser
 from klear.algo.losses import policy_loss
 from klear.config import LossConfig, RewardConfig
+from klear.rewards import think as think_tags
 from klear.rewards.pool import RewardPool
+from klear.rewards.think import judged_text, prompt_think_prefix
 from klear.types import REWARD_FLAGS, RewardResult
 
 logger = logging.getLogger(__name__)
@@ -144,6 +146,13 @@ def completion_text(completion: str | Sequence[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
+def _has_parsed_reasoning(completion: Any) -> bool:
+    """A conversational completion with a turn whose reasoning a response parser split off."""
+    if isinstance(completion, str):
+        return False
+    return any(m.get("reasoning_content") or m.get("thinking") for m in completion if isinstance(m, Mapping))
+
+
 def _is_column(value: Any, n: int) -> bool:
     """A per-completion column: TRL passes lists; a ``datasets`` column (sequence-like) is accepted too."""
     if isinstance(value, (str, bytes, Mapping)):
@@ -167,6 +176,7 @@ class KlearRewardFunction:
         tokenizer: Any = None,
         data_source: str | None = None,
         ability: str | None = None,
+        think_prefix: str | None = None,
     ) -> None:
         if pool is not None and cfg is not None and pool.cfg is not cfg:
             raise ValueError("pass either cfg or pool (a pool carries its own RewardConfig), not both")
@@ -175,6 +185,8 @@ class KlearRewardFunction:
         self.tokenizer = tokenizer
         self.data_source = data_source
         self.ability = ability
+        self.think_prefix = think_prefix
+        self._template_prefix: str | None = None
         self._pool = pool
         self._owns_pool = pool is None
         self.last_results: list[RewardResult] = []
@@ -220,11 +232,41 @@ class KlearRewardFunction:
             out.append(row)
         return out
 
-    def texts(self, completions: Sequence[Any], completion_ids: Sequence[Sequence[int]] | None) -> list[str]:
-        """Response texts: decoded ``completion_ids`` when a tokenizer was given, else :func:`completion_text`."""
+    def texts(
+        self,
+        completions: Sequence[Any],
+        completion_ids: Sequence[Sequence[int]] | None,
+        prompts: Sequence[Any] | None = None,
+    ) -> list[str]:
+        """What the reward judges per completion (:mod:`klear.rewards.think`): the think prefix its
+        prompt opened, then the response -- decoded ``completion_ids`` when a tokenizer was given,
+        else :func:`completion_text`. A completion whose reasoning a response parser split off is
+        already whole (``<think>...</think>`` put back) and gets no prefix."""
+        n = len(completions) if completion_ids is None else len(completion_ids)
+        prompt_list = list(prompts) if prompts is not None and len(prompts) == n else [None] * n
         if self.tokenizer is not None and completion_ids is not None:
-            return list(self.tokenizer.batch_decode(list(completion_ids), skip_special_tokens=True))
-        return [completion_text(c) for c in completions]
+            raw = self.tokenizer.batch_decode(list(completion_ids), skip_special_tokens=True)
+            return [judged_text(self.prefix(p), r) for p, r in zip(prompt_list, raw, strict=True)]
+        return [
+            completion_text(c)
+            if _has_parsed_reasoning(c)
+            else judged_text(self.prefix(p), completion_text(c))
+            for p, c in zip(prompt_list, completions, strict=True)
+        ]
+
+    def prefix(self, prompt: Any) -> str:
+        """The think prefix a completion was sampled after: ``think_prefix`` when given; for a text
+        prompt, the ``<think>`` block its end opened; for a conversation, the one the tokenizer's
+        chat template opens (``""`` without a tokenizer)."""
+        if self.think_prefix is not None:
+            return self.think_prefix
+        if isinstance(prompt, str):
+            return prompt_think_prefix(prompt)
+        if self.tokenizer is None:
+            return ""
+        if self._template_prefix is None:
+            self._template_prefix = think_tags.think_prefix(self.tokenizer)
+        return self._template_prefix
 
     def __call__(
         self,
@@ -235,7 +277,7 @@ class KlearRewardFunction:
     ) -> list[float]:
         """TRL's reward-function signature; returns one score per completion, in order."""
         n = len(completions)
-        results = self.pool.score(self.rows(n, columns), self.texts(completions, completion_ids))
+        results = self.pool.score(self.rows(n, columns), self.texts(completions, completion_ids, prompts))
         self.last_results = results
         self.last_metrics = dict(self.pool.last_metrics)
         self.calls += 1
@@ -273,6 +315,7 @@ def klear_reward_func(
     tokenizer: Any = None,
     data_source: str | None = None,
     ability: str | None = None,
+    think_prefix: str | None = None,
 ) -> KlearRewardFunction:
     """A TRL reward function that scores with Klear's rewards through one long-lived reward pool.
 
@@ -285,6 +328,10 @@ def klear_reward_func(
         tokenizer: when given, responses are the decoded ``completion_ids``
             (``skip_special_tokens=True``) rather than TRL's parsed completions.
         data_source, ability: for datasets without those columns (e.g. ``ability="math"``).
+        think_prefix: what each response is judged after (:mod:`klear.rewards.think`). Default:
+            for text prompts, the ``<think>`` block the prompt's end opened; for conversational
+            prompts, the block the tokenizer's chat template opens (Qwen3: ``"<think>\\n"``), so
+            a response that starts inside its reasoning is not scored as missing ``<think>``.
 
     The pool starts on the first call; call ``.close()`` (or use ``with``) when training ends.
     """
@@ -295,6 +342,7 @@ def klear_reward_func(
         tokenizer=tokenizer,
         data_source=data_source,
         ability=ability,
+        think_prefix=think_prefix,
     )
 
 

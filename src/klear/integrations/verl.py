@@ -31,6 +31,13 @@ Two plug-ins, one import:
    ``reward.custom_reward_function.path=pkg://klear.integrations.verl`` and
    ``reward.custom_reward_function.name=compute_score_async``.
 
+   verl decodes the response tokens alone, so with a chat template that opens ``<think>`` in the
+   generation prompt (Qwen3, Klear-Reasoner) the text starts inside the reasoning, and the math
+   reward's format check would score every response as missing ``<think>``. Pass the model's
+   tokenizer directory (``reward_kwargs.tokenizer=${actor_rollout_ref.model.path}``) or the
+   prefix itself (``reward_kwargs.think_prefix``): the reward then judges prefix + response, as
+   Klear's own trainer and evaluation do (:mod:`klear.rewards.think`).
+
 How the registration reaches verl's worker processes (any one suffices):
 
 - installed with pip, Klear declares a ``verl.plugins`` entry point, which ``import verl`` loads in
@@ -64,7 +71,9 @@ from klear.algo.aggregate import masked_mean
 from klear.algo.losses import LOSSES
 from klear.config import AGG_MODES, LossConfig, RewardConfig, build_config, read_yaml
 from klear.rewards import registry as reward_registry
+from klear.rewards import think as think_tags
 from klear.rewards.pool import RewardPool
+from klear.rewards.think import judged_text
 from klear.types import RewardResult
 
 __all__ = [
@@ -323,6 +332,24 @@ def _verl_result(result: RewardResult) -> dict[str, float]:
     return {"score": float(result.score), "acc": float(result.correct)}
 
 
+@lru_cache(maxsize=8)
+def _template_prefix(tokenizer: str) -> str:
+    from transformers import AutoTokenizer
+
+    return think_tags.think_prefix(AutoTokenizer.from_pretrained(tokenizer))
+
+
+def response_prefix(think_prefix: str | None = None, tokenizer: Any = None) -> str:
+    """What verl's decoded response is judged after: ``think_prefix`` if given, else the think
+    prefix of ``tokenizer``'s chat template (a directory or hub name, loaded once per process),
+    else ``""``."""
+    if think_prefix is not None:
+        return str(think_prefix)
+    if tokenizer is None:
+        return ""
+    return _template_prefix(str(tokenizer))
+
+
 def compute_score(
     data_source: Any,
     solution_str: str,
@@ -331,17 +358,21 @@ def compute_score(
     *,
     reward_config: Any = None,
     ability: str | None = None,
+    think_prefix: str | None = None,
+    tokenizer: str | None = None,
     **_: Any,
 ) -> dict[str, float]:
     """verl's ``custom_reward_function``: one response scored by Klear's RewardPool.
 
     Keywords come from ``reward.custom_reward_function.reward_kwargs``: ``reward_config`` (a dict of
-    :class:`~klear.config.RewardConfig` fields, or a YAML path) and ``ability`` (the reward for
-    rows whose ``extra_info`` has no ``ability``, e.g. ``math``); others verl adds are ignored.
+    :class:`~klear.config.RewardConfig` fields, or a YAML path), ``ability`` (the reward for
+    rows whose ``extra_info`` has no ``ability``, e.g. ``math``), and ``tokenizer`` (the model's
+    directory) or ``think_prefix`` (see :func:`response_prefix`); others verl adds are ignored.
     Returns ``{"score": reward, "acc": 1.0 if correct else 0.0}``.
     """
     row = _row(data_source, ground_truth, extra_info, ability)
-    return _verl_result(reward_pool(reward_config).score([row], [solution_str])[0])
+    text = judged_text(response_prefix(think_prefix, tokenizer), solution_str)
+    return _verl_result(reward_pool(reward_config).score([row], [text])[0])
 
 
 def compute_score_batch(
@@ -352,6 +383,8 @@ def compute_score_batch(
     *,
     reward_config: Any = None,
     ability: str | None = None,
+    think_prefix: str | None = None,
+    tokenizer: str | None = None,
     **_: Any,
 ) -> list[dict[str, float]]:
     """verl's batch signature (``reward_manager=batch``): every response scored in one pool call."""
@@ -360,7 +393,8 @@ def compute_score_batch(
         _row(ds, gt, extra, ability)
         for ds, gt, extra in zip(data_sources, ground_truths, extras, strict=True)
     ]
-    results = reward_pool(reward_config).score(rows, list(solution_strs))
+    prefix = response_prefix(think_prefix, tokenizer)
+    results = reward_pool(reward_config).score(rows, [judged_text(prefix, s) for s in solution_strs])
     return [_verl_result(r) for r in results]
 
 
@@ -426,6 +460,8 @@ async def compute_score_async(
     *,
     reward_config: Any = None,
     ability: str | None = None,
+    think_prefix: str | None = None,
+    tokenizer: str | None = None,
     **_: Any,
 ) -> dict[str, float]:
     """:func:`compute_score` for verl's async reward loop: concurrent calls are scored as one batch."""
@@ -436,7 +472,8 @@ async def compute_score_async(
     if batcher is None or batcher.loop is not loop or batcher.pool is not pool:
         batcher = _BATCHERS[key] = _Batcher(pool, loop)
     row = _row(data_source, ground_truth, extra_info, ability)
-    return _verl_result(await batcher.score(row, solution_str))
+    text = judged_text(response_prefix(think_prefix, tokenizer), solution_str)
+    return _verl_result(await batcher.score(row, text))
 
 
 register()

@@ -1,9 +1,12 @@
 """Built-in procedural tasks with verifiable answers, and the tiny model of the demo.
 
 A task draws problems from a seeded ``random.Random``; each problem has a question,
-an integer answer and a worked solution written the way the reward expects:
-``<think>...steps...</think>`` then ``\\boxed{N}``. The solution is the SFT target; the
-answer is the ground truth that the real math reward (``klear.rewards.math``) checks.
+a ground truth and a worked solution written the way the reward expects. Math tasks
+(``addition``, ``arithmetic``): ``<think>...steps...</think>`` then ``\\boxed{N}``, checked
+by the real math reward (``klear.rewards.math``). The code task (``code-fn``, ``ability:
+code``): ``<think>...</think>`` then a ```python block, run against the problem's hidden
+tests in the sandbox by the real code reward (``klear.rewards.code``). The solution is the
+SFT target.
 
 Train and held-out problems are disjoint by construction: a problem belongs to the
 held-out split iff a hash of its question falls in the held-out slice, whatever the
@@ -29,6 +32,7 @@ from typing import Any
 from klear.tasks.addition import AdditionTask
 from klear.tasks.arithmetic import ArithmeticTask
 from klear.tasks.base import Problem, Split, Task
+from klear.tasks.code_fn import CodeFnTask
 
 #: Share of the problem space reserved for the held-out ("test") split.
 HELDOUT_FRACTION = 0.1
@@ -38,6 +42,7 @@ TASKS: dict[str, Task] = {
     "addition": AdditionTask(),
     "addition-2to3": AdditionTask(name="addition-2to3", min_digits=2, max_digits=3),
     "arithmetic": ArithmeticTask(),
+    "code-fn": CodeFnTask(),
 }
 
 
@@ -76,11 +81,15 @@ def generate_problems(name: str, split: Split, n: int, seed: int = 0) -> list[Pr
 
 
 def to_row(name: str, problem: Problem, split: Split, index: int) -> dict[str, Any]:
-    """One problem as an RL data row (see the module docstring for the shape)."""
+    """One problem as an RL data row (see the module docstring for the shape).
+
+    ``ability`` is the task's (``math`` unless it says otherwise): it picks the reward, so a
+    code task's rows are scored by running programs in the sandbox.
+    """
     return {
         "data_source": f"klear/{name}",
         "prompt": [{"role": "user", "content": problem.question}],
-        "ability": "math",
+        "ability": getattr(get_task(name), "ability", "math"),
         "reward_model": {"style": "rule", "ground_truth": problem.answer},
         "extra_info": {"task": name, "split": split, "index": index, "solution": problem.solution},
     }

@@ -97,26 +97,49 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_curves(
-    rows: Iterable[Mapping[str, Any]], keys: list[str], out_png: str | Path, title: str = ""
+    rows: Iterable[Mapping[str, Any]],
+    keys: list[str | tuple[str, list[str]]],
+    out_png: str | Path,
+    title: str = "",
 ) -> Path:
-    """One panel per metric key against ``step``; keys absent from every row are skipped."""
+    """One panel per metric key against ``step``; a ``(title, [key, ...])`` entry draws several keys in one
+    panel (e.g. seconds per phase of a step). Keys absent from every row are skipped."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = list(rows)
-    keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in rows)]
-    ncol = min(3, max(1, len(keys)))
-    nrow = max(1, math.ceil(len(keys) / ncol))
+
+    def present(key: str) -> bool:
+        return any(isinstance(r.get(key), (int, float)) for r in rows)
+
+    panels: list[tuple[str, list[str]]] = []
+    for entry in keys:
+        name, members = (entry, [entry]) if isinstance(entry, str) else entry
+        members = [k for k in members if present(k)]
+        if members:
+            panels.append((name, members))
+    ncol = min(3, max(1, len(panels)))
+    nrow = max(1, math.ceil(len(panels) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.0 * nrow), squeeze=False)
-    for ax, key in zip(axes.flat, keys, strict=False):
-        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None, ms=3)
-        ax.set_title(key, fontsize=10)
+    for ax, (name, members) in zip(axes.flat, panels, strict=False):
+        for key in members:
+            pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            label = key if len(members) > 1 else None
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="o" if len(pts) < 30 else None,
+                ms=3,
+                label=label,
+            )
+        if len(members) > 1:
+            ax.legend(fontsize=7)
+        ax.set_title(name, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys) :]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     if title:
         fig.suptitle(title)

@@ -4,6 +4,8 @@
   wrappers, verl-style launchers) set -- ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
   ``MASTER_ADDR``, ``MASTER_PORT`` -- and the process group over it (nccl on GPUs, gloo on
   CPU). No variables: one process, no process group.
+- :func:`on_lead`: work only rank 0 does (reading and tokenising data), whose failure every
+  rank raises.
 - :func:`full_model_state`, :func:`save_full_checkpoint`, :func:`restore_full_checkpoint`:
   checkpoints of a model that may be FSDP2-sharded or replicated over the ranks, written
   from gathered full states (model weights as a plain HF directory, optimizer state keyed
@@ -17,15 +19,18 @@ of sharded gradients live in :mod:`klear.train.learner`, which both trainers use
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import pickle
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from klear.config import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,31 @@ def barrier(ranks: Ranks) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def on_lead(ranks: Ranks, fn: Callable[[], T]) -> T | None:
+    """Run ``fn`` on rank 0 alone (None elsewhere). If it raises, every rank raises that error, so
+    no rank is left waiting in a later collective for one that failed."""
+    result, error = None, None
+    if ranks.lead:
+        try:
+            result = fn()
+        except Exception as exc:
+            error = exc
+    if ranks.world > 1:
+        import torch.distributed as dist
+
+        if error is not None:
+            try:
+                pickle.dumps(error)
+            except Exception:
+                error = RuntimeError(f"{type(error).__name__}: {error}")
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise error
+    return result
 
 
 def full_model_state(model: torch.nn.Module, rank: int, sharded: bool) -> dict[str, torch.Tensor] | None:

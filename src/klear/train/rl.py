@@ -10,7 +10,13 @@ Per step (Klear-Reasoner Sec. 2-3, with DAPO's dynamic sampling):
 4. PPO epochs over mini-batches of ``ppo_mini_batch_size`` groups, micro-batched
    by a token budget, with the configured loss, the ``sft_alpha`` term on correct
    rollouts, and a true global token-mean per mini-batch;
-5. metrics; 6. validation; 7. checkpoint.
+5. the new weights to the sampler; 6. metrics; 7. validation; 8. checkpoint.
+
+With ``trainer.async_rollouts = K`` step 1 runs ahead, on a producer thread, while the
+learner trains: batches sampled with weights up to K updates old, from a sampler with its
+own copy of the policy (:mod:`klear.train.rollouts`; the schedule is deterministic, so
+resume stays exact). ``time/*`` metrics split each step into gen, reward, old_logprob,
+update, sync and wait (the learner waiting for its batch).
 
 Safety rails (all counted in the metrics): prompts over ``data.max_prompt_length``
 follow ``data.truncation``; the reward judges the think prefix the chat template
@@ -25,8 +31,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,20 +40,25 @@ import torch
 
 from klear.algo.advantages import compute_advantages
 from klear.config import ConfigError, DataConfig, RLConfig, save_config
-from klear.data.dynamic_sampling import keep_groups, overlong_penalty
 from klear.data.prompts import PromptStats, fit_prompts
 from klear.errors import KlearError
 from klear.rewards.think import judged_texts, think_prefix
 from klear.train.checkpoint import latest_checkpoint, set_rng_state
 from klear.train.learner import LocalLearner, Sample
 from klear.train.metrics import MetricsLogger, plot_curves
+from klear.train.rollouts import AsyncRollouts, Batch, PromptStream, SyncRollouts, collect_batch, valid
 
 log = logging.getLogger("klear.rl")
 
-CURVE_KEYS = [
+#: the phases of a step timed in ``time/*`` (gen and reward run on the producer thread when async;
+#: wait is the learner waiting for its batch then)
+PHASES = ("gen", "reward", "old_logprob", "update", "sync", "wait")
+
+CURVE_KEYS: list[str | tuple[str, list[str]]] = [
     "reward/mean",
     "reward/accuracy",
     "val/greedy_acc",
+    "val/greedy_pass_rate",
     "response/length_mean",
     "actor/entropy",
     "actor/grad_norm",
@@ -57,6 +66,7 @@ CURVE_KEYS = [
     "actor/clip_frac_low",
     "actor/approx_kl",
     "batch/kept_groups",
+    ("perf: seconds per step", ["time/step", *(f"time/{p}" for p in PHASES)]),
 ]
 
 
@@ -69,42 +79,6 @@ class RLResult:
     out_dir: Path
     final_model: Path
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-class PromptStream:
-    """Prompt rows in a fresh seeded permutation each epoch; its state is two integers (exact resume)."""
-
-    def __init__(self, rows: Sequence[dict[str, Any]], seed: int, shuffle: bool = True):
-        if not rows:
-            raise ValueError("no training prompts")
-        self.rows, self.seed, self.shuffle = list(rows), seed, shuffle
-        self.epoch, self.pos = 0, 0
-        self._order = self._permutation()
-
-    def _permutation(self) -> list[int]:
-        order = list(range(len(self.rows)))
-        if self.shuffle:
-            random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
-        return order
-
-    def take(self, k: int) -> list[tuple[int, dict[str, Any]]]:
-        """The next ``k`` rows as (uid, row); uid is unique per draw, so repeated prompts are separate groups."""
-        out = []
-        for _ in range(k):
-            if self.pos == len(self._order):
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._order = self._permutation()
-            idx = self._order[self.pos]
-            out.append((self.epoch * len(self.rows) + self.pos, self.rows[idx]))
-            self.pos += 1
-        return out
-
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load(self, state: dict[str, int]) -> None:
-        self.epoch, self.pos = state["epoch"], state["pos"]
-        self._order = self._permutation()
 
 
 def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: bool = True) -> RLResult:
@@ -125,8 +99,8 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     _seed_everything(cfg.run.seed)
-    if cfg.trainer.num_threads is not None:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    if cfg.trainer.num_threads is not None or cfg.trainer.async_rollouts:
+        torch.set_num_threads(_threads(cfg))
     quiet_transformers()
     model_dir = (
         Path(init_model) if init_model is not None else resolve_model_dir(cfg.model, out, cfg.run.seed)
@@ -148,15 +122,13 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
         )
     stream = PromptStream(train_rows, cfg.run.seed, cfg.data.shuffle)
     sampling = SamplingParams.from_config(cfg.rollout)
-    n, groups_per_step = cfg.rollout.n, cfg.trainer.train_batch_size
-    gen_prompts = cfg.trainer.gen_batch_size or groups_per_step
     ckpt_root = out / "checkpoints"
     ckpt = latest_checkpoint(ckpt_root) if resume else None
 
     learner, sampler, pool = _engines(cfg, model_dir)
     reuse_logprobs = reuse_rollout_logprobs(cfg, learner.device)
     history: list[dict[str, Any]] = []
-    logger = None
+    logger = rollouts = None
     idle_steps = 0
     try:
         start_step = 0
@@ -176,55 +148,19 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
             logger.log(0, val)
             history.append({"step": 0, **val})
 
+        def produce(step: int) -> Batch:
+            return collect_batch(step, stream, sampler, pool, cfg, sampling, prefix)
+
+        rollouts = _rollouts(cfg, sampler, start_step, val_rows, produce)
         for step in range(start_step + 1, cfg.trainer.total_steps + 1):
             t_step = time.perf_counter()
-            timing: dict[str, float] = defaultdict(float)
 
-            # 1. Sample and score, keeping groups with signal (dynamic sampling), until the batch is full.
-            kept: list[list[Sample]] = []
-            generated: list[Sample] = []
-            gen_batches = 0
-            while len(kept) < groups_per_step:
-                gen_batches += 1
-                drawn = stream.take(gen_prompts)
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    rollouts = sampler.generate(
-                        [r["prompt"] for _, r in drawn], sampling, groups=[u for u, _ in drawn]
-                    )
-                timing["gen"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                rows = [drawn[i // n][1] for i in range(len(rollouts))]
-                results = pool.score(rows, judged_texts(prefix, [r.text for r in rollouts]))
-                timing["reward"] += time.perf_counter() - t0
-                batch = [
-                    Sample(row, ro, res, res.score)
-                    for row, ro, res in zip(rows, rollouts, results, strict=True)
-                ]
-                if cfg.overlong.penalty:
-                    pen = overlong_penalty(
-                        torch.tensor([len(s.rollout.response_ids) for s in batch]),
-                        cfg.rollout.max_new_tokens,
-                        cfg.overlong.buffer_len,
-                        cfg.overlong.penalty_factor,
-                    )
-                    for s, p in zip(batch, pen.tolist(), strict=True):
-                        s.reward += p
-                generated.extend(batch)
-                kept.extend(
-                    _mixed_groups(batch, n, cfg) if cfg.dynamic_sampling.enable else _groups(batch, n)
-                )
-                limit = cfg.dynamic_sampling.max_num_gen_batches
-                if limit and gen_batches >= limit and len(kept) < groups_per_step:
-                    log.warning(
-                        "step %d: only %d/%d groups with signal after %d generation batches",
-                        step,
-                        len(kept),
-                        groups_per_step,
-                        gen_batches,
-                    )
-                    break
-            kept = kept[:groups_per_step]
+            # 1. The batch: sampled and scored now, keeping groups with signal (dynamic sampling) until
+            #    it is full -- or, with trainer.async_rollouts = K, taken from the producer thread that
+            #    sampled it while earlier steps trained, with weights at most K updates old.
+            batch, info = rollouts.next(step)
+            kept, generated, gen_batches = batch.kept, batch.generated, batch.gen_batches
+            timing = {**batch.timing, "wait": info.pop("time/wait")}
             samples = [s for g in kept for s in g]
 
             # 2. Advantages over the kept groups (overlong-filtered responses stay in their group's statistics;
@@ -234,17 +170,18 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
                     torch.tensor([s.reward for s in samples], dtype=torch.float32),
                     [s.rollout.group for s in samples],
                     cfg.advantage,
-                    valid=torch.tensor([_valid(s, cfg) for s in samples]),
+                    valid=torch.tensor([valid(s, cfg) for s in samples]),
                 )
                 for s, a in zip(samples, adv.tolist(), strict=True):
                     s.advantage = a
-            masked = sum(not _valid(s, cfg) for s in samples)
-            kept = [t for t in ([s for s in g if _valid(s, cfg)] for g in kept) if t]
+            masked = sum(not valid(s, cfg) for s in samples)
+            kept = [t for t in ([s for s in g if valid(s, cfg)] for g in kept) if t]
             samples = [s for g in kept for s in g]
             signal = any(s.advantage != 0.0 for s in samples)
 
-            # 3. Old log-probs under the policy that sampled: the sampler's own when they are exact
-            #    (same module, same precision, untruncated distribution), else a forward pass.
+            # 3. Old log-probs under the policy that sampled (the behaviour policy, K updates old when
+            #    async): the sampler's own when they are exact (same model, same precision, untruncated
+            #    distribution), else a forward pass with the current weights.
             t0 = time.perf_counter()
             if reuse_logprobs:
                 for s in samples:
@@ -256,14 +193,17 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
             # 4. PPO epochs over mini-batches of groups; one optimizer step per mini-batch.
             #    (No group with signal: no update, and the schedule does not advance.)
             t0 = time.perf_counter()
-            update: dict[str, float] = {}
-            if kept:
-                update = learner.update(kept)
-                sampler.update_weights(learner.weights())
+            update = learner.update(kept) if kept else {}
             timing["update"] = time.perf_counter() - t0
 
-            # 5. Metrics.
+            # 5. The new weights (version = step) to the sampler: at once, or to the producer thread.
+            t0 = time.perf_counter()
+            rollouts.publish(step, learner.weights() if kept else None)
+            timing["sync"] = time.perf_counter() - t0
+
+            # 6. Metrics.
             metrics = _step_metrics(generated, samples, kept, gen_batches, update, timing, reward_metrics)
+            metrics.update(info)
             metrics["batch/masked_samples"] = float(masked)
             metrics.update(prompt_stats.metrics())
             metrics["actor/lr"] = learner.lr()
@@ -272,9 +212,8 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
             tokens = sum(len(s.rollout.prompt_ids) + len(s.rollout.response_ids) for s in generated)
             metrics["perf/tokens_per_s"] = tokens / metrics["time/step"]
 
-            # 6. Validation.
-            every = cfg.validation.every
-            if val_rows and every > 0 and (step % every == 0 or step == cfg.trainer.total_steps):
+            # 7. Validation (a barrier when async: nothing is sampled past it, the sampler holds these weights).
+            if _validates(cfg, val_rows, step):
                 t0 = time.perf_counter()
                 metrics.update(_validate(sampler, pool, val_rows, cfg, sampling, prefix))
                 metrics["time/val"] = time.perf_counter() - t0
@@ -285,13 +224,15 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
             if cfg.trainer.max_idle_steps and idle_steps >= cfg.trainer.max_idle_steps:
                 raise NoSignalError(no_signal_message(idle_steps, generated, prefix, cfg))
 
-            # 7. Checkpoint (model as a plain HF directory, plus everything needed to resume exactly).
-            save_every = cfg.trainer.save_every
-            if (save_every and step % save_every == 0) or step == cfg.trainer.total_steps:
+            # 8. Checkpoint (model as a plain HF directory, plus everything needed to resume exactly; a
+            #    barrier when async, so the prompt stream and sampler RNG are those of the batch trained).
+            if _checkpoints(cfg, step):
                 learner.save(
                     ckpt_root, step, {"stream": stream.state(), "sampler_rng": sampler.get_rng_state()}
                 )
     finally:
+        if rollouts is not None:
+            rollouts.close()
         pool.close()
         sampler.close()
         learner.close()
@@ -350,11 +291,6 @@ def _tokenizer(model_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def _valid(s: Sample, cfg: RLConfig) -> bool:
-    """False for a response left out of training: an infrastructure failure with ``reward.mask_failures``."""
-    return not (cfg.reward.mask_failures and s.result.infra)
-
-
 def no_signal_message(idle: int, generated: list[Sample], prefix: str, cfg: RLConfig) -> str:
     """Why a run has nothing to learn from, with this step's figures behind each likely cause."""
     n = max(len(generated), 1)
@@ -386,32 +322,61 @@ def _engines(cfg: RLConfig, model_dir: Path) -> tuple[Any, Any, Any]:
     from klear.rewards.pool import RewardPool
 
     learner = LocalLearner(cfg, model_dir)
+    sampler = None
     try:
-        return learner, learner.sampler(cfg.run.seed), RewardPool(cfg.reward)
+        if cfg.trainer.async_rollouts:  # a sampler with its own copy of the policy, in a process of its own
+            from klear.train.sampler_process import ProcessSampler
+
+            sampler = ProcessSampler(cfg, model_dir, cfg.run.seed, threads=_threads(cfg))
+        else:  # the learner's own module: no weight copies
+            sampler = learner.sampler(cfg.run.seed)
+        return learner, sampler, RewardPool(cfg.reward)
     except BaseException:
+        if sampler is not None:
+            sampler.close()
         learner.close()
         raise
+
+
+def _threads(cfg: RLConfig) -> int:
+    """torch threads of the learner (and of the sampler process when async): ``trainer.num_threads``, or
+    all cores -- half each when the sampler has a process of its own."""
+    import os
+
+    cores = os.cpu_count() or 1
+    if cfg.trainer.num_threads is not None:
+        return cfg.trainer.num_threads
+    return max(1, cores // 2) if cfg.trainer.async_rollouts and cfg.dist.backend == "none" else cores
+
+
+def _validates(cfg: RLConfig, val_rows: list[Any], step: int) -> bool:
+    every = cfg.validation.every
+    return bool(val_rows) and every > 0 and (step % every == 0 or step == cfg.trainer.total_steps)
+
+
+def _checkpoints(cfg: RLConfig, step: int) -> bool:
+    every = cfg.trainer.save_every
+    return bool(every and step % every == 0) or step == cfg.trainer.total_steps
+
+
+def _rollouts(cfg: RLConfig, sampler: Any, start_step: int, val_rows: list[Any], produce) -> Any:
+    """Where the loop's batches come from: :class:`SyncRollouts`, or :class:`AsyncRollouts` for K >= 1."""
+    if not cfg.trainer.async_rollouts:
+        return SyncRollouts(produce, sampler, start_step)
+    return AsyncRollouts(
+        produce,
+        sampler,
+        cfg.trainer.async_rollouts,
+        start_step,
+        barrier=lambda step: _validates(cfg, val_rows, step) or _checkpoints(cfg, step),
+        total_steps=cfg.trainer.total_steps,
+    )
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _groups(batch: list[Sample], n: int) -> list[list[Sample]]:
-    return [batch[i : i + n] for i in range(0, len(batch), n)]
-
-
-def _mixed_groups(batch: list[Sample], n: int, cfg: RLConfig) -> list[list[Sample]]:
-    """The groups whose ``dynamic_sampling.metric`` (acc or reward) varies (std > std_eps)."""
-    if cfg.dynamic_sampling.metric == "acc":
-        values = torch.tensor([float(s.result.correct) for s in batch])
-    else:
-        values = torch.tensor([s.reward for s in batch])
-    valid = torch.tensor([_valid(s, cfg) for s in batch])
-    keep = keep_groups(values, [s.rollout.group for s in batch], cfg.dynamic_sampling.std_eps, valid=valid)
-    return [g for g, k in zip(_groups(batch, n), keep.view(-1, n).any(dim=1).tolist(), strict=True) if k]
 
 
 def reuse_rollout_logprobs(cfg: RLConfig, device: torch.device) -> bool:
@@ -460,7 +425,8 @@ def _step_metrics(generated, samples, kept, gen_batches, update, timing, reward_
 
 
 def _validate(sampler, pool, val_rows, cfg: RLConfig, sampling, prefix: str = "") -> dict[str, float]:
-    """Greedy accuracy and avg@n (temperature/top_p from ``validation``) on the held-out prompts."""
+    """Greedy accuracy and avg@n (temperature/top_p from ``validation``) on the held-out prompts;
+    on code rows also the greedy mean test pass rate."""
     prompts = [r["prompt"] for r in val_rows]
     max_new = cfg.validation.max_new_tokens or cfg.rollout.max_new_tokens
     with torch.no_grad():
@@ -470,6 +436,9 @@ def _validate(sampler, pool, val_rows, cfg: RLConfig, sampling, prefix: str = ""
         "val/greedy_acc": float(np.mean([r.correct for r in res])),
         "val/greedy_len": float(np.mean([len(g.response_ids) for g in greedy])),
     }
+    if any(r.total is not None for r in res):  # code (math has no tests): mean fraction of tests passed,
+        # whatever reward.code.mode is; a response with no program to run passed none
+        out["val/greedy_pass_rate"] = float(np.mean([r.passed / r.total if r.total else 0.0 for r in res]))
     k = cfg.validation.n
     if k > 1:
         v = cfg.validation
@@ -483,6 +452,16 @@ def _validate(sampler, pool, val_rows, cfg: RLConfig, sampling, prefix: str = ""
         )
         out[f"val/avg@{k}"] = float(np.mean([r.correct for r in res]))
     return out
+
+
+_SHORT_PHASES = (
+    ("gen", "gen"),
+    ("rew", "reward"),
+    ("old", "old_logprob"),
+    ("upd", "update"),
+    ("sync", "sync"),
+    ("wait", "wait"),
+)
 
 
 def _print_step(step: int, total: int, m: dict[str, float], enabled: bool) -> None:
@@ -499,7 +478,12 @@ def _print_step(step: int, total: int, m: dict[str, float], enabled: bool) -> No
         f"clip+ {m.get('actor/clip_frac_high', 0):.3f}",
         f"kl {m.get('actor/approx_kl', 0):+.4f}",
         f"{m['time/step']:.1f}s",
+        "(" + " ".join(f"{short} {m.get(f'time/{p}', 0.0):.2f}" for short, p in _SHORT_PHASES) + ")",
     ]
+    if "async/staleness" in m:
+        parts.append(f"stale {int(m['async/staleness'])}")
     if "val/greedy_acc" in m:
         parts.append(f"[green]val {m['val/greedy_acc']:.3f}[/]")
+    if "val/greedy_pass_rate" in m:
+        parts.append(f"[green]pass {m['val/greedy_pass_rate']:.3f}[/]")
     Console(stderr=True, width=240).print("  ".join(parts), highlight=False, soft_wrap=True)

@@ -12,7 +12,8 @@ Launched by torchrun, the same loop runs on every rank (FSDP2 or DDP, ``dist.lea
 each rank takes a share of every step's micro-batches and the ranks' gradients add up to the
 one-device gradient (docs/distributed.md).
 
-Outputs under ``run.out_dir`` (rank 0 writes): ``config.yaml`` (resolved), ``metrics.jsonl``,
+Outputs under ``run.out_dir`` (rank 0 writes): ``config.yaml`` (resolved), ``tokens/`` (the
+tokenised training set every rank memory-maps, :mod:`klear.train.sft_tokens`), ``metrics.jsonl``,
 ``checkpoints/step_N/`` (every ``trainer.save_every`` steps: model, optimizer, schedule, RNG;
 a run started again resumes from the latest), ``final/`` (plain HF directory: the RL stage's
 ``model.path``) and ``summary.json``.
@@ -38,6 +39,7 @@ from klear.models.loading import (
     quiet_transformers,
     resolve_model_dir,
 )
+from klear.train import sft_tokens
 from klear.train.checkpoint import latest_checkpoint, set_rng_state
 from klear.train.common import make_optimizer, make_scheduler, token_logprobs
 from klear.train.learner import allreduce_grads, clip_grads, fsdp_shard, idle_pass
@@ -46,6 +48,7 @@ from klear.train.parallel import (
     barrier,
     join_ranks,
     leave_ranks,
+    on_lead,
     restore_full_checkpoint,
     save_full_checkpoint,
     save_full_model,
@@ -54,6 +57,7 @@ from klear.train.sft_data import (  # noqa: F401  (Example, chat_of_row, tokeniz
     Example,
     build_examples,
     chat_of_row,
+    iter_examples,
     load_rows,
     micro_batches,
     packed_batch,
@@ -122,7 +126,12 @@ def run_sft(cfg: SFTConfig, *, resume: bool = True) -> SFTResult:
     try:
         # held-out rows: every rank reads them, so a refusal is every rank's (none waits in a collective)
         val_rows = [r for r in load_rows(cfg.data, "test") if "reward_model" in r]
-        train_rows = load_rows(cfg.data, "train")  # a bad file fails here, before OUT or a model exists
+        # training rows: rank 0 alone reads them (a bad file fails here, on every rank, before OUT or a
+        # model exists), unless a token store of these data is already there (a resumed run)
+        tokens_dir = out / "tokens"
+        train_rows = on_lead(
+            ranks, lambda: None if sft_tokens.covers(tokens_dir, cfg.data) else load_rows(cfg.data, "train")
+        )
         check_rank_settings(cfg, ranks.world, bool(val_rows))
         if ranks.lead:
             out.mkdir(parents=True, exist_ok=True)
@@ -141,16 +150,35 @@ def run_sft(cfg: SFTConfig, *, resume: bool = True) -> SFTResult:
         end_ids = stop_token_ids(tokenizer, model)
         pad_id = tokenizer.pad_token_id
 
-        # 3. Data: chats -> token ids with assistant masks; held-out rows for evaluation (every rank
-        #    tokenises everything, so every rank plans the same steps).
-        examples, data_stats = build_examples(tokenizer, train_rows, tc.max_length, end_ids)
-        if not examples:
+        # 3. Data: chats -> token ids with assistant masks, tokenised once by rank 0 into a store that
+        #    every rank memory-maps (klear.train.sft_tokens); kept for a resumed run.
+        key = sft_tokens.store_key(cfg.data, tokenizer, tc.max_length, end_ids)
+
+        def tokenise() -> None:
+            if sft_tokens.current(tokens_dir, key):
+                return
+            rows = train_rows if train_rows is not None else load_rows(cfg.data, "train")
+            stats: dict[str, int] = {}
+            with _progress(cfg.logging.progress) as bar:
+                task = bar.add_task("tokenising", total=len(rows), status="")
+                sft_tokens.build_store(
+                    tokens_dir,
+                    key,
+                    iter_examples(tokenizer, _advancing(rows, bar, task), tc.max_length, end_ids, stats),
+                    stats,
+                    sft_tokens.data_fingerprint(cfg.data),
+                )
+
+        on_lead(ranks, tokenise)
+        train_rows = None  # the store holds what training needs
+        examples = sft_tokens.TokenStore(tokens_dir)
+        data_stats = examples.stats
+        if not len(examples):
             raise ValueError("no training examples: every row was empty or had no assistant tokens")
-        del train_rows  # the examples hold what training needs
         val_rows = val_rows if ranks.lead else []  # rank 0 evaluates
 
         # 4. Plan: every optimizer step's examples, packed by token count (the same on every rank).
-        steps = plan_steps([len(e) for e in examples], tc.epochs, tc.batch_tokens, cfg.run.seed)
+        steps = plan_steps(examples.lengths.tolist(), tc.epochs, tc.batch_tokens, cfg.run.seed)
         total_steps = min(len(steps), tc.max_steps or len(steps))
         steps = steps[:total_steps]
         if ranks.lead and ranks.world > 1 and tc.batch_tokens < ranks.world * tc.micro_batch_tokens:
@@ -213,7 +241,7 @@ def run_sft(cfg: SFTConfig, *, resume: bool = True) -> SFTResult:
                 # 6. Forward/backward over this rank's share of the packed micro-batches; the loss is the
                 #    mean NLL over every assistant token of the step (all ranks), so each micro-batch's sum
                 #    is divided by the step total, and summing the ranks' gradients gives the whole step's.
-                n_targets = sum(sum(examples[i].loss_mask[1:]) for i in indices)
+                n_targets = int(examples.targets[indices].sum())
                 mine, passes = rank_share(
                     list(micro_batches(examples, indices, tc.micro_batch_tokens)), ranks.rank, ranks.world
                 )
@@ -326,6 +354,13 @@ def run_sft(cfg: SFTConfig, *, resume: bool = True) -> SFTResult:
         return SFTResult(out, final_dir, total_steps, last["seconds"], last)
     finally:
         leave_ranks(ranks)
+
+
+def _advancing(items, bar, task):
+    """``items`` as they are, advancing ``task`` of ``bar`` by one for each."""
+    for item in items:
+        yield item
+        bar.update(task, advance=1)
 
 
 def _progress(enabled: bool):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,19 +128,32 @@ def load_rows(data: DataConfig, split: str) -> list[dict[str, Any]]:
     return [row for f in files for row in read_rows(f)]
 
 
-def build_examples(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int, end_ids: Sequence[int]):
-    """Tokenise rows; truncate to ``max_length``; drop examples left with nothing to learn."""
-    examples, truncated, dropped = [], 0, 0
+def iter_examples(
+    tokenizer: Any,
+    rows: Iterable[dict[str, Any]],
+    max_length: int,
+    end_ids: Sequence[int],
+    stats: dict[str, int],
+) -> Iterator[Example]:
+    """Tokenise rows one by one; truncate to ``max_length``; skip examples left with nothing to
+    learn. Counts ``truncated_examples`` and ``dropped_examples`` into ``stats``."""
+    stats.setdefault("truncated_examples", 0)
+    stats.setdefault("dropped_examples", 0)
     for i, row in enumerate(rows):
         ex = tokenize_chat(tokenizer, chat_of_row(row, f"row {i}"), end_ids)
         if len(ex) > max_length:
-            truncated += 1
+            stats["truncated_examples"] += 1
             ex = Example(ex.input_ids[:max_length], ex.loss_mask[:max_length])
         if sum(ex.loss_mask[1:]) == 0:  # the first token is never a target
-            dropped += 1
+            stats["dropped_examples"] += 1
             continue
-        examples.append(ex)
-    return examples, {"truncated_examples": truncated, "dropped_examples": dropped}
+        yield ex
+
+
+def build_examples(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int, end_ids: Sequence[int]):
+    """All examples of ``rows`` in memory (:func:`iter_examples`), and the statistics."""
+    stats: dict[str, int] = {}
+    return list(iter_examples(tokenizer, rows, max_length, end_ids, stats)), stats
 
 
 # ---------------------------------------------------------------------------------------------

@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 _SERVER_SOURCE = (Path(__file__).with_name("_server.py")).read_text()
 #: The child and the judge (see _harness.py); the server loads it from its config.
 _HARNESS_SOURCE = (Path(__file__).with_name("_harness.py")).read_text()
+#: The cleanup after each test (see _cleanup.py); the server loads it from its config too.
+_CLEANUP_SOURCE = (Path(__file__).with_name("_cleanup.py")).read_text()
 INSTALL_HINT = (
     "install bubblewrap: `apt-get install -y bubblewrap` (Debian/Ubuntu) or `dnf install bubblewrap`"
 )
@@ -320,6 +322,7 @@ class Sandbox:
             "nproc": cfg.max_processes,
             "max_output": cfg.max_output_bytes,
             "harness": _HARNESS_SOURCE,
+            "cleanup": _CLEANUP_SOURCE,
         }
 
     def start(self) -> None:

@@ -85,7 +85,7 @@ def _place_fds(fds):
     os.closerange(len(fds), 1 << 16)
 
 
-def _write_all(fd, data):
+def write_all(fd, data):
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -103,7 +103,7 @@ def _read_exact(fd, n):
 
 
 def send_frame(fd, data):
-    _write_all(fd, _FRAME.pack(len(data)) + data)
+    write_all(fd, _FRAME.pack(len(data)) + data)
 
 
 def recv_frame(fd, cap):
@@ -243,7 +243,7 @@ def _report_call(ns, request, budget):
     """
     value = _find_callable(ns, request["fn_name"])(*request["args"])
     check_plain(value, budget)
-    _write_all(RESULT_FD, json.dumps({"value": value}).encode())
+    write_all(RESULT_FD, json.dumps({"value": value}).encode())
 
 
 def _serve_calls(ns):
@@ -424,5 +424,5 @@ def run_judge(cfg, fds):
     os.chdir("/")
     record = judge(task, _Channel(4, 3, cfg["max_output"]))
     with contextlib.suppress(OSError):
-        _write_all(5, json.dumps(record).encode())
+        write_all(5, json.dumps(record).encode())
     os._exit(0)

@@ -2,8 +2,9 @@
 
 This file is never imported by Klear: the client reads its text and runs it with
 ``python -I -c`` inside bubblewrap, where the Klear checkout is not visible. It
-therefore uses the standard library only and runs on any Python >= 3.9. The text of
-``_harness.py`` (the child and the judge) arrives in the config and is loaded as a module.
+therefore uses the standard library only and runs on any Python >= 3.9. The texts of
+``_harness.py`` (the child and the judge; also the frame helpers this file uses) and
+``_cleanup.py`` (what happens after each test) arrive in the config and are loaded as modules.
 
 Why a fork server: starting a sandbox and an interpreter per test costs ~100 ms of
 CPU (firejail, the reference's way); forking an already-warm interpreter costs a
@@ -15,7 +16,7 @@ Two processes, so that nothing of one test reaches another:
 
 - the manager (this process after start-up) speaks the protocol, holds requests and
   replies, collects output and cleans up. Nothing that runs solution code is forked
-  from it (only the cleanup helper, which runs this file's code alone).
+  from it (only the cleanup helper, which runs ``_cleanup.py``'s code alone).
 - the zygote, forked once before the first request, warm and then frozen, forks each
   test's processes. It receives only descriptors (and one byte: how many are the
   child's) from the manager and sends back pids and exit statuses: a child forked from it inherits no request,
@@ -82,9 +83,8 @@ PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 STDERR_KEEP = 4096
-#: Pids the per-test cleanup must never kill (the zygote).
-_KEEP = set()
-
+#: Largest request frame read from the client (a test's code and input): 1 GiB.
+MAX_REQUEST = 1 << 30
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -94,272 +94,18 @@ def _prctl(option, arg):
         raise OSError(err, f"prctl({option}) failed: {os.strerror(err)}")
 
 
-def _read_exact(fd, n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = os.read(fd, n - len(buf))
-        if not chunk:
-            return None
-        buf.extend(chunk)
-    return bytes(buf)
-
-
-def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _send(fd, obj):
-    payload = json.dumps(obj).encode()
-    _write_all(fd, struct.pack(">I", len(payload)) + payload)
-
-
-def _recv(fd):
-    head = _read_exact(fd, 4)
-    if head is None:
-        return None
-    (n,) = struct.unpack(">I", head)
-    body = _read_exact(fd, n)
-    return None if body is None else json.loads(body)
-
-
 # ------------------------------------------------------------------------------------------
 # The server side of one test
 # ------------------------------------------------------------------------------------------
-
-
-def _other_pids(live_only=False):
-    """Pids in this pid namespace other than init, this server and its zygote (cheap: the namespace is tiny).
-
-    live_only skips zombies: they run nothing, and _reap_all collects them after each test.
-    """
-    keep = {1, os.getpid(), *_KEEP}
-    pids = [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in keep]
-    if live_only:
-        pids = [p for p in pids if _state(p) not in ("Z", "")]
-    return pids
-
-
-def _state(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return ""
-
-
-def _kill_leftovers(cfg):
-    """Kill every process a test left behind, then wipe what it left: scratch files and IPC objects.
-
-    With a separate uid: a short-lived helper becomes that uid and sends SIGKILL to -1,
-    which inside this pid namespace reaches exactly the test's processes, then empties
-    the scratch directories and removes the SysV IPC objects as that uid (their owner);
-    it is only forked when something is left over. Without one (unprivileged bubblewrap):
-    every pid in the namespace but init and this server, then the same wipe. Without a
-    sandbox: nothing beyond the process group, and only the work directory is emptied.
-    """
-    if cfg["isolation"] == "uid":
-        if not _other_pids(live_only=True) and not _has_leftovers(cfg):
-            return
-        _as_test_uid(cfg, wipe=True)
-        # SIGKILL is delivered when the target next leaves the kernel: one caught inside a system
-        # call (a loop of kill(-1)) can still finish that call. The next test's processes run under
-        # the same uid, so it starts only once nothing of this test is left running.
-        _until_dead(lambda: _as_test_uid(cfg, wipe=False))
-        return
-    if cfg["isolation"] == "pidns":
-        _kill_others()
-        _until_dead(_kill_others)
-    _wipe(cfg)
-
-
-def _as_test_uid(cfg, wipe):
-    """In a short-lived helper under the test's uid: SIGKILL to -1 (every process of that uid in
-    this pid namespace), then, if asked, the wipe of what the test left (as the owner)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            uid = cfg["uid"]
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(-1, signal.SIGKILL)
-            if wipe:
-                _wipe(cfg)
-        except BaseException:
-            code = 1
-        os._exit(code)
-    os.waitpid(pid, 0)
-
-
-def _kill_others():
-    for pid in _other_pids():
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _until_dead(kill_again, tries=400):
-    """Wait (up to ~2 s) until no leftover process is running (zombies run nothing), killing again."""
-    for _ in range(tries):
-        if not _other_pids(live_only=True):
-            return
-        time.sleep(0.005)
-        kill_again()
-
-
-def _scratch_dirs(cfg):
-    """Where a test can leave files for the next one: the work directory, and in the sandbox
-    /dev/shm and /dev/mqueue (POSIX message queues are files there)."""
-    if cfg["isolation"] == "none":
-        return [cfg["workdir"]]
-    return [cfg["workdir"]] + [d for d in ("/dev/shm", "/dev/mqueue") if os.path.isdir(d)]
-
-
-_SYSV = (("shm", "shmctl"), ("sem", "semctl"), ("msg", "msgctl"))
-IPC_RMID = 0
-
-
-def _sysv_ids():
-    """(kind, id) of every SysV IPC object in this IPC namespace (the sandbox's own)."""
-    out = []
-    for kind, _ in _SYSV:
-        try:
-            with open(f"/proc/sysvipc/{kind}") as f:
-                lines = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        out += [(kind, int(line.split()[1])) for line in lines if line.strip()]
-    return out
-
-
-def _remove_sysv():
-    """IPC_RMID every SysV shared memory segment, semaphore set and message queue we may remove."""
-    calls = dict(_SYSV)
-    for kind, ident in _sysv_ids():
-        fn = getattr(_libc, calls[kind])
-        # shmctl/msgctl(id, IPC_RMID, NULL); semctl(id, 0, IPC_RMID): errors (not ours) are ignored.
-        if kind == "sem":
-            fn(ctypes.c_int(ident), ctypes.c_int(0), ctypes.c_int(IPC_RMID))
-        else:
-            fn(ctypes.c_int(ident), ctypes.c_int(IPC_RMID), ctypes.c_void_p(None))
-
-
-def _has_leftovers(cfg):
-    return bool(_sysv_ids()) or any(_has_entries(d) for d in _scratch_dirs(cfg))
-
-
-def _wipe(cfg):
-    """Empty every scratch directory (restoring its mode where we own it) and remove SysV IPC objects."""
-    for d in _scratch_dirs(cfg):
-        with contextlib.suppress(OSError):  # only the owner may: the server's uid, not a test uid
-            os.chmod(d, 0o700 if cfg["isolation"] == "none" else 0o1777)
-        _empty_dir(d)
-    if cfg["isolation"] != "none":
-        _remove_sysv()
-
-
-def _has_entries(path):
-    try:
-        return bool(os.listdir(path))
-    except OSError:
-        return False
-
-
-def _empty_dir(path):
-    """Remove everything below ``path``, whatever its depth, names or modes; never raises.
-
-    Iterative (a 10,000-level tree needs no recursion) and relative to the current
-    directory (no path ever grows past PATH_MAX, no descriptor per level): it enters each
-    directory after making it ours to read and write (a test may leave one mode 000),
-    unlinks its files, and removes it on the way back up. Symlinks are removed, never
-    followed. Only runs once every test process is dead, so nothing moves meanwhile.
-    """
-    try:
-        home = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        home = None
-    try:
-        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError:
-        if home is not None:
-            os.close(home)
-        return
-    try:
-        os.fchdir(top)
-        stack = [(None, _clear_files())]  # (name of the directory, its subdirectories still to do)
-        while stack:
-            name, pending = stack[-1]
-            if pending:
-                sub = pending.pop()
-                try:
-                    os.chmod(sub, 0o700)
-                    fd = os.open(sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-                    try:
-                        os.fchdir(fd)
-                    finally:
-                        os.close(fd)
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        os.rmdir(sub)
-                    continue
-                stack.append((sub, _clear_files()))
-                continue
-            stack.pop()
-            if name is None:
-                break
-            os.chdir("..")
-            with contextlib.suppress(OSError):
-                os.rmdir(name)
-    except OSError:
-        pass
-    finally:
-        os.close(top)
-        if home is not None:
-            with contextlib.suppress(OSError):
-                os.fchdir(home)
-            os.close(home)
-
-
-def _clear_files():
-    """Unlink every non-directory in the current directory; return the names of its subdirectories."""
-    subdirs = []
-    try:
-        with os.scandir(".") as it:
-            for entry in it:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        subdirs.append(entry.name)
-                    else:
-                        os.unlink(entry.name)
-                except OSError:
-                    pass
-    except OSError:
-        pass
-    return subdirs
-
-
-def _reap_all():
-    """Collect zombies re-parented to this server (a subreaper); they count against RLIMIT_NPROC."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 class ZygoteGone(Exception):
     """The zygote died (a test may kill it where children share the server's uid): start over."""
 
 
-def _memfd(name, data):
+def _memfd(harness, name, data):
     fd = os.memfd_create(name, 0)
-    _write_all(fd, data)
+    harness.write_all(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
@@ -440,7 +186,7 @@ def _prepared_check(harness, source, entry_point):
     return harness.prepare_check(source, entry_point)
 
 
-def run_test(cfg, zygote, harness, code, test):
+def run_test(cfg, zygote, harness, cleanup, code, test):
     """Run one test: the zygote forks the child (and judge); collect output within the limits."""
     kind = test["kind"]
     judged = kind == "check"
@@ -452,8 +198,8 @@ def run_test(cfg, zygote, harness, code, test):
     err_r, err_w = os.pipe()
     res_r, res_w = os.pipe()
     child_fds = [
-        _memfd("request", json.dumps(request).encode()),
-        _memfd("stdin", test.get("stdin", "").encode()),
+        _memfd(harness, "request", json.dumps(request).encode()),
+        _memfd(harness, "stdin", test.get("stdin", "").encode()),
     ]
     child_fds += [out_w, err_w]
     judge_fds = []
@@ -464,7 +210,7 @@ def run_test(cfg, zygote, harness, code, test):
         answers_r, answers_w = os.pipe()
         child_fds += [calls_r, answers_w]
         task = _prepared_check(harness, test["test"], test["entry_point"])
-        judge_fds = [_memfd("task", task), answers_r, calls_w, res_w]
+        judge_fds = [_memfd(harness, "task", task), answers_r, calls_w, res_w]
     readers = [out_r, err_r, res_r]
     # the client raises the cap for a large expected output, so a correct answer always fits
     cap = max(cfg["max_output"], int(test.get("min_output") or 0))
@@ -530,13 +276,13 @@ def run_test(cfg, zygote, harness, code, test):
                 pump(fd)
     seconds = time.monotonic() - t0
     # The server may not signal a child that already became the test uid (no CAP_KILL):
-    # then _kill_leftovers' helper, running as that uid, does it.
+    # then cleanup.kill_leftovers' helper, running as that uid, does it.
     # The group goes in any case: the child's own children may still be in it.
     for kill, target in ((os.kill, pid), (os.killpg, pid), (os.kill, judge_pid)):
         if target in waiting or kill is os.killpg:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 kill(target, signal.SIGKILL)
-    _kill_leftovers(cfg)
+    cleanup.kill_leftovers(cfg)
     while waiting:
         exited(zygote.take(1, 10.0))
     # Every writer is dead now; drain what is still buffered in the pipes (bounded).
@@ -548,7 +294,7 @@ def run_test(cfg, zygote, harness, code, test):
                 pump(fd)
     for fd in readers:
         os.close(fd)
-    _reap_all()
+    cleanup.reap_all()
     return {
         "status": status or "exited",
         "exit_code": os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None,
@@ -577,31 +323,37 @@ def _check_placement(cfg):
         sys.exit("klear sandbox server: isolation needs bubblewrap's pid namespace; refusing to start")
 
 
-def _load_harness(source):
-    harness = types.ModuleType("klear_harness")
-    exec(compile(source, "<harness>", "exec"), harness.__dict__)
-    return harness
+def _load_module(name, source):
+    module = types.ModuleType(name)
+    exec(compile(source, f"<{name}>", "exec"), module.__dict__)
+    return module
 
 
-def _serve(cfg, proto_in, proto_out, zygote, harness):
+def _send(harness, fd, obj):
+    harness.send_frame(fd, json.dumps(obj).encode())
+
+
+def _serve(cfg, proto_in, proto_out, zygote, harness, cleanup):
     """The manager's loop. Each request is handled in run_test, whose locals are gone when it returns."""
     while True:
-        req = _recv(proto_in)
-        if req is None:
+        frame = harness.recv_frame(proto_in, MAX_REQUEST)
+        if frame is None:
             return
+        req = json.loads(frame)
         try:
-            reply = run_test(cfg, zygote, harness, req["code"], req["test"])
+            reply = run_test(cfg, zygote, harness, cleanup, req["code"], req["test"])
         except ZygoteGone:
             return  # exiting makes the client restart the sandbox and flag this test
         except Exception as exc:  # a server-side failure is reported, never mistaken for a verdict
             reply = {"status": "server_error", "detail": f"{type(exc).__name__}: {exc}"}
-        _send(proto_out, reply)
+        _send(harness, proto_out, reply)
 
 
 def main():
     cfg = json.loads(sys.argv[1])
     _check_placement(cfg)
-    harness = _load_harness(cfg.pop("harness"))
+    harness = _load_module("klear_harness", cfg.pop("harness"))
+    cleanup = _load_module("klear_cleanup", cfg.pop("cleanup"))
     _prctl(PR_SET_DUMPABLE, 0)  # children (same or other uid) cannot ptrace or read our /proc files
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
@@ -629,9 +381,9 @@ def main():
         finally:
             os._exit(70)
     theirs.close()
-    _KEEP.add(pid)
-    _send(proto_out, {"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]})
-    _serve(cfg, proto_in, proto_out, _Zygote(ours, pid), harness)
+    cleanup.KEEP.add(pid)
+    _send(harness, proto_out, {"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]})
+    _serve(cfg, proto_in, proto_out, _Zygote(ours, pid), harness, cleanup)
 
 
 if __name__ == "__main__":

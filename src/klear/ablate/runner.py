@@ -1,0 +1,474 @@
+"""Running an ablation: shared SFT checkpoints, paired seeds, matched budgets, a printed estimate.
+
+``run_ablation`` validates every config of every run first (nothing trains when one is bad),
+prints the plan with a time estimate, then runs seed by seed -- for seed k: the SFT stages the
+variants need (one per distinct SFT setting, reused from ``sft_cache`` when already there), then
+each variant in registry order (a variant that matches another's budget runs after it) -- and
+finally computes the statistics and writes the report (:mod:`klear.ablate.report`).
+Each run's own outputs (config.yaml, metrics.jsonl, curves.png) stay under ``OUT/runs/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from klear.ablate.registry import Ablation, AblationError, Variant
+from klear.config import RLConfig, SFTConfig, load_config
+
+#: Seconds per unit of work on 2 idle cores (1 torch thread), measured on the demo (see estimate()).
+COST = {
+    "sft_token": 6.5e-5,  # one SFT training token (forward + backward)
+    "gen_token": 8.0e-5,  # one generated token of one sequence, batched sampling
+    "update_token": 7.0e-5,  # one response token through the RL update (per PPO epoch)
+    "run_overhead": 4.0,  # model load, reward pool start, checkpoint, plot
+}
+
+
+@dataclass
+class RunResult:
+    """One variant on one seed: the accuracy curve and what the report needs."""
+
+    variant: str
+    seed: int
+    final: float
+    start: float | None  # accuracy of the checkpoint the stage started from (None: SFT from scratch)
+    curve: list[tuple[float, float]]  # (step, accuracy); x in RL steps for rl-vs-sft's sft-continue
+    seconds: float
+    out_dir: str
+    clip_high: float | None = None  # mean over RL steps of actor/clip_frac_high
+    clip_low: float | None = None
+    generated_samples: int | None = None  # responses sampled during RL (validation excluded)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gain(self) -> float | None:
+        return None if self.start is None else self.final - self.start
+
+
+@dataclass
+class Settings:
+    """What ``klear ablate`` was asked: the seed count, output directory and extra overrides."""
+
+    out: Path
+    seeds: int
+    base_seed: int = 0
+    sft_overrides: tuple[str, ...] = ()
+    rl_overrides: tuple[str, ...] = ()
+    sft_cache: Path | None = None  # shared SFT checkpoints (``klear ablate all`` shares one across ablations)
+    jobs: int = 1  # seeds run in this many worker processes at once (each run uses one torch thread)
+    say: Callable[[str], None] = print
+
+
+def recipe(name: str) -> Path:
+    """A shipped recipe by file name (``recipes/``), or a path as given when absolute."""
+    from klear.demo import recipes_dir
+
+    return Path(name) if Path(name).is_absolute() else recipes_dir() / name
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------------------------
+
+
+def sft_overrides(ab: Ablation, v: Variant, s: Settings) -> list[str]:
+    """The SFT stage's overrides for variant ``v`` (before data files, output dir and seed)."""
+    return [*ab.sft, *v.sft, *s.sft_overrides] if v.stage != "sft-continue" else [*ab.sft, *s.sft_overrides]
+
+
+def sft_key(ab: Ablation, v: Variant, s: Settings) -> str:
+    """Variants with the same SFT stage share its checkpoint: a digest of what defines that stage."""
+    what = {
+        "overrides": sft_overrides(ab, v, s),
+        "data": v.sft_data,
+        "evaluated": v.stage == "sft",
+        "ablation": ab.name if v.sft_data else None,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def sft_config(
+    ab: Ablation, v: Variant, s: Settings, out: Path, seed: int, data: Sequence[str] = ()
+) -> SFTConfig:
+    return load_config(
+        SFTConfig,
+        recipe(ab.sft_recipe),
+        [*sft_overrides(ab, v, s), *data, f"run.out_dir={out}", f"run.seed={seed}", "logging.progress=false"],
+    )
+
+
+def rl_config(
+    ab: Ablation, v: Variant, s: Settings, out: Path, seed: int, extra: Sequence[str] = ()
+) -> RLConfig:
+    return load_config(
+        RLConfig,
+        recipe(ab.rl_recipe),
+        [
+            *ab.rl,
+            *v.rl,
+            *s.rl_overrides,
+            *extra,
+            f"run.out_dir={out}",
+            f"run.seed={seed}",
+            "logging.progress=false",
+        ],
+    )
+
+
+def continue_config(
+    ab: Ablation, v: Variant, s: Settings, out: Path, seed: int, start: Path, steps: int, val_size: int
+) -> SFTConfig:
+    """SFT continued from ``start`` for ``steps`` steps, evaluated on the RL stage's held-out set."""
+    extra = [
+        f"model.path={start}",
+        f"trainer.max_steps={steps}",
+        f"data.val_size={val_size}",
+        f"trainer.eval_every={max(1, steps // 3)}",
+    ]
+    return load_config(
+        SFTConfig,
+        recipe(ab.sft_recipe),
+        [
+            *ab.sft,
+            *v.sft,
+            *s.sft_overrides,
+            *extra,
+            f"run.out_dir={out}",
+            f"run.seed={seed}",
+            "logging.progress=false",
+        ],
+    )
+
+
+def validate(ab: Ablation, s: Settings) -> None:
+    """Build every config the ablation will use (placeholders for paths known only later)."""
+    if s.seeds < 2:
+        raise AblationError(f"--seeds {s.seeds}: paired intervals need at least 2 seeds")
+    tmp = s.out / "validate"
+    for v in ab.variants:
+        data = _data_overrides(tmp / "train.jsonl", tmp / "val.jsonl") if v.sft_data else ()
+        sft_config(ab, v, s, tmp, s.base_seed, data)
+        if v.sft_data is not None:
+            from klear.ablate.sft_data import SFT_DATA
+
+            if v.sft_data not in SFT_DATA:
+                raise AblationError(
+                    f"variant {v.name!r}: unknown sft_data {v.sft_data!r}; known: {sorted(SFT_DATA)}"
+                )
+        if v.stage == "rl":
+            rl_config(ab, v, s, tmp, s.base_seed, _match_placeholder(v))
+        elif v.stage == "sft-continue":
+            continue_config(ab, v, s, tmp, s.base_seed, tmp, 1, 1)
+
+
+def _match_placeholder(v: Variant) -> list[str]:
+    return ["trainer.train_batch_size=16", "trainer.ppo_mini_batch_size=8"] if v.match else []
+
+
+def _data_overrides(train: Path, val: Path | None) -> list[str]:
+    return [
+        "data.task=null",
+        f"data.train_files=[{train}]",
+        f"data.val_files=[{val}]" if val else "data.val_files=[]",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Estimate
+# ---------------------------------------------------------------------------------------------
+
+
+def estimate(ab: Ablation, s: Settings, seen_sft: set[str] | None = None) -> dict[str, float]:
+    """Seconds per kind of run and in all, from the configs and ``COST`` (2 idle cores).
+
+    SFT: trained tokens (steps x batch_tokens) plus held-out generation. RL per step: sampled
+    tokens (prompts x n x max_new_tokens, with the expected extra generation batches of dynamic
+    sampling), update tokens x ppo_epochs, and the validations. Shared SFT stages count once (and
+    not at all when their key is in ``seen_sft``: another ablation of ``klear ablate all`` trains them).
+    """
+    tmp = s.out / "validate"
+    per: dict[str, float] = {}
+    sft_keys: dict[str, float] = {}
+    for v in ab.variants:
+        sft_cfg = sft_config(ab, v, s, tmp, s.base_seed)
+        key = sft_key(ab, v, s)
+        sft_keys[key] = _sft_seconds(sft_cfg) if v.stage != "sft" and key not in (seen_sft or ()) else 0.0
+        if v.stage == "sft":
+            per[v.name] = _sft_seconds(sft_cfg)
+        elif v.stage == "rl":
+            per[v.name] = _rl_seconds(rl_config(ab, v, s, tmp, s.base_seed, _match_placeholder(v)))
+        else:  # the same wall-clock as the RL run it matches, plus its evaluations
+            per[v.name] = per[v.match[0]] if v.match else 0.0  # type: ignore[index]
+    if seen_sft is not None:
+        seen_sft.update(sft_keys)
+    per_seed = sum(per.values()) + sum(sft_keys.values())
+    rounds = math.ceil(s.seeds / max(1, min(s.jobs, 2)))  # 2 cores: a 3rd job only shares them
+    return {
+        **{f"variant:{k}": x for k, x in per.items()},
+        "sft": sum(sft_keys.values()),
+        "per_seed": per_seed,
+        "total": per_seed * rounds,
+    }
+
+
+def _sft_seconds(cfg: SFTConfig) -> float:
+    t = cfg.trainer
+    steps = t.max_steps or 300
+    evals = (steps // t.eval_every if t.eval_every else 0) + (
+        1 if cfg.data.val_size or cfg.data.val_files else 0
+    )
+    val = cfg.data.val_size or 128
+    return (
+        COST["run_overhead"]
+        + steps * t.batch_tokens * COST["sft_token"]
+        + evals * val * t.eval_max_new_tokens * COST["gen_token"] / 4
+    )
+
+
+def _rl_seconds(cfg: RLConfig) -> float:
+    t, r = cfg.trainer, cfg.rollout
+    tokens = r.max_new_tokens * 0.8  # responses stop at EOS a little before the cap
+    gen_batches = 1.6 if cfg.dynamic_sampling.enable else 1.0  # measured mean on the demo's task
+    prompts = (t.gen_batch_size or t.train_batch_size) * gen_batches
+    step = (
+        prompts * r.n * tokens * COST["gen_token"]
+        + t.train_batch_size * r.n * tokens * t.ppo_epochs * COST["update_token"]
+    )
+    vals = (t.total_steps // cfg.validation.every + 1) if cfg.validation.every else 0
+    val = vals * cfg.data.val_size * tokens * COST["gen_token"] / 4 * (1 + cfg.validation.n - 1)
+    return COST["run_overhead"] + t.total_steps * step + val
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+
+
+def run_ablation(ab: Ablation, s: Settings) -> dict[str, Any]:
+    """Every variant on every seed, then statistics and the report; returns the report's data."""
+    from klear.ablate.report import summarise, write_report
+    from klear.preflight import check_out_dir
+
+    check_out_dir(s.out, "--out")
+    validate(ab, s)
+    est = estimate(ab, s)
+    n_runs = s.seeds * len(ab.variants)
+    s.say(
+        f"{ab.name}: {len(ab.variants)} variants x {s.seeds} seeds = {n_runs} runs (+ shared SFT stages); "
+        f"estimated {_mmss(est['total'])} on 2 idle cores with --jobs {s.jobs}"
+    )
+    s.out.mkdir(parents=True, exist_ok=True)
+    results: list[RunResult] = []
+    t0 = time.perf_counter()
+
+    def report(res: RunResult) -> None:
+        results.append(res)
+        done = len(results)
+        eta = (time.perf_counter() - t0) / done * (n_runs - done)
+        clip = "" if res.clip_high is None else f", clip {100 * (res.clip_high + res.clip_low):.2f}%"
+        gain = "" if res.gain is None else f" ({100 * res.gain:+.1f} over its start)"
+        s.say(
+            f"[{done}/{n_runs}] {res.variant}, seed {res.seed}: accuracy {100 * res.final:.1f}%{gain}{clip} "
+            f"in {res.seconds:.0f} s; ETA {_mmss(eta)}"
+        )
+
+    seeds = [s.base_seed + k for k in range(s.seeds)]
+    if s.jobs <= 1:
+        for seed in seeds:
+            run_seed(ab, s, seed, report)
+    else:
+        _run_parallel(ab, s, seeds, report)
+    results.sort(key=lambda r: (r.seed, [v.name for v in ab.variants].index(r.variant)))
+    summary = summarise(ab, results, s, seconds=time.perf_counter() - t0, estimate=est)
+    write_report(summary, s.out)
+    return summary
+
+
+def run_seed(ab: Ablation, s: Settings, seed: int, report: Callable[[RunResult], None]) -> list[RunResult]:
+    """Every variant of ``ab`` on one seed, in registry order (a matched variant after its reference)."""
+    cache = s.sft_cache or (s.out / "sft")
+    by_name: dict[str, RunResult] = {}
+    for v in ab.variants:
+        by_name[v.name] = _run_variant(ab, v, s, seed, cache, by_name)
+        report(by_name[v.name])
+    return list(by_name.values())
+
+
+def _seed_worker(ab: Ablation, s: Settings, seed: int, queue: Any) -> None:
+    """One seed in a worker process: each finished run goes to ``queue`` (as a dict) at once."""
+    import dataclasses
+
+    s = dataclasses.replace(s, say=print)
+    run_seed(ab, s, seed, lambda r: queue.put(asdict(r)))
+
+
+def _run_parallel(ab: Ablation, s: Settings, seeds: list[int], report: Callable[[RunResult], None]) -> None:
+    """Seeds in ``s.jobs`` worker processes (spawned: never fork a process that holds torch)."""
+    import dataclasses
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        q = manager.Queue()
+        plain = dataclasses.replace(s, say=print)
+        with ProcessPoolExecutor(max_workers=min(s.jobs, len(seeds)), mp_context=ctx) as pool:
+            pending = {pool.submit(_seed_worker, ab, plain, seed, q) for seed in seeds}
+            while pending:
+                finished, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
+                while True:
+                    try:
+                        report(RunResult(**q.get_nowait()))
+                    except queue_mod.Empty:
+                        break
+                for f in finished:
+                    if f.exception() is not None:
+                        for other in pending:
+                            other.cancel()
+                        raise f.exception()  # type: ignore[misc]
+
+
+def _run_variant(
+    ab: Ablation, v: Variant, s: Settings, seed: int, cache: Path, done: dict[str, RunResult]
+) -> RunResult:
+    from klear.train.rl import train_rl
+
+    run_dir = s.out / "runs" / _slug(v.name) / f"seed{seed}"
+    if v.stage == "sft":
+        sft = _sft_stage(ab, v, s, seed, cache, evaluate=True)
+        curve = _sft_curve(sft["dir"])
+        return RunResult(v.name, seed, curve[-1][1], None, curve, sft["seconds"], str(sft["dir"]))
+    sft = _sft_stage(ab, v, s, seed, cache, evaluate=False)
+    if v.stage == "sft-continue":
+        return _continue_sft(ab, v, s, seed, sft, done[v.match[0]], run_dir)  # type: ignore[index]
+    extra: list[str] = []
+    if v.match is not None:
+        extra = _match_samples(ab, v, s, done[v.match[0]])
+    cfg = rl_config(ab, v, s, run_dir, seed, extra)
+    t = time.perf_counter()
+    res = train_rl(cfg, init_model=sft["dir"] / "final", resume=False)
+    secs = time.perf_counter() - t
+    return rl_result(v.name, seed, res.history, secs, run_dir, cfg.rollout.n)
+
+
+def rl_result(
+    name: str, seed: int, history: list[dict[str, Any]], secs: float, out: Path, n: int
+) -> RunResult:
+    vals = [(float(h["step"]), float(h["val/greedy_acc"])) for h in history if "val/greedy_acc" in h]
+    steps = [h for h in history if "actor/clip_frac_high" in h]
+    mean = lambda key: sum(h[key] for h in steps) / len(steps) if steps else 0.0  # noqa: E731
+    train = [h for h in history if "batch/generated_groups" in h]
+    return RunResult(
+        name,
+        seed,
+        final=vals[-1][1],
+        start=vals[0][1],
+        curve=vals,
+        seconds=secs,
+        out_dir=str(out),
+        clip_high=mean("actor/clip_frac_high"),
+        clip_low=mean("actor/clip_frac_low"),
+        generated_samples=int(sum(h["batch/generated_groups"] for h in train) * n),
+        extra={
+            "steps": len(train),
+            "kept_groups_mean": sum(h["batch/kept_groups"] for h in train) / max(len(train), 1),
+            "rl_seconds_no_val": sum(h.get("time/step", 0.0) - h.get("time/val", 0.0) for h in train),
+        },
+    )
+
+
+def _sft_stage(
+    ab: Ablation, v: Variant, s: Settings, seed: int, cache: Path, evaluate: bool
+) -> dict[str, Any]:
+    """The SFT checkpoint of (v's SFT setting, seed): trained now, or found in ``cache``."""
+    from klear.train.sft import run_sft
+
+    where = cache / sft_key(ab, v, s) / f"seed{seed}"
+    summary = where / "summary.json"
+    if summary.is_file() and (where / "final" / "config.json").is_file():
+        data = json.loads(summary.read_text())
+        return {"dir": where, "seconds": data["seconds"], "steps": data["steps"], "reused": True}
+    data_ov: list[str] = []
+    if v.sft_data is not None:
+        from klear.ablate.sft_data import SFT_DATA
+
+        files = where / "data"
+        SFT_DATA[v.sft_data](files, seed)
+        data_ov = _data_overrides(files / "train.jsonl", files / "val.jsonl" if evaluate else None)
+    if not evaluate:  # the RL stage measures where it starts: a shared checkpoint is not evaluated twice
+        data_ov.append("data.val_size=0")
+    cfg = sft_config(ab, v, s, where, seed, data_ov)
+    res = run_sft(cfg, resume=False)
+    return {"dir": where, "seconds": res.seconds, "steps": res.steps, "reused": False}
+
+
+def _sft_curve(run_dir: Path) -> list[tuple[float, float]]:
+    """(step, val/accuracy) of an SFT run's evaluations, from its metrics.jsonl."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    pts = {int(r["step"]): float(r["val/accuracy"]) for r in rows if "val/accuracy" in r}
+    if not pts:
+        raise AblationError(f"{run_dir}: the SFT run recorded no held-out accuracy (data.val_size = 0?)")
+    return sorted(pts.items())
+
+
+def _match_samples(ab: Ablation, v: Variant, s: Settings, ref: RunResult) -> list[str]:
+    """Step batch of ``v`` such that it generates, per step, what ``ref`` generated (same update count)."""
+    ref_cfg = rl_config(ab, ab.variant(ref.variant), s, Path(ref.out_dir), ref.seed)
+    steps = ref.extra["steps"]
+    prompts = max(1, round(ref.generated_samples / ref_cfg.rollout.n / steps))  # type: ignore[operator]
+    updates = math.ceil(ref_cfg.trainer.train_batch_size / ref_cfg.trainer.ppo_mini_batch_size)
+    return [
+        f"trainer.train_batch_size={prompts}",
+        f"trainer.ppo_mini_batch_size={math.ceil(prompts / updates)}",
+    ]
+
+
+def _continue_sft(
+    ab: Ablation, v: Variant, s: Settings, seed: int, sft: dict[str, Any], ref: RunResult, run_dir: Path
+) -> RunResult:
+    """SFT from the shared checkpoint for the wall-clock time ``ref``'s RL took (without validation)."""
+    from klear.train.sft import run_sft
+
+    rate = sft["steps"] / sft["seconds"]  # this seed's SFT steps per second
+    budget = ref.extra["rl_seconds_no_val"]
+    steps = max(1, round(budget * rate))
+    ref_cfg = rl_config(ab, ab.variant(ref.variant), s, Path(ref.out_dir), ref.seed)
+    cfg = continue_config(ab, v, s, run_dir, seed, sft["dir"] / "final", steps, ref_cfg.data.val_size)
+    res = run_sft(cfg, resume=False)
+    curve = [(0.0, ref.start or 0.0)] + [
+        (step / steps * ref.extra["steps"], acc) for step, acc in _sft_curve(run_dir)
+    ]
+    return RunResult(
+        v.name,
+        seed,
+        final=curve[-1][1],
+        start=ref.start,
+        curve=curve,
+        seconds=res.seconds,
+        out_dir=str(run_dir),
+        extra={"sft_steps": steps, "budget_seconds": budget, "sft_steps_per_s": rate},
+    )
+
+
+def _slug(name: str) -> str:
+    out = "".join(c if c.isalnum() else "-" for c in name).strip("-")
+    while "--" in out:
+        out = out.replace("--", "-")
+    return out
+
+
+def _mmss(secs: float) -> str:
+    m, sec = divmod(round(secs), 60)
+    return f"{m}:{sec:02d}"
+
+
+def result_dict(r: RunResult) -> dict[str, Any]:
+    return {**asdict(r), "gain": r.gain}

@@ -1,0 +1,116 @@
+"""The ablation registry: every shipped entry validates as configs; malformed entries are refused."""
+
+import json
+
+import pytest
+
+from klear.ablate import (
+    ABLATIONS,
+    Ablation,
+    AblationError,
+    Claim,
+    Variant,
+    all_ablations,
+    get_ablation,
+    register,
+)
+from klear.ablate.runner import Settings, estimate, rl_config, sft_key, validate
+from klear.ablate.sft_data import SFT_DATA, build_correctness, build_sources, slipped_steps
+
+
+def test_every_shipped_ablation_validates_and_has_five_seeds(tmp_path):
+    names = [ab.name for ab in all_ablations()]
+    for want in ("loss", "filter", "rl-vs-sft", "sft-sources", "sft-correctness"):
+        assert want in names
+    for ab in all_ablations():
+        assert ab.seeds >= 5 and ab.claims and ab.claim
+        s = Settings(out=tmp_path / ab.name, seeds=ab.seeds)
+        validate(ab, s)  # builds every SFT / RL config the ablation will run
+        for v in ab.variants:
+            assert v.sft_data is None or v.sft_data in SFT_DATA
+        assert estimate(ab, s)["total"] > 0
+
+
+def test_loss_variants_differ_only_in_the_loss(tmp_path):
+    ab = get_ablation("loss")
+    s = Settings(out=tmp_path, seeds=5)
+    cfgs = {v.name: rl_config(ab, v, s, tmp_path, 0) for v in ab.variants}
+    assert {c.loss.type for c in cfgs.values()} == {"ppo", "gppo", "cispo"}
+    assert cfgs["ce-gppo (beta_low 0.5)"].loss.beta_low == 0.5 and cfgs["gppo"].loss.beta_low == 1.0
+    assert cfgs["ppo (clip-higher)"].loss.eps_high == 0.28
+    dumps = []
+    for c in cfgs.values():  # the regime (epochs, mini-batch, lr, steps) is the same for every variant
+        d = c.model_dump(mode="json")
+        d.pop("loss")
+        dumps.append(json.dumps(d, sort_keys=True))
+    assert len(set(dumps)) == 1
+    assert cfgs["gppo"].trainer.ppo_epochs > 1
+    # one SFT checkpoint per seed shared by all four
+    assert len({sft_key(ab, v, s) for v in ab.variants}) == 1
+
+
+def test_unknown_ablation_lists_the_choices():
+    with pytest.raises(AblationError, match=r"unknown ablation .nope.*loss"):
+        get_ablation("nope")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"baseline": "c"}, "baseline 'c'"),
+        ({"claims": (Claim("x", better="a", worse="zz"),)}, "unknown variant 'zz'"),
+        ({"variants": (Variant("a"), Variant("a"))}, "duplicate"),
+        ({"seeds": 1}, "seeds = 1"),
+        ({"variants": (Variant("a", match=("b", "samples")), Variant("b"))}, "must come before"),
+        ({"variants": (Variant("a"), Variant("b", stage="sft-continue"))}, "needs match"),
+        ({"variants": (Variant("a"), Variant("b", match=("a", "seconds")))}, "match 'seconds'"),
+    ],
+)
+def test_register_refuses_malformed_entries(kwargs, match):
+    entry = {
+        "name": "t-bad",
+        "claim": "c",
+        "baseline": "a",
+        "variants": (Variant("a"), Variant("b")),
+        "claims": (Claim("b beats a", better="b", worse="a"),),
+    }
+    entry.update(kwargs)
+    with pytest.raises(AblationError, match=match):
+        register(Ablation(**entry))
+    assert "t-bad" not in ABLATIONS
+
+
+def test_a_slipped_trace_is_wrong_from_the_slipped_column_on():
+    # 482 + 9135: column 1 is 8+3+0=11; slipped +1 -> 12, so the tens digit reads 2 and the answer 9627
+    steps, answer = slipped_steps(482, 9135, 1, 1)
+    assert steps == [
+        "482+9135",
+        "48+913|2+5+0=7|7",
+        "4+91|8+3+0=12|27",
+        "0+9|4+1+1=6|627",
+        "0+0|0+9+0=9|9627",
+    ]
+    assert answer == "9627"
+    # a -1 slip on a zero sum turns into +1 (a sum never goes negative)
+    assert slipped_steps(10, 10, 0, -1)[0][1] == "1+1|0+0+0=1|1"
+
+
+def test_sources_are_graded_and_selection_keeps_the_best(tmp_path):
+    infos = {k: build_sources(tmp_path / str(k), 0, k) for k in (1, 2, 4)}
+    q = infos[4]["quality"]
+    assert q["source-a"] == 1.0 and q["source-a"] > q["source-b"] > q["source-c"] > q["source-d"]
+    assert (infos[1]["rows"], infos[1]["wrong"]) == (2000, 0)
+    assert infos[2]["rows"] == 4000 and 0 < infos[2]["wrong"] < infos[4]["wrong"]
+    rows = [json.loads(x) for x in (tmp_path / "2" / "train.jsonl").read_text().splitlines()]
+    assert {r["source"] for r in rows} == {"source-a", "source-b"}
+    val = [json.loads(x) for x in (tmp_path / "2" / "val.jsonl").read_text().splitlines()]
+    assert len(val) == 128 and all("reward_model" in r for r in val)
+    assert not {r["messages"][0]["content"] for r in rows} & {r["prompt"][0]["content"] for r in val}
+
+
+def test_correctness_only_correct_drops_the_wrong_traces(tmp_path):
+    only = build_correctness(tmp_path / "a", 0, "hard", True)
+    mixed = build_correctness(tmp_path / "b", 0, "hard", False)
+    assert only["wrong"] == 0 and mixed["rows"] == 2500
+    assert 0.4 < mixed["wrong"] / mixed["rows"] < 0.6  # the hard teacher slips on half
+    assert only["rows"] == mixed["rows"] - mixed["wrong"]
