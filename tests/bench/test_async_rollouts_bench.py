@@ -9,6 +9,14 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "async_rollouts.py"
+TINY_RL = [
+    "trainer.train_batch_size=2",
+    "trainer.ppo_mini_batch_size=1",
+    "rollout.n=2",
+    "rollout.max_new_tokens=8",
+    "dynamic_sampling.enable=false",
+    "data.val_size=4",
+]
 
 
 def load_bench():
@@ -18,27 +26,43 @@ def load_bench():
     return module
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_async_bench_runs_both_loops_and_prints_the_json_line(capsys):
+def test_async_bench_runs_both_loops_and_prints_the_json_line(tmp_path, capsys):
+    from klear.config import ModelConfig
+    from klear.models.loading import resolve_model_dir
+
     bench = load_bench()
-    tiny_rl = [
-        "trainer.train_batch_size=2",
-        "trainer.ppo_mini_batch_size=1",
-        "rollout.n=2",
-        "rollout.max_new_tokens=8",
-        "dynamic_sampling.enable=false",
-        "data.val_size=4",
-    ]
-    argv = ["--steps", "1", "--rounds", "1", "--sft", "trainer.max_steps=2", "--rl", *tiny_rl]
-    res = bench.main([*argv, "trainer.total_steps=2", "--accuracy", "--seeds", "1"])
+    model = resolve_model_dir(
+        ModelConfig(tiny=True), tmp_path, 0
+    )  # no SFT stage: the JSON shape is the point
+    argv = ["--steps", "1", "--rounds", "1", "--init-model", str(model), "--rl", *TINY_RL]
+    res = bench.main(argv)
     out = capsys.readouterr().out
     line = json.loads(out.strip().splitlines()[-1])
     assert line["speedup"] == pytest.approx(line["steps_per_s"]["async"] / line["steps_per_s"]["sync"])
     assert line["timed_steps"] == {"sync": 1, "async": 1} and len(line["speedup_per_round"]) == 1
     assert set(line["phase_seconds"]["async"]) == set(bench.PHASES)
     assert line["phase_seconds"]["sync"]["wait"] == 0.0  # the synchronous loop never waits for a producer
-    acc = line["accuracy"]
-    assert acc["seeds"] == 1 and set(acc["final"]) == {"sft", "sync", "async"}
-    assert all(0.0 <= v[0] <= 1.0 for v in acc["final"].values())
     assert "speedup async-1 / sync" in out and res["speedup"] == line["speedup"]
+
+
+def test_accuracy_part_reports_means_intervals_and_the_paired_difference(tmp_path, monkeypatch, capsys):
+    bench = load_bench()
+    finals = {("sync", 0): 0.5, ("async", 0): 0.75, ("sync", 1): 0.25, ("async", 1): 0.25}
+    monkeypatch.setattr(bench, "sft_model", lambda args, root, seed: root / f"sft{seed}")
+
+    def fake_rl(args, model, out, seed, k, extra):  # what run_rl returns: metrics rows with validations
+        name = "async" if k else "sync"
+        return [{"step": 0, "val/greedy_acc": 0.1 * seed}, {"step": 24, "val/greedy_acc": finals[name, seed]}]
+
+    monkeypatch.setattr(bench, "run_rl", fake_rl)
+    res = bench.main(["--no-speed", "--accuracy", "--seeds", "2", "--out", str(tmp_path)])
+    acc = res["accuracy"]
+    assert acc["final"] == {"sft": [0.0, 0.1], "sync": [0.5, 0.25], "async": [0.75, 0.25]}
+    assert acc["ci"]["sync"]["mean"] == pytest.approx(0.375) and acc["ci"]["sync"]["n"] == 2
+    assert acc["async_minus_sync"]["mean"] == pytest.approx(0.125)
+    # 2 seeds: t(0.975, 1) = 12.706; stdev of the differences (0.25, 0) = 0.1768
+    half = 12.706 * 0.1767767 / 2**0.5
+    assert acc["async_minus_sync"]["high"] == pytest.approx(0.125 + half, rel=1e-4)
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "speedup" not in line and line["accuracy"]["seeds"] == 2

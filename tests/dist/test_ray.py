@@ -266,7 +266,9 @@ def test_async_rollouts_on_ray_give_the_single_process_async_run(cluster, tmp_pa
     # and the keyed sampling are the same as with the sampler process, so the runs are the same
     trainer = {"total_steps": 3, "save_every": 0, "async_rollouts": 1}
     single = train_rl(build_config(RLConfig, rl_config(tmp_path / "one", trainer=trainer)))
+    # a collective sync sends only the learner's current weights: async loads older ones from the object store
     dist = {"backend": "ray", "rollout_workers": 2, "reward_workers": 1, "learner_ranks": 1}
+    dist["weight_sync"] = "object_store"
     on_ray = train_rl(build_config(RLConfig, rl_config(tmp_path / "ray", trainer=trainer, dist=dist)))
     assert [h["async/staleness"] for h in on_ray.history] == [0.0, 1.0, 1.0]
     for got, want in zip(on_ray.history, single.history, strict=True):

@@ -321,20 +321,21 @@ def _engines(cfg: RLConfig, model_dir: Path) -> tuple[Any, Any, Any]:
         return ray_engines(cfg, model_dir)
     from klear.rewards.pool import RewardPool
 
-    learner = LocalLearner(cfg, model_dir)
-    sampler = None
+    learner = sampler = None
     try:
-        if cfg.trainer.async_rollouts:  # a sampler with its own copy of the policy, in a process of its own
+        if cfg.trainer.async_rollouts:  # its own copy of the policy, in a process of its own (it starts now)
             from klear.train.sampler_process import ProcessSampler
 
             sampler = ProcessSampler(cfg, model_dir, cfg.run.seed, threads=_threads(cfg))
-        else:  # the learner's own module: no weight copies
+        learner = LocalLearner(cfg, model_dir)
+        if sampler is None:  # the learner's own module: no weight copies
             sampler = learner.sampler(cfg.run.seed)
         return learner, sampler, RewardPool(cfg.reward)
     except BaseException:
         if sampler is not None:
             sampler.close()
-        learner.close()
+        if learner is not None:
+            learner.close()
         raise
 
 

@@ -9,7 +9,9 @@ score them, and keep groups with signal (dynamic sampling) until the batch is fu
   while the learner trains, up to K batches ahead, on a sampler that holds its own copy of
   the policy (a child process, :class:`klear.train.sampler_process.ProcessSampler`, or the Ray
   rollout actors). The step's importance ratio, against the behaviour policy's log-probs,
-  corrects the lag (GPPO keeps the clipped tokens' gradients).
+  corrects the lag (GPPO keeps the clipped tokens' gradients). Scoring and dynamic sampling
+  run on the producer thread too: a refill depends on the scores, and the reward pool's work
+  happens in its own processes (or reward actors), so all of step 1 overlaps the update.
 
 The asynchronous schedule is deterministic, so a run is reproducible and a resumed run
 regenerates what an uninterrupted one trained on: a batch asked for at the start of step k

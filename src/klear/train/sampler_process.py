@@ -97,6 +97,11 @@ class ProcessSampler:
         self._proc.start()
         child.close()
         self.seeds = CallSeeds(seed)
+        self.pid: int | None = None  # known once the child has loaded the model (it starts meanwhile)
+
+    def _started(self) -> None:
+        if self.pid is not None:
+            return
         try:
             if not self._conn.poll(START_TIMEOUT_S):
                 raise SamplerLost(f"the sampler process did not start within {START_TIMEOUT_S:.0f} s")
@@ -122,6 +127,7 @@ class ProcessSampler:
         self, prompts: Sequence[Any], sampling: SamplingParams, groups: Sequence[int | str] | None = None
     ) -> list[Rollout]:
         sampling = sampling.replace(seed=self.seeds.next(sampling.seed))  # as a backend here would
+        self._started()
         self._conn.send(("generate", list(prompts), sampling, None if groups is None else list(groups)))
         return self._reply("generating")
 
@@ -130,6 +136,7 @@ class ProcessSampler:
         state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
+        self._started()
         self._conn.send(("weights", buf.getvalue()))
         self._reply("loading weights")
 
