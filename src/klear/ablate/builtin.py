@@ -22,8 +22,8 @@ LOSS_REGIME = (
 #: The RL ablations' common sizing: fewer steps than the demo's 24, held-out set of 128.
 RL_SHORT = ("trainer.total_steps=12", "validation.every=4")
 #: The reward ablation on the code task: its responses are ~140 tokens (addition's ~60) and every
-#: one runs 16 tests in the sandbox, so fewer steps than the demo's.
-CODE_SHORT = ("trainer.total_steps=12", "validation.every=4")
+#: one runs 16 tests in the sandbox, so a third of the demo's 24 steps.
+CODE_SHORT = ("trainer.total_steps=8", "validation.every=4")
 #: The loss ablation's steps cost 4 PPO epochs each: 8 of them.
 LOSS_STEPS = ("trainer.total_steps=8", "validation.every=2")
 
