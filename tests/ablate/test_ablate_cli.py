@@ -49,7 +49,7 @@ def test_help_and_list(capsys):
     assert "klear ablate loss" in out and "--seeds" in out and "Examples:" in out
     assert main(["ablate", "--list"]) == 0
     out = capsys.readouterr().out
-    for name in ("loss", "filter", "rl-vs-sft", "sft-sources", "sft-correctness"):
+    for name in ("loss", "filter", "rl-vs-sft", "sft-sources", "sft-correctness", "reward"):
         assert f"{name}: " in out
     assert "min on 2 idle cores" in out
 

@@ -28,6 +28,7 @@ COST = {
     "gen_token": 8.0e-5,  # one generated token of one sequence, batched sampling
     "update_token": 7.0e-5,  # one response token through the RL update (per PPO epoch)
     "run_overhead": 4.0,  # model load, reward pool start, checkpoint, plot
+    "code_test": 2.5e-3,  # one hidden test of a code task in the sandbox (fork server, 2 reward workers)
 }
 
 
@@ -240,10 +241,21 @@ def _rl_seconds(cfg: RLConfig) -> float:
     step = (
         prompts * r.n * tokens * COST["gen_token"]
         + t.train_batch_size * r.n * tokens * t.ppo_epochs * COST["update_token"]
+        + prompts * r.n * _code_tests(cfg) * COST["code_test"]
     )
     vals = (t.total_steps // cfg.validation.every + 1) if cfg.validation.every else 0
     val = vals * cfg.data.val_size * tokens * COST["gen_token"] / 4 * (1 + cfg.validation.n - 1)
     return COST["run_overhead"] + t.total_steps * step + val
+
+
+def _code_tests(cfg: RLConfig) -> int:
+    """Sandbox tests run per response: ``reward.code.max_tests`` on a built-in code task, else 0."""
+    from klear.tasks import TASKS
+
+    task = TASKS.get(cfg.data.task or "")
+    if getattr(task, "ability", "math") != "code":
+        return 0
+    return cfg.reward.code.max_tests or 16
 
 
 # ---------------------------------------------------------------------------------------------
