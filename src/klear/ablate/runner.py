@@ -31,6 +31,11 @@ COST = {
 }
 
 
+#: Every RL run of an ablation runs to its last step: a run that collapses (no group with signal
+#: for trainer.max_idle_steps steps) is a result to report, not an error that ends the ablation.
+RL_DEFAULTS = ("trainer.max_idle_steps=0",)
+
+
 @dataclass
 class RunResult:
     """One variant on one seed: the accuracy curve and what the report needs."""
@@ -111,6 +116,7 @@ def rl_config(
         RLConfig,
         recipe(ab.rl_recipe),
         [
+            *RL_DEFAULTS,
             *ab.rl,
             *v.rl,
             *s.rl_overrides,
