@@ -359,10 +359,36 @@ def _run_variant(
     if v.match is not None:
         extra = _match_samples(ab, v, s, done[v.match[0]])
     cfg = rl_config(ab, v, s, run_dir, seed, extra)
+    finished = finished_rl_run(cfg, run_dir)
+    if finished is not None:  # an earlier, interrupted `klear ablate` with the same settings ran it
+        return rl_result(
+            v.name, seed, finished, sum(h.get("time/step", 0.0) for h in finished), run_dir, cfg.rollout.n
+        )
     t = time.perf_counter()
     res = train_rl(cfg, init_model=sft["dir"] / "final", resume=False)
     secs = time.perf_counter() - t
     return rl_result(v.name, seed, res.history, secs, run_dir, cfg.rollout.n)
+
+
+def finished_rl_run(cfg: RLConfig, run_dir: Path) -> list[dict[str, Any]] | None:
+    """The metrics of a completed RL run in ``run_dir`` whose saved config is ``cfg``, else None.
+
+    An ablation stopped part-way (Ctrl-C, a deadline) and started again with the same ``--out``
+    reuses its finished runs, as it reuses its SFT checkpoints; any difference in the resolved
+    config (another regime, more steps) makes the run count as not done.
+    """
+    import yaml
+
+    metrics, saved = run_dir / "metrics.jsonl", run_dir / "config.yaml"
+    if not (metrics.is_file() and saved.is_file()):
+        return None
+    if yaml.safe_load(saved.read_text()) != cfg.model_dump(mode="json"):
+        return None
+    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    last = cfg.trainer.total_steps
+    if not any(r.get("step") == last and "val/greedy_acc" in r for r in rows):
+        return None
+    return rows
 
 
 def rl_result(
