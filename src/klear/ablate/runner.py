@@ -308,38 +308,72 @@ def run_seed(ab: Ablation, s: Settings, seed: int, report: Callable[[RunResult],
 
 
 def _seed_worker(ab: Ablation, s: Settings, seed: int, queue: Any) -> None:
-    """One seed in a worker process: each finished run goes to ``queue`` (as a dict) at once."""
-    import dataclasses
+    """One seed in a worker process: each finished run goes to ``queue`` at once, then "done" (or "error")."""
+    import signal
 
-    s = dataclasses.replace(s, say=print)
-    run_seed(ab, s, seed, lambda r: queue.put(asdict(r)))
+    signal.signal(signal.SIGTERM, _raise_terminated)  # so train_rl's finally blocks close the reward pool
+    try:
+        run_seed(ab, s, seed, lambda r: queue.put(("run", seed, asdict(r))))
+        queue.put(("done", seed, None))
+    except BaseException as exc:
+        from klear.errors import KlearError, Terminated
+
+        if isinstance(exc, Terminated | KeyboardInterrupt):  # the parent stops us: no traceback
+            raise SystemExit(143 if isinstance(exc, Terminated) else 130) from None
+        queue.put(("error", seed, (isinstance(exc, KlearError), f"{type(exc).__name__}: {exc}")))
+        raise
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    from klear.errors import Terminated
+
+    raise Terminated()
 
 
 def _run_parallel(ab: Ablation, s: Settings, seeds: list[int], report: Callable[[RunResult], None]) -> None:
-    """Seeds in ``s.jobs`` worker processes (spawned: never fork a process that holds torch)."""
+    """Seeds in up to ``s.jobs`` worker processes at a time (spawned: never fork a process that holds
+    torch). An error in one stops the others; so does Ctrl-C or SIGTERM of this process."""
     import dataclasses
     import multiprocessing as mp
     import queue as queue_mod
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager:
-        q = manager.Queue()
-        plain = dataclasses.replace(s, say=print)
-        with ProcessPoolExecutor(max_workers=min(s.jobs, len(seeds)), mp_context=ctx) as pool:
-            pending = {pool.submit(_seed_worker, ab, plain, seed, q) for seed in seeds}
-            while pending:
-                finished, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
-                while True:
-                    try:
-                        report(RunResult(**q.get_nowait()))
-                    except queue_mod.Empty:
-                        break
-                for f in finished:
-                    if f.exception() is not None:
-                        for other in pending:
-                            other.cancel()
-                        raise f.exception()  # type: ignore[misc]
+    q = ctx.Queue()
+    plain = dataclasses.replace(s, say=print)
+    todo, running = list(seeds), {}
+    try:
+        while todo or running:
+            while todo and len(running) < s.jobs:
+                seed = todo.pop(0)
+                running[seed] = ctx.Process(
+                    target=_seed_worker, args=(ab, plain, seed, q), name=f"ablate-seed{seed}"
+                )
+                running[seed].start()
+            try:
+                kind, seed, payload = q.get(timeout=2.0)
+            except queue_mod.Empty:
+                dead = [k for k, p in running.items() if not p.is_alive() and p.exitcode not in (0, None)]
+                if dead:
+                    code = running[dead[0]].exitcode
+                    raise AblationError(f"the worker of seed {dead[0]} died (exit code {code})") from None
+                continue
+            if kind == "run":
+                report(RunResult(**payload))
+            elif kind == "done":
+                running.pop(seed).join()
+            else:
+                known, msg = payload
+                if known:
+                    raise AblationError(f"seed {seed}: {msg}")
+                raise RuntimeError(f"seed {seed}: {msg}")
+    finally:
+        for p in running.values():
+            if p.is_alive():
+                p.terminate()
+        for p in running.values():
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
 
 
 def _run_variant(
