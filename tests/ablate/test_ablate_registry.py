@@ -38,6 +38,8 @@ def test_loss_variants_differ_only_in_the_loss(tmp_path):
     assert {c.loss.type for c in cfgs.values()} == {"ppo", "gppo", "cispo"}
     assert cfgs["ce-gppo (beta_low 0.5)"].loss.beta_low == 0.5 and cfgs["gppo"].loss.beta_low == 1.0
     assert cfgs["ppo (clip-higher)"].loss.eps_high == 0.28
+    # a collapsed run (no group with signal) is a result: it runs to its last step instead of raising
+    assert all(c.trainer.max_idle_steps == 0 for c in cfgs.values())
     dumps = []
     for c in cfgs.values():  # the regime (epochs, mini-batch, lr, steps) is the same for every variant
         d = c.model_dump(mode="json")
