@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ray.init(
         num_cpus=args.receivers + 1,
         include_dashboard=False,
-        object_store_memory=max(256 * 2**20, 3 * nbytes),
+        object_store_memory=max(512 * 2**20, 8 * nbytes),  # room for every copy: no spilling
         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}},
         log_to_driver=False,
     )

@@ -450,10 +450,11 @@ class RLTrainerConfig(Section):
         "padded rows x longest; a longer sequence runs alone",
     )
     pack_sequences: bool = Field(
-        True,
-        description="learner micro-batches as one packed row (sequences concatenated, position ids "
-        "restarting per sequence, no padding); false: one right-padded row per sequence. The same "
-        "log-probs, loss and gradients either way (klear.train.batch)",
+        False,
+        description="learner micro-batches packed: whole sequences concatenated into rows as wide as "
+        "the micro-batch's longest, position ids restarting per sequence, padding only at row tails; "
+        "false: one right-padded row per sequence. The same log-probs, loss and gradients either way "
+        "(klear.train.batch); on CPU with SDPA as fast as padding, not faster (bench/RESULTS.md)",
     )
     logits_chunk_tokens: int = Field(
         1024,

@@ -49,7 +49,7 @@ def test_help_and_list(capsys):
     assert "klear ablate loss" in out and "--seeds" in out and "Examples:" in out
     assert main(["ablate", "--list"]) == 0
     out = capsys.readouterr().out
-    for name in ("loss", "filter", "rl-vs-sft", "sft-sources", "sft-correctness"):
+    for name in ("loss", "filter", "rl-vs-sft", "sft-sources", "sft-correctness", "reward"):
         assert f"{name}: " in out
     assert "min on 2 idle cores" in out
 
@@ -94,6 +94,14 @@ def test_two_seed_smoke_run_of_filter(tmp_path, capsys):
     assert (out / "ablation.png").is_file()
     assert len(list((out / "sft").glob("*/seed*/final"))) == 2  # one SFT stage per seed, shared
     assert "filtering beats no filtering:" in capsys.readouterr().out
+    # started again with the same --out, it reuses the finished runs and SFT checkpoints
+    metrics = sorted((out / "runs").glob("*/seed*/metrics.jsonl"))
+    stamps = [m.stat().st_mtime_ns for m in metrics]
+    assert main(argv) == 0
+    assert [m.stat().st_mtime_ns for m in metrics] == stamps
+    again = json.loads((out / "ablation.json").read_text())
+    assert again["variants"]["dynamic sampling on"]["final"] == on["final"]
+    assert again["claims"] == summary["claims"]
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from klear.ablate.sft_data import SFT_DATA, build_correctness, build_sources, sl
 
 def test_every_shipped_ablation_validates_and_has_five_seeds(tmp_path):
     names = [ab.name for ab in all_ablations()]
-    for want in ("loss", "filter", "rl-vs-sft", "sft-sources", "sft-correctness"):
+    for want in ("loss", "filter", "rl-vs-sft", "sft-sources", "sft-correctness", "reward"):
         assert want in names
     for ab in all_ablations():
         assert ab.seeds >= 5 and ab.claims and ab.claim
@@ -38,6 +38,8 @@ def test_loss_variants_differ_only_in_the_loss(tmp_path):
     assert {c.loss.type for c in cfgs.values()} == {"ppo", "gppo", "cispo"}
     assert cfgs["ce-gppo (beta_low 0.5)"].loss.beta_low == 0.5 and cfgs["gppo"].loss.beta_low == 1.0
     assert cfgs["ppo (clip-higher)"].loss.eps_high == 0.28
+    # a collapsed run (no group with signal) is a result: it runs to its last step instead of raising
+    assert all(c.trainer.max_idle_steps == 0 for c in cfgs.values())
     dumps = []
     for c in cfgs.values():  # the regime (epochs, mini-batch, lr, steps) is the same for every variant
         d = c.model_dump(mode="json")
@@ -47,6 +49,25 @@ def test_loss_variants_differ_only_in_the_loss(tmp_path):
     assert cfgs["gppo"].trainer.ppo_epochs > 1
     # one SFT checkpoint per seed shared by all four
     assert len({sft_key(ab, v, s) for v in ab.variants}) == 1
+
+
+def test_reward_variants_differ_only_in_the_code_reward_mode(tmp_path):
+    ab = get_ablation("reward")
+    s = Settings(out=tmp_path, seeds=5)
+    cfgs = {v.name: rl_config(ab, v, s, tmp_path, 0) for v in ab.variants}
+    assert {n: c.reward.code.mode for n, c in cfgs.items()} == {
+        "soft (pass rate)": "soft",
+        "hard (all tests)": "hard",
+    }
+    for c in cfgs.values():  # the code task, judged by the code reward on all 16 tests
+        assert c.data.task == "code-fn" and c.reward.code.max_tests == 16
+    dumps = []
+    for c in cfgs.values():
+        d = c.model_dump(mode="json")
+        d["reward"]["code"].pop("mode")
+        dumps.append(json.dumps(d, sort_keys=True))
+    assert len(set(dumps)) == 1
+    assert len({sft_key(ab, v, s) for v in ab.variants}) == 1  # one SFT checkpoint per seed, on code-fn
 
 
 def test_unknown_ablation_lists_the_choices():

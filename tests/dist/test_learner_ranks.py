@@ -27,6 +27,7 @@ from klear.types import RewardResult, Rollout
 
 
 def _config(tmp: Path, agg: str) -> RLConfig:
+    agg, _, packed = agg.partition("+")  # "token-mean+packed": trainer.pack_sequences
     return build_config(
         RLConfig,
         {
@@ -34,7 +35,7 @@ def _config(tmp: Path, agg: str) -> RLConfig:
             "model": {"tiny": True, "dtype": "float32"},
             "rollout": {"n": 3, "max_new_tokens": 16},
             # all groups in one mini-batch; tiny micro-batches so each rank runs several
-            "trainer": {"ppo_mini_batch_size": 8, "micro_batch_tokens": 40},
+            "trainer": {"ppo_mini_batch_size": 8, "micro_batch_tokens": 40, "pack_sequences": bool(packed)},
             "loss": {"type": "gppo", "sft_alpha": 0.1, "agg": agg},
             "optim": {"lr": 1e-3, "grad_clip": None},
         },
@@ -130,7 +131,13 @@ def test_shards_cover_every_index_once():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("strategy", "agg"), [("ddp", "token-mean"), ("fsdp", "token-mean"), ("fsdp", "seq-mean-token-mean")]
+    ("strategy", "agg"),
+    [
+        ("ddp", "token-mean"),
+        ("fsdp", "token-mean"),
+        ("fsdp", "seq-mean-token-mean"),
+        ("fsdp", "token-mean+packed"),
+    ],
 )
 def test_two_gloo_ranks_give_the_one_rank_gradient(model_dir, tmp_path, strategy, agg):
     """Replicas (one all-reduce) and FSDP2 shards (reduce-scatter, lockstep passes) alike."""

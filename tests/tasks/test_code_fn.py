@@ -205,3 +205,15 @@ def test_ground_truth_is_apps_json():
     gt = json.loads(p.answer)
     assert set(gt) == {"inputs", "outputs"} and len(gt["inputs"]) == 2 * HALF
     assert all(re.fullmatch(r"-?\d+\n", s) for s in gt["inputs"] + gt["outputs"])
+
+
+def test_the_tiny_tokenizer_covers_prompts_and_programs():
+    """Character-level: every character of a prompt and a worked solution is its own known token."""
+    from klear.models.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    for row in task_rows("code-fn", "train", 50, seed=2):
+        for text in (row["prompt"][0]["content"], row["extra_info"]["solution"]):
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            assert tok.unk_token_id not in ids
+            assert tok.decode(ids) == text

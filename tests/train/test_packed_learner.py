@@ -183,11 +183,10 @@ def _update(model_dir: str, cfg: RLConfig) -> tuple[list[torch.Tensor], dict, di
 @pytest.mark.parametrize(
     "settings",
     [
-        {"logits_chunk_tokens": 7},
-        {"logits_chunk_tokens": 0},
+        {"logits_chunk_tokens": 7},  # the full-logits path: test_packed_logprobs_..._padded_path[0]
         {"logits_chunk_tokens": 16, "model": {"gradient_checkpointing": True}},
     ],
-    ids=["chunked", "full-logits", "checkpointing"],
+    ids=["chunked", "checkpointing"],
 )
 def test_update_policy_packed_equals_padded(model_dir, tmp_path, settings):
     settings = dict(settings)

@@ -33,7 +33,13 @@ A :class:`Variant` says how its runs differ from the ablation's common settings:
 Variants whose SFT stage is the same (same overrides, same data) share one SFT checkpoint per seed
 (:mod:`klear.ablate.runner`); seed k of every variant uses ``run.seed = base + k`` in both stages.
 A :class:`Claim` is judged from the paired interval of ``better - worse``
-(:func:`klear.ablate.stats.verdict`). Other helpers add entries with :func:`register`.
+(:func:`klear.ablate.stats.verdict`).
+
+Adding an ablation: call :func:`register` in :mod:`klear.ablate.builtin` (or in a module that
+``builtin`` imports), give it its own recipes with ``rl_recipe`` / ``sft_recipe`` when it does not
+run on the demo task, keep every variant's settings equal except what the claim is about, and size
+it so that ``klear ablate --list`` shows its estimate within the 45-minute budget of all of them.
+``tests/ablate/test_ablate_registry.py`` then builds every config it will run.
 """
 
 from __future__ import annotations

@@ -28,7 +28,13 @@ COST = {
     "gen_token": 8.0e-5,  # one generated token of one sequence, batched sampling
     "update_token": 7.0e-5,  # one response token through the RL update (per PPO epoch)
     "run_overhead": 4.0,  # model load, reward pool start, checkpoint, plot
+    "code_test": 2.5e-3,  # one hidden test of a code task in the sandbox (fork server, 2 reward workers)
 }
+
+
+#: Every RL run of an ablation runs to its last step: a run that collapses (no group with signal
+#: for trainer.max_idle_steps steps) is a result to report, not an error that ends the ablation.
+RL_DEFAULTS = ("trainer.max_idle_steps=0",)
 
 
 @dataclass
@@ -111,6 +117,7 @@ def rl_config(
         RLConfig,
         recipe(ab.rl_recipe),
         [
+            *RL_DEFAULTS,
             *ab.rl,
             *v.rl,
             *s.rl_overrides,
@@ -240,10 +247,21 @@ def _rl_seconds(cfg: RLConfig) -> float:
     step = (
         prompts * r.n * tokens * COST["gen_token"]
         + t.train_batch_size * r.n * tokens * t.ppo_epochs * COST["update_token"]
+        + prompts * r.n * _code_tests(cfg) * COST["code_test"]
     )
     vals = (t.total_steps // cfg.validation.every + 1) if cfg.validation.every else 0
     val = vals * cfg.data.val_size * tokens * COST["gen_token"] / 4 * (1 + cfg.validation.n - 1)
     return COST["run_overhead"] + t.total_steps * step + val
+
+
+def _code_tests(cfg: RLConfig) -> int:
+    """Sandbox tests run per response: ``reward.code.max_tests`` on a built-in code task, else 0."""
+    from klear.tasks import TASKS
+
+    task = TASKS.get(cfg.data.task or "")
+    if getattr(task, "ability", "math") != "code":
+        return 0
+    return cfg.reward.code.max_tests or 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,38 +320,72 @@ def run_seed(ab: Ablation, s: Settings, seed: int, report: Callable[[RunResult],
 
 
 def _seed_worker(ab: Ablation, s: Settings, seed: int, queue: Any) -> None:
-    """One seed in a worker process: each finished run goes to ``queue`` (as a dict) at once."""
-    import dataclasses
+    """One seed in a worker process: each finished run goes to ``queue`` at once, then "done" (or "error")."""
+    import signal
 
-    s = dataclasses.replace(s, say=print)
-    run_seed(ab, s, seed, lambda r: queue.put(asdict(r)))
+    signal.signal(signal.SIGTERM, _raise_terminated)  # so train_rl's finally blocks close the reward pool
+    try:
+        run_seed(ab, s, seed, lambda r: queue.put(("run", seed, asdict(r))))
+        queue.put(("done", seed, None))
+    except BaseException as exc:
+        from klear.errors import KlearError, Terminated
+
+        if isinstance(exc, Terminated | KeyboardInterrupt):  # the parent stops us: no traceback
+            raise SystemExit(143 if isinstance(exc, Terminated) else 130) from None
+        queue.put(("error", seed, (isinstance(exc, KlearError), f"{type(exc).__name__}: {exc}")))
+        raise
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    from klear.errors import Terminated
+
+    raise Terminated()
 
 
 def _run_parallel(ab: Ablation, s: Settings, seeds: list[int], report: Callable[[RunResult], None]) -> None:
-    """Seeds in ``s.jobs`` worker processes (spawned: never fork a process that holds torch)."""
+    """Seeds in up to ``s.jobs`` worker processes at a time (spawned: never fork a process that holds
+    torch). An error in one stops the others; so does Ctrl-C or SIGTERM of this process."""
     import dataclasses
     import multiprocessing as mp
     import queue as queue_mod
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager:
-        q = manager.Queue()
-        plain = dataclasses.replace(s, say=print)
-        with ProcessPoolExecutor(max_workers=min(s.jobs, len(seeds)), mp_context=ctx) as pool:
-            pending = {pool.submit(_seed_worker, ab, plain, seed, q) for seed in seeds}
-            while pending:
-                finished, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
-                while True:
-                    try:
-                        report(RunResult(**q.get_nowait()))
-                    except queue_mod.Empty:
-                        break
-                for f in finished:
-                    if f.exception() is not None:
-                        for other in pending:
-                            other.cancel()
-                        raise f.exception()  # type: ignore[misc]
+    q = ctx.Queue()
+    plain = dataclasses.replace(s, say=print)
+    todo, running = list(seeds), {}
+    try:
+        while todo or running:
+            while todo and len(running) < s.jobs:
+                seed = todo.pop(0)
+                running[seed] = ctx.Process(
+                    target=_seed_worker, args=(ab, plain, seed, q), name=f"ablate-seed{seed}"
+                )
+                running[seed].start()
+            try:
+                kind, seed, payload = q.get(timeout=2.0)
+            except queue_mod.Empty:
+                dead = [k for k, p in running.items() if not p.is_alive() and p.exitcode not in (0, None)]
+                if dead:
+                    code = running[dead[0]].exitcode
+                    raise AblationError(f"the worker of seed {dead[0]} died (exit code {code})") from None
+                continue
+            if kind == "run":
+                report(RunResult(**payload))
+            elif kind == "done":
+                running.pop(seed).join()
+            else:
+                known, msg = payload
+                if known:
+                    raise AblationError(f"seed {seed}: {msg}")
+                raise RuntimeError(f"seed {seed}: {msg}")
+    finally:
+        for p in running.values():
+            if p.is_alive():
+                p.terminate()
+        for p in running.values():
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
 
 
 def _run_variant(
@@ -353,10 +405,36 @@ def _run_variant(
     if v.match is not None:
         extra = _match_samples(ab, v, s, done[v.match[0]])
     cfg = rl_config(ab, v, s, run_dir, seed, extra)
+    finished = finished_rl_run(cfg, run_dir)
+    if finished is not None:  # an earlier, interrupted `klear ablate` with the same settings ran it
+        return rl_result(
+            v.name, seed, finished, sum(h.get("time/step", 0.0) for h in finished), run_dir, cfg.rollout.n
+        )
     t = time.perf_counter()
     res = train_rl(cfg, init_model=sft["dir"] / "final", resume=False)
     secs = time.perf_counter() - t
     return rl_result(v.name, seed, res.history, secs, run_dir, cfg.rollout.n)
+
+
+def finished_rl_run(cfg: RLConfig, run_dir: Path) -> list[dict[str, Any]] | None:
+    """The metrics of a completed RL run in ``run_dir`` whose saved config is ``cfg``, else None.
+
+    An ablation stopped part-way (Ctrl-C, a deadline) and started again with the same ``--out``
+    reuses its finished runs, as it reuses its SFT checkpoints; any difference in the resolved
+    config (another regime, more steps) makes the run count as not done.
+    """
+    import yaml
+
+    metrics, saved = run_dir / "metrics.jsonl", run_dir / "config.yaml"
+    if not (metrics.is_file() and saved.is_file()):
+        return None
+    if yaml.safe_load(saved.read_text()) != cfg.model_dump(mode="json"):
+        return None
+    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    last = cfg.trainer.total_steps
+    if not any(r.get("step") == last and "val/greedy_acc" in r for r in rows):
+        return None
+    return rows
 
 
 def rl_result(

@@ -186,3 +186,23 @@ def utilization_for(shape: ModelShape, e: EngineSetup, seqs: int) -> float:
 def weight_sync_bytes(shape: ModelShape, dtype: str) -> int:
     """Bytes sent to one engine per weight update: every weight in the engine dtype."""
     return shape.params() * dtype_bytes(dtype)
+
+
+#: Bandwidth assumed per link for a weight sync, GB/s (10^9 bytes): the NCCL bus bandwidth of one
+#: 200 Gb/s InfiniBand HDR NIC per GPU, the usual inter-node link of an 8-GPU node (about 20-24
+#: GB/s measured by nccl-tests; NVLink inside a node is faster, so the inter-node link bounds a
+#: broadcast that spans nodes). ``klear plan --link-gb-per-s`` replaces it.
+SYNC_LINK_GB_PER_S = 25.0
+
+
+def weight_sync_seconds(bytes_per_engine: int, engines: int, link_gb_per_s: float) -> dict[str, float]:
+    """Seconds per weight sync of ``bytes_per_engine`` to ``engines`` engines over links of ``link_gb_per_s``.
+
+    collective: one pipelined broadcast (NCCL ring/tree, ``klear.dist.weight_sync``): every link
+    carries each byte once, however many engines there are, so ``bytes / bandwidth``.
+    object_store: every engine pulls its own copy, and the copies leave the learner's node
+    through its link: ``engines x bytes / bandwidth`` (an upper bound: Ray may also pull from a
+    node that already has one). Latency and the gathering of a sharded state are not counted.
+    """
+    rate = link_gb_per_s * 1e9
+    return {"collective": bytes_per_engine / rate, "object_store": engines * bytes_per_engine / rate}

@@ -26,6 +26,7 @@ from typing import Any
 from klear.plan.memory import (
     ENGINE_OVERHEAD,
     GIB,
+    SYNC_LINK_GB_PER_S,
     VLLM_DEFAULT_MAX_NUM_SEQS,
     EngineSetup,
     LearnerSetup,
@@ -33,6 +34,7 @@ from klear.plan.memory import (
     learner_memory,
     utilization_for,
     weight_sync_bytes,
+    weight_sync_seconds,
 )
 from klear.plan.shapes import ModelShape, PlanError, load_shape
 
@@ -47,6 +49,7 @@ class Cluster:
     gpus_per_node: int = 8
     gpu_memory_gb: float = 80.0  # GiB per GPU
     nodes: int | None = None  # None: as many as the recipe needs (RL) / one (SFT)
+    link_gb_per_s: float = SYNC_LINK_GB_PER_S  # per link, for the weight-sync time (klear.plan.memory)
 
     def __post_init__(self) -> None:
         if self.gpus_per_node < 1:
@@ -55,6 +58,8 @@ class Cluster:
             raise PlanError(f"--gpu-memory-gb = {self.gpu_memory_gb}: must be > 0")
         if self.nodes is not None and self.nodes < 1:
             raise PlanError(f"--nodes = {self.nodes}: must be >= 1")
+        if not (self.link_gb_per_s > 0 and math.isfinite(self.link_gb_per_s)):
+            raise PlanError(f"--link-gb-per-s = {self.link_gb_per_s}: must be a number > 0")
 
     @property
     def gpu_bytes(self) -> int:
@@ -274,6 +279,9 @@ def _rl(
             "bytes_per_engine": per_engine,
             "bytes_per_step": per_engine * engines,
             "buckets_per_engine": math.ceil(per_engine / (r.vllm.weight_bucket_mb * 1024 * 1024)),
+            "mode": d.weight_sync if ray else "in-process",
+            "link_gb_per_s": cluster.link_gb_per_s,
+            "seconds": weight_sync_seconds(per_engine, engines, cluster.link_gb_per_s),
         }
     else:
         notes.append(

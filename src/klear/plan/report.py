@@ -86,6 +86,9 @@ def to_text(p: dict[str, Any]) -> str:
             "",
             f"weight sync per update: {ws['bytes_per_engine'] / GIB:.2f} GiB to each engine ({ws['dtype']}, "
             f"{ws['buckets_per_engine']} buckets), {ws['bytes_per_step'] / GIB:,.1f} GiB to all {ro['engines']}",
+            f"  time per sync at {ws['link_gb_per_s']:g} GB/s per link: collective broadcast "
+            f"{ws['seconds']['collective']:.2f} s, object store {ws['seconds']['object_store']:.1f} s "
+            f"(dist.weight_sync: {ws['mode']})",
         ]
     lines += ["", "verdict: " + ("FITS" if p["fits"] else "DOES NOT FIT")]
     lines += [f"  - {x}" for x in p["problems"]]
