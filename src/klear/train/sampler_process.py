@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,10 @@ def _child(conn: Any, cfg: RLConfig, model_dir: str, threads: int) -> None:
     from klear.rewards.pool_worker import die_with_parent
     from klear.rollout import backend_class, backend_options
 
+    # a session of its own, as the reward workers have: Ctrl-C is the parent's to handle, and where the
+    # kernel groups scheduling by session (autogroup) the sampler gets a share of its own, not half the trainer's
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent()
     torch.set_num_threads(threads)
     quiet_transformers()
