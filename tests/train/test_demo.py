@@ -62,3 +62,8 @@ def test_demo_rejects_an_unknown_task(capsys):
     assert main(["demo", "--task", "nope", "--out", "/nonexistent/x"]) == 2
     err = capsys.readouterr().err
     assert "klear: error:" in err and "code-fn" in err and "addition-2to3" in err
+
+
+def test_demo_compare_refuses_another_task(capsys):
+    assert main(["demo", "--compare", "--task", "code-fn", "--out", "/nonexistent/x"]) == 2
+    assert "klear ablate reward" in capsys.readouterr().err

@@ -52,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
         from klear.cli.ablate import run_all
 
         args.jobs = 2
+        if args.task != "addition-2to3":  # the loss ablation's recipes are the addition demo's
+            raise AblationError(
+                f"--compare runs `klear ablate loss` on addition-2to3, not on --task {args.task}; "
+                "the code task's ablation is `klear ablate reward`"
+            )
         if args.seeds is not None and args.seeds < 2:
             raise AblationError(f"--seeds {args.seeds}: paired intervals need at least 2 seeds")
         run_all([get_ablation("loss")], args.out / "compare", args)
