@@ -135,3 +135,34 @@ def test_correctness_only_correct_drops_the_wrong_traces(tmp_path):
     assert only["wrong"] == 0 and mixed["rows"] == 2500
     assert 0.4 < mixed["wrong"] / mixed["rows"] < 0.6  # the hard teacher slips on half
     assert only["rows"] == mixed["rows"] - mixed["wrong"]
+
+
+def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
+    import yaml
+
+    from klear.ablate.runner import finished_rl_run
+
+    ab = get_ablation("filter")
+    cfg = rl_config(ab, ab.variants[0], Settings(out=tmp_path, seeds=2), tmp_path, 0)
+    last = cfg.trainer.total_steps
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps({"step": 0, "val/greedy_acc": 0.25})
+        + "\n"
+        + json.dumps({"step": last, "val/greedy_acc": 0.5})
+        + "\n"
+    )
+    saved = cfg.model_dump(mode="json")
+    del saved["trainer"]["max_idle_steps"]  # a key added after the run was made, at its default
+    saved["trainer"]["max_idle_steps"] = 0  # (here: the value the ablation sets)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert [r["step"] for r in finished_rl_run(cfg, tmp_path)] == [0, last]
+    del saved["dynamic_sampling"]["std_eps"]  # missing key: today's default fills it in -> same config
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert finished_rl_run(cfg, tmp_path) is not None
+    saved["optim"]["lr"] = 1e-3  # another setting: run again
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert finished_rl_run(cfg, tmp_path) is None
+    saved["optim"]["lr"] = cfg.optim.lr
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 0, "val/greedy_acc": 0.25}) + "\n")
+    assert finished_rl_run(cfg, tmp_path) is None  # interrupted before its last step

@@ -113,7 +113,7 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         f"**Paper's claim:** {summary['claim']}",
         "",
-        f"{summary['seeds']} paired seeds (seed k of every variant starts from the same SFT checkpoint); "
+        f"{summary['seeds']} paired seeds ({_pairing(summary)}); "
         f"baseline: {summary['baseline']}; {summary['seconds'] / 60:.1f} min (estimated {summary['estimate_seconds'] / 60:.1f}).",
         "",
         "| " + " | ".join(head) + " |",
@@ -164,6 +164,15 @@ def markdown(summary: dict[str, Any]) -> str:
             parts.append(f"matches {vs['match'][0]!r} in {vs['match'][1]}")
         lines.append(f"- {name}: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
+
+
+def _pairing(summary: dict[str, Any]) -> str:
+    stages = {v["stage"] for v in summary["settings"]["variants"].values()}
+    if stages == {"sft"}:
+        return (
+            "seed k of every variant starts from the same freshly built model and seeds its data order alike"
+        )
+    return "seed k of every variant starts from the same SFT checkpoint"
 
 
 def verdict_lines(summary: dict[str, Any]) -> list[str]:

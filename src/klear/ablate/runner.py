@@ -428,7 +428,11 @@ def finished_rl_run(cfg: RLConfig, run_dir: Path) -> list[dict[str, Any]] | None
     metrics, saved = run_dir / "metrics.jsonl", run_dir / "config.yaml"
     if not (metrics.is_file() and saved.is_file()):
         return None
-    if yaml.safe_load(saved.read_text()) != cfg.model_dump(mode="json"):
+    try:  # through today's config model: a key added since (with its default) is no difference
+        before = type(cfg).model_validate(yaml.safe_load(saved.read_text())).model_dump(mode="json")
+    except Exception:
+        return None
+    if before != cfg.model_dump(mode="json"):
         return None
     rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
     last = cfg.trainer.total_steps
