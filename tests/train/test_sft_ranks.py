@@ -51,6 +51,10 @@ def _rank_main(rank: int, out: str, port: int, strategy: str) -> None:
     )
     os.environ["MASTER_PORT"] = str(port)
     run_sft(_cfg(Path(out), strategy))
+    # The run is over and the ranks have left the group; skip interpreter teardown, where gloo's
+    # background threads have aborted a rank ("terminate called without an active exception")
+    # under load after all the work was done and written.
+    os._exit(0)
 
 
 def _free_port() -> int:
