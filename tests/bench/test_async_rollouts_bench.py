@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "async_rollouts.py"
+from tests.bench.scripts import load_script
+
 TINY_RL = [
     "trainer.train_batch_size=2",
     "trainer.ppo_mini_batch_size=1",
@@ -20,10 +19,7 @@ TINY_RL = [
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("klear_bench_async_rollouts", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("async_rollouts")
 
 
 @pytest.mark.timeout(300)

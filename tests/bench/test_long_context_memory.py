@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "long_context_memory.py"
+from tests.bench.scripts import load_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("klear_bench_long_context", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("long_context_memory")
 
 
 @pytest.mark.slow

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "packed_learner.py"
+from tests.bench.scripts import load_script
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("klear_bench_packed_learner", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("packed_learner")
 
 
 @pytest.mark.timeout(120)

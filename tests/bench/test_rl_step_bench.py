@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+
+from tests.bench.scripts import load_script
 
 pytest.importorskip("trl", reason="TRL is a benchmark-only dependency: `pip install trl`")
 pytest.importorskip("datasets")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "rl_step.py"
-
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("klear_bench_rl_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("rl_step")
 
 
 @pytest.mark.timeout(180)

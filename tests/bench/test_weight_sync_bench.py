@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-pytest.importorskip("ray", reason="klear[ray] is not installed")
+from tests.bench.scripts import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "weight_sync.py"
+pytest.importorskip("ray", reason="klear[ray] is not installed")
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("klear_bench_weight_sync", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("weight_sync")
 
 
 def test_the_shape_has_about_the_asked_parameter_count():
