@@ -10,6 +10,12 @@
   whose (ground truth, extracted answer) repeat an earlier one in the batch are not sent at all
   (:func:`find_repeats`): they get a copy of that one's result (the result of an undecided item
   depends on nothing else). On with the fast path and a nonzero ``cache_size``.
+- **Code repeats**: a low-entropy policy often writes the very same response several times in a
+  group (about 4-5 distinct of 8 on the built-in code task at temperature 0.6); a code item whose
+  (ground truth, response) repeats an earlier one is not run again but gets a copy of its result.
+  The tests run are the same (``max_tests`` samples per problem, not per response), so a
+  deterministic program gets what a second run would give; a program whose output is random gets
+  one draw shared by its copies (each copy's expected score is unchanged). Always on.
 - **Unsendable items** (:func:`send_items`): a ground truth that cannot be pickled (nested deeper
   than pickle's recursion limit, say) must not stop the batch: the chunk is sent item by item, and an
   item that cannot be sent is flagged ``error`` with the reason.
@@ -38,18 +44,25 @@ def decide_inline(path: str, response: str, truth: Any, cfg: RewardConfig) -> Re
     return quick_math_reward(response, truth, cfg)
 
 
+def _gold(truth: Any) -> str | None:
+    try:
+        return truth if isinstance(truth, str) else f"{type(truth).__name__}:{truth!r}"
+    except RecursionError:  # a ground truth too deep to print: score it on its own
+        return None
+
+
 def _repeat_key(path: str, response: str, truth: Any) -> tuple[str, str, str] | None:
+    if path == REWARDS["code"]:  # the whole response: what the code reward reads, nothing less
+        gold = _gold(truth)
+        return None if gold is None else (path, gold, response)
     from klear.rewards.math import answer_region, last_boxed
 
     region = answer_region(response)
     answer = last_boxed(region) if region is not None else None
     if not answer:
         return None
-    try:
-        gold = truth if isinstance(truth, str) else f"{type(truth).__name__}:{truth!r}"
-    except RecursionError:  # a ground truth too deep to print: score it on its own
-        return None
-    return path, gold, answer
+    gold = _gold(truth)
+    return None if gold is None else (path, gold, answer)
 
 
 def find_repeats(
@@ -59,13 +72,15 @@ def find_repeats(
     decided: Sequence[RewardResult | None],
     cfg: RewardConfig,
 ) -> dict[int, int]:
-    """{index: index of the first item with the same key} for undecided built-in math items."""
-    if not (cfg.math.fast_path and cfg.math.cache_size > 0):
-        return {}
+    """{index: index of the first item with the same key} for undecided built-in math items (with
+    the fast path and a cache) and built-in code items (always)."""
+    kinds = {REWARDS["code"]}
+    if cfg.math.fast_path and cfg.math.cache_size > 0:
+        kinds.add(REWARDS["math"])
     first: dict[tuple[str, str, str], int] = {}
     repeats: dict[int, int] = {}
     for i, path in enumerate(paths):
-        if path != REWARDS["math"] or decided[i] is not None:
+        if path not in kinds or decided[i] is not None:
             continue
         key = _repeat_key(path, responses[i], truths[i])
         if key is None:
