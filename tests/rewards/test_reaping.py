@@ -50,7 +50,9 @@ def _comm(pid: int) -> str:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_reaps_every_sandbox_within_two_seconds(tmp_path, sig):
     src = tmp_path / "in.jsonl"
-    src.write_text("".join(json.dumps(code_row(SLOW)) + "\n" for _ in range(4)))
+    # four different programs: the pool runs a repeated response once (klear.rewards.pool_inline)
+    slow = [SLOW.replace("print(1)", f"print({i})") for i in range(4)]
+    src.write_text("".join(json.dumps(code_row(s)) + "\n" for s in slow))
     cmd = [sys.executable, "-m", "klear", "reward", "score", "--input", str(src), "--output"]
     cmd += [str(tmp_path / "out.jsonl"), "--no-progress", "reward.num_workers=2", "reward.item_timeout_s=120"]
     cmd += ["reward.sandbox.test_timeout_s=60", "reward.sandbox.cpu_time_s=60"]
