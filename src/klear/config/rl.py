@@ -88,6 +88,17 @@ class RLTrainerConfig(Section):
         ),
     )
 
+    sampler_processes: int = Field(
+        1,
+        ge=1,
+        description=(
+            "sampler processes with dist.backend=none, each with its own copy of the policy and "
+            "trainer.num_threads threads: a generation batch's prompts are split among them (the same "
+            "rollouts as one: randomness is keyed per prompt and sample). 1 with async_rollouts = 0 "
+            "samples from the learner's own module; more than 1 (or async_rollouts >= 1) uses child processes"
+        ),
+    )
+
     @model_validator(mode="after")
     def _batches(self) -> RLTrainerConfig:
         if self.train_batch_size % self.ppo_mini_batch_size:
@@ -217,4 +228,9 @@ class RLConfig(Section):
                     "trainer.async_rollouts > 0 may load an older version later: set dist.weight_sync = "
                     "object_store"
                 )
+        if d.backend == "ray" and self.trainer.sampler_processes > 1:
+            raise ValueError(
+                f"trainer.sampler_processes = {self.trainer.sampler_processes} is for dist.backend = none; "
+                "with ray the rollout actors sample (dist.rollout_workers)"
+            )
         return self
