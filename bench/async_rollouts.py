@@ -48,15 +48,13 @@ def sft_model(args: argparse.Namespace, root: Path, seed: int) -> Path:
     return run_sft(cfg, resume=False).model_dir
 
 
-def run_rl(
-    args: argparse.Namespace, model: Path, out: Path, seed: int, k: int, extra: list[str]
-) -> list[dict]:
-    """One demo RL run with ``trainer.async_rollouts = k``; its metrics rows."""
+def run_rl(args: argparse.Namespace, model: Path, out: Path, seed: int, extra: list[str]) -> list[dict]:
+    """One demo RL run with the overrides ``extra`` (after ``--rl``); its metrics rows."""
     from klear.demo import DemoSettings, rl_config
     from klear.train.metrics import read_metrics
     from klear.train.rl import train_rl
 
-    overrides = [f"trainer.async_rollouts={k}", "logging.progress=false", *args.rl, *extra]
+    overrides = ["logging.progress=false", *args.rl, *extra]
     cfg = rl_config(DemoSettings(out, seed, rl_overrides=tuple(overrides)), out)
     train_rl(cfg, init_model=model, resume=False)
     return read_metrics(out / "metrics.jsonl")
@@ -75,16 +73,28 @@ def timed(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def loops(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The loops compared: name -> overrides. ``sync`` is the demo's loop (one process); ``async``
+    samples one batch ahead in ``--samplers`` processes; with more than one sampler process,
+    ``sync-par`` generates in the same processes without the overlap (the fair baseline for it)."""
+    out = {"sync": ["trainer.async_rollouts=0"], "async": ["trainer.async_rollouts=1"]}
+    out["async"].append(f"trainer.sampler_processes={args.samplers}")
+    if args.samplers > 1:
+        out["sync-par"] = ["trainer.async_rollouts=0", f"trainer.sampler_processes={args.samplers}"]
+    return out
+
+
 def speed(args: argparse.Namespace, root: Path, model: Path) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, float]]] = {"sync": [], "async": []}
+    variants = loops(args)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     extra = [f"trainer.total_steps={1 + args.steps}", "validation.every=0", "trainer.save_every=0"]
     for r in range(args.rounds):
-        order = ("sync", "async") if r % 2 == 0 else ("async", "sync")
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))
         for name in order:
-            rows = run_rl(args, model, root / f"{name}{r}", args.seed, int(name == "async"), extra)
+            rows = run_rl(args, model, root / f"{name}{r}", args.seed, variants[name] + extra)
             runs[name].append(timed(rows))
             m = runs[name][-1]
-            print(f"round {r} {name:5s}: {m['steps_per_s']:.3f} steps/s", file=sys.stderr)
+            print(f"round {r} {name:8s}: {m['steps_per_s']:.3f} steps/s", file=sys.stderr)
     per_round = [
         a["steps_per_s"] / s["steps_per_s"] for s, a in zip(runs["sync"], runs["async"], strict=True)
     ]
@@ -94,12 +104,16 @@ def speed(args: argparse.Namespace, root: Path, model: Path) -> dict[str, Any]:
         name: {who: statistics.fmean(m[f"{who}_cpu"] for m in ms) for who in ("learner", "sampler")}
         for name, ms in runs.items()
     }
-    return {
+    a = cpu["async"]
+    # the async step with a core per process and --cores cores in all: the busiest of the learner, one
+    # sampler process (its share of the sampling) and the cores' share of all the work
+    busiest = max(
+        a["learner"], a["sampler"] / args.samplers, (a["learner"] + a["sampler"]) / args.cores, 1e-9
+    )
+    result = {
+        "samplers": args.samplers,
         "cpu_seconds_per_step": cpu,
-        # what the speedup would be with a core each (CPU seconds, not wall): sync's one thread does all
-        # the work, async's step costs the busier of its two processes
-        "cpu_bound_ceiling": cpu["sync"]["learner"]
-        / max(cpu["async"]["learner"], cpu["async"]["sampler"], 1e-9),
+        "cpu_bound_ceiling": cpu["sync"]["learner"] / busiest,
         "steps_per_s": pooled,
         "speedup": pooled["async"] / pooled["sync"],
         "speedup_per_round": per_round,
@@ -107,6 +121,9 @@ def speed(args: argparse.Namespace, root: Path, model: Path) -> dict[str, Any]:
         "gen_batches": {name: statistics.fmean(m["gen_batches"] for m in ms) for name, ms in runs.items()},
         "timed_steps": {name: sum(m["steps"] for m in ms) for name, ms in runs.items()},
     }
+    if "sync-par" in pooled:
+        result["speedup_vs_sync_par"] = pooled["async"] / pooled["sync-par"]
+    return result
 
 
 def accuracy(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -118,7 +135,7 @@ def accuracy(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         seed = args.seed + k
         model = sft_model(args, root / f"acc{seed}", seed)
         for name in ("sync", "async"):
-            rows = run_rl(args, model, root / f"acc{seed}" / name, seed, int(name == "async"), [])
+            rows = run_rl(args, model, root / f"acc{seed}" / name, seed, loops(args)[name])
             vals = [r for r in rows if "val/greedy_acc" in r]
             if name == "sync":
                 finals["sft"].append(vals[0]["val/greedy_acc"])
@@ -137,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=4, help="timed steps per run (after 1 warm-up step)")
     p.add_argument("--rounds", type=int, default=3, help="rounds of (sync, async) runs, alternating order")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samplers", type=int, default=2, help="sampler processes of the async loop (default 2)")
+    p.add_argument("--cores", type=int, default=2, help="cores the ceiling assumes (default 2)")
     p.add_argument("--init-model", help="an SFT checkpoint to start from (default: train the demo's SFT)")
     p.add_argument("--sft", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of demo-sft.yaml")
     p.add_argument("--rl", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of demo.yaml")
@@ -164,17 +183,23 @@ def print_table(res: dict[str, Any]) -> None:
     if "speedup" in res:
         print("| loop | steps/s | " + " | ".join(PHASES) + " |")
         print("|---|---|" + "---|" * len(PHASES))
-        for name in ("sync", "async"):
+        for name, rate in res["steps_per_s"].items():
             ph = res["phase_seconds"][name]
             cells = " | ".join(f"{ph[p]:.3f}" for p in PHASES)
-            print(f"| {name} | {res['steps_per_s'][name]:.3f} | {cells} |")
+            print(f"| {name} | {rate:.3f} | {cells} |")
         c = res["cpu_seconds_per_step"]
         print(
             f"\nCPU s/step: sync {c['sync']['learner']:.2f} (one thread); async learner {c['async']['learner']:.2f}, "
-            f"sampler {c['async']['sampler']:.2f} -> {res['cpu_bound_ceiling']:.2f}x with a core each"
+            f"{res['samplers']} sampler process(es) {c['async']['sampler']:.2f} -> "
+            f"{res['cpu_bound_ceiling']:.2f}x with idle cores"
         )
         rounds = ", ".join(f"{r:.2f}" for r in res["speedup_per_round"])
         print(f"\nspeedup async-1 / sync = {res['speedup']:.2f}x (per round {rounds}; target >= 1.4x)")
+        if "speedup_vs_sync_par" in res:
+            print(
+                f"async-1 / sync-par (sync sampling in the same {res['samplers']} processes) = "
+                f"{res['speedup_vs_sync_par']:.2f}x"
+            )
     if "accuracy" in res:
         acc = res["accuracy"]
         print(f"\nheld-out greedy accuracy after the demo's RL ({acc['seeds']} seeds, mean [95% CI]):")

@@ -171,6 +171,65 @@ def test_the_sampler_process_samples_what_a_backend_here_samples(tmp_path):
         there.close()
 
 
+def test_prompts_are_split_into_contiguous_near_equal_parts():
+    from klear.train.sampler_process import split
+
+    assert split(5, 2) == [(0, 3), (3, 5)]
+    assert split(6, 3) == [(0, 2), (2, 4), (4, 6)]
+    assert split(2, 3) == [(0, 1), (1, 2)]  # no empty part
+    assert split(1, 1) == [(0, 1)]
+
+
+def test_two_sampler_processes_sample_what_one_backend_samples(tmp_path):
+    from klear.models.loading import load_model, pick_device, resolve_model_dir
+    from klear.rollout import SamplingParams
+    from klear.rollout.hf import HFRolloutBackend
+    from klear.tasks import task_rows
+    from klear.train.sampler_process import ProcessSampler, SamplerLost
+
+    cfg = build_config(RLConfig, rl_config(tmp_path, trainer={"async_rollouts": 1, "sampler_processes": 2}))
+    model_dir = resolve_model_dir(cfg.model, tmp_path, 0)
+    model, tokenizer = load_model(model_dir, cfg.model, pick_device())
+    here = HFRolloutBackend(model, tokenizer, seed=5)
+    there = ProcessSampler(cfg, model_dir, seed=5, processes=2)
+    try:
+        prompts = [r["prompt"] for r in task_rows("addition", "train", 3, 0)]  # split 2 + 1
+        sampling = SamplingParams(n=2, temperature=1.0, max_new_tokens=12)
+
+        def same(groups=None) -> bool:
+            a, b = here.generate(prompts, sampling, groups), there.generate(prompts, sampling, groups)
+            assert [(r.group, r.sample) for r in a] == [(r.group, r.sample) for r in b]
+            if [r.response_ids for r in a] != [r.response_ids for r in b]:
+                return False
+            # a part has fewer rows than the whole batch: the same log-probs up to the matmul's rounding
+            for x, y in zip(a, b, strict=True):
+                assert x.logprobs == pytest.approx(y.logprobs, abs=1e-5)
+            return True
+
+        assert same() and same(groups=[7, "x", 9])
+        assert len(set(there.pids)) == 2 and there.cpu_seconds() > 0
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.5)
+        assert not same()  # neither child has the new weights yet
+        there.update_weights(model)
+        assert same()  # both have them (the prompts of either part would differ otherwise)
+        os.kill(there.pids[1], signal.SIGKILL)
+        with pytest.raises(SamplerLost, match="died while generating"):
+            there.generate(prompts, sampling)
+    finally:
+        there.close()
+
+
+def test_sampler_processes_is_for_one_machine():
+    from klear.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="sampler_processes"):
+        load_config(RLConfig, None, ["trainer.sampler_processes=0"])
+    with pytest.raises(ConfigError, match="rollout actors sample"):
+        load_config(RLConfig, None, ["trainer.sampler_processes=2", "dist.backend=ray"])
+
+
 # --- a whole asynchronous run ----------------------------------------------------------------
 
 

@@ -6,6 +6,12 @@ each sampled token under the distribution it was drawn from, and it drops finish
 from the batch and the cache, so a batch whose responses end early stops paying for
 them. In greedy mode it produces exactly what ``generate`` does (tested).
 
+The forward passes go through :class:`klear.rollout.kv_decode.KVDecoder` (the model's own
+weights over a preallocated cache, without transformers' per-call bookkeeping) whenever it
+supports the model (Qwen3, Qwen2, Llama with full attention and plain Linear layers), else
+through ``model(...)``; both give the same tokens (tested), the lean one 1.1-1.3x faster on
+the demo's batches (``bench/rollout_decode.py``). ``HFRolloutBackend(lean=False)`` forces the latter.
+
 Prompts are left-padded into one batch; positions are counted from each prompt's first
 real token, so a padded prompt sees the same positions as an unpadded one.
 
@@ -27,6 +33,7 @@ import torch
 from torch import Tensor
 
 from klear.rollout import CallSeeds, PromptInput, SamplingParams, group_keys, row_seed
+from klear.rollout.kv_decode import KVDecoder, unsupported
 from klear.types import Rollout
 
 
@@ -102,13 +109,18 @@ def sample_batch(
     stop_ids: Iterable[int],
     pad_id: int,
     row_seeds: Sequence[int] | None = None,
+    lean: bool | None = None,
 ) -> tuple[list[list[int]], list[list[float]], list[bool]]:
     """Sample one response per prompt (expand prompts beforehand for n > 1).
 
     ``row_seeds[i]`` seeds prompt i's own generator (required unless greedy); the token at
     each step is the inverse CDF of the sampling distribution at one uniform draw.
     Returns (response ids, log-probs, truncated) per prompt; a response includes its stop token.
+    ``lean`` (None: whenever the model is supported) runs the forward passes with
+    :class:`klear.rollout.kv_decode.KVDecoder` instead of the model's own ``forward``.
     """
+    if lean is None:
+        lean = unsupported(model) is None
     device = next(model.parameters()).device
     bsz, width = len(prompts), max(len(p) for p in prompts)
     if min(len(p) for p in prompts) == 0:
@@ -128,14 +140,8 @@ def sample_batch(
     uniforms = torch.zeros((bsz, _UNIFORM_BLOCK))  # row r's next uniforms, drawn a block at a time
 
     # 2. Prefill: one forward pass over the prompts fills the KV cache.
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention,
-        position_ids=positions,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache, logits = out.past_key_values, out.logits[:, -1, :]
+    steps = _LeanSteps(model, bsz, width + sampling.max_new_tokens) if lean else _HFSteps(model)
+    logits = steps.prefill(input_ids, attention, positions)
     next_pos = positions[:, -1] + 1
     rows = torch.arange(bsz, device=device)  # batch row -> prompt index (rows leave when finished)
     responses: list[list[int]] = [[] for _ in range(bsz)]
@@ -169,20 +175,60 @@ def sample_batch(
             keep = (~done).nonzero().squeeze(-1)
             if keep.numel() == 0:
                 break
-            cache.batch_select_indices(keep)
-            rows, token, attention, next_pos = rows[keep], token[keep], attention[keep], next_pos[keep]
+            steps.select(keep)
+            rows, token, next_pos = rows[keep], token[keep], next_pos[keep]
         # 5. Feed the sampled tokens back: one position per live row.
-        attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=-1)
-        out = model(
-            input_ids=token[:, None],
-            attention_mask=attention,
-            position_ids=next_pos[:, None],
-            past_key_values=cache,
-            use_cache=True,
-        )
-        cache, logits = out.past_key_values, out.logits[:, -1, :]
+        logits = steps.step(token, next_pos)
         next_pos = next_pos + 1
     return responses, logprobs, truncated
+
+
+class _HFSteps:
+    """Prefill and per-token steps through the model's own ``forward`` and a transformers cache."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.cache, self.attention = model, None, None
+
+    def prefill(self, ids: Tensor, attention: Tensor, positions: Tensor) -> Tensor:
+        out = self.model(
+            input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
+        self.cache, self.attention = out.past_key_values, attention
+        return out.logits[:, -1, :]
+
+    def step(self, token: Tensor, positions: Tensor) -> Tensor:
+        att = self.attention
+        self.attention = torch.cat([att, att.new_ones((att.shape[0], 1))], dim=-1)
+        out = self.model(
+            input_ids=token[:, None],
+            attention_mask=self.attention,
+            position_ids=positions[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache = out.past_key_values
+        return out.logits[:, -1, :]
+
+    def select(self, rows: Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.attention = self.attention[rows]
+
+
+class _LeanSteps:
+    """The same steps through :class:`klear.rollout.kv_decode.KVDecoder` (a preallocated cache)."""
+
+    def __init__(self, model: torch.nn.Module, batch: int, max_len: int) -> None:
+        self.decoder = KVDecoder(model, batch, max_len)
+
+    def prefill(self, ids: Tensor, attention: Tensor, positions: Tensor) -> Tensor:
+        return self.decoder.forward(ids, positions, attention.bool())
+
+    def step(self, token: Tensor, positions: Tensor) -> Tensor:
+        ones = torch.ones((token.shape[0], 1), dtype=torch.bool, device=token.device)
+        return self.decoder.forward(token[:, None], positions[:, None], ones)
+
+    def select(self, rows: Tensor) -> None:
+        self.decoder.select(rows)
 
 
 class HFRolloutBackend:
@@ -201,6 +247,7 @@ class HFRolloutBackend:
         seed: int = 0,
         stop_ids: Sequence[int] | None = None,
         max_batch_size: int | None = None,
+        lean: bool | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -210,6 +257,10 @@ class HFRolloutBackend:
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.stop_ids[0])
         self.max_batch_size = max_batch_size
+        reason = unsupported(model)
+        if lean and reason is not None:
+            raise ValueError(f"lean decoding was asked for, but {reason} is not supported")
+        self.lean = reason is None if lean is None else lean
         self.device = next(model.parameters()).device
         self.seeds = CallSeeds(seed)  # the whole RNG state
 
@@ -252,6 +303,7 @@ class HFRolloutBackend:
                     self.stop_ids,
                     self.pad_id,
                     seeds[start : start + chunk],
+                    lean=self.lean,
                 )
                 for acc, new in zip(results, part, strict=True):
                     acc.extend(new)

@@ -327,10 +327,11 @@ def _engines(cfg: RLConfig, model_dir: Path) -> tuple[Any, Any, Any]:
 
     learner = sampler = None
     try:
-        if cfg.trainer.async_rollouts:  # its own copy of the policy, in a process of its own (it starts now)
+        processes = cfg.trainer.sampler_processes
+        if cfg.trainer.async_rollouts or processes > 1:  # copies of the policy in processes of their own
             from klear.train.sampler_process import ProcessSampler
 
-            sampler = ProcessSampler(cfg, model_dir, cfg.run.seed, threads=_threads(cfg))
+            sampler = ProcessSampler(cfg, model_dir, cfg.run.seed, threads=_threads(cfg), processes=processes)
         learner = LocalLearner(cfg, model_dir)
         if sampler is None:  # the learner's own module: no weight copies
             sampler = learner.sampler(cfg.run.seed)

@@ -1,10 +1,13 @@
-"""A rollout backend in a child process: the sampler of ``trainer.async_rollouts`` on one machine.
+"""Rollout backends in child processes: the samplers of ``trainer.async_rollouts`` and ``sampler_processes``.
 
-To generate while the learner updates, the sampler needs a process (a core, a GIL) and a
-copy of the policy of its own. :class:`ProcessSampler` starts one child (from the reward pool's forkserver, with
-``threads`` torch threads) that builds the ``rollout.backend`` over its own copy of the
-model, and forwards ``generate`` and ``update_weights`` to it over a pipe; it has the
-methods of a rollout backend, so the loop cannot tell it from one.
+To generate while the learner updates, a sampler needs a process (a core, a GIL) and a copy
+of the policy of its own. :class:`ProcessSampler` starts ``trainer.sampler_processes``
+children (from the reward pool's forkserver, with ``threads`` torch threads each); each
+builds the ``rollout.backend`` over its own copy of the model. ``generate`` splits a call's
+prompts into contiguous parts, one per child, and joins the results in order;
+``update_weights`` goes to every child. It has the methods of a rollout backend, so the loop
+cannot tell it from one. On a 2-core machine two children sample while the learner waits for
+them, and share the cores with it while it updates.
 
 The parent keeps the sampler's RNG state (a :class:`~klear.rollout.CallSeeds`, as the Ray
 rollout group does) and passes each call's seed, so its rollouts are those of a backend
@@ -28,7 +31,7 @@ import torch
 
 from klear.config import RLConfig
 from klear.errors import KlearError
-from klear.rollout import CallSeeds, SamplingParams
+from klear.rollout import CallSeeds, SamplingParams, group_keys
 from klear.types import Rollout
 
 #: seconds the child may take to import torch and load the model
@@ -88,70 +91,139 @@ def _child(conn: Any, cfg: RLConfig, model_dir: str, threads: int) -> None:
     backend.close()
 
 
-class ProcessSampler:
-    """A rollout backend of ``cfg.rollout.backend`` over its own copy of the policy, in a child process."""
+class _Child:
+    """One sampler process and the parent's end of its pipe."""
 
-    def __init__(self, cfg: RLConfig, model_dir: str | Path, seed: int, threads: int = 1) -> None:
-        from klear.rewards.pool import _context
-
-        ctx = _context()  # forkserver (the reward pool's): a clean child that does not re-run __main__
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=_child, args=(child, cfg, str(model_dir), threads), name="klear-sampler", daemon=True
+    def __init__(self, ctx: Any, cfg: RLConfig, model_dir: str, threads: int, index: int) -> None:
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=_child, args=(child, cfg, model_dir, threads), name=f"klear-sampler-{index}", daemon=True
         )
-        self._proc.start()
+        self.proc.start()
         child.close()
-        self.seeds = CallSeeds(seed)
         self.pid: int | None = None  # known once the child has loaded the model (it starts meanwhile)
 
-    def _started(self) -> None:
-        if self.pid is not None:
-            return
-        try:
-            if not self._conn.poll(START_TIMEOUT_S):
+    def started(self) -> None:
+        if self.pid is None:
+            if not self.conn.poll(START_TIMEOUT_S):
                 raise SamplerLost(f"the sampler process did not start within {START_TIMEOUT_S:.0f} s")
-            self.pid = self._reply("starting")
-        except BaseException:
-            self.close()
-            raise
+            self.pid = self.reply("starting")
 
-    def _reply(self, what: str) -> Any:
+    def reply(self, what: str) -> Any:
         try:
-            status, *rest = self._conn.recv()
+            status, *rest = self.conn.recv()
         except (EOFError, OSError) as exc:
-            self._proc.join(timeout=5)
+            self.proc.join(timeout=5)
             raise SamplerLost(
-                f"the sampler process (pid {self._proc.pid}) died while {what} "
-                f"(exit code {self._proc.exitcode})"
+                f"the sampler process (pid {self.proc.pid}) died while {what} (exit code {self.proc.exitcode})"
             ) from exc
         if status == "error":
             raise SamplerLost(f"the sampler process failed while {what}: {rest[0]}\n{rest[1]}")
         return rest[0]
 
-    def generate(
-        self, prompts: Sequence[Any], sampling: SamplingParams, groups: Sequence[int | str] | None = None
-    ) -> list[Rollout]:
-        sampling = sampling.replace(seed=self.seeds.next(sampling.seed))  # as a backend here would
-        self._started()
-        self._conn.send(("generate", list(prompts), sampling, None if groups is None else list(groups)))
-        return self._reply("generating")
-
-    def update_weights(self, weights: torch.nn.Module | dict[str, torch.Tensor]) -> None:
-        """Load new policy weights (a module or a state dict with the model's names) into the child's copy."""
-        state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
-        buf = io.BytesIO()
-        torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
-        self._started()
-        self._conn.send(("weights", buf.getvalue()))
-        self._reply("loading weights")
-
     def cpu_seconds(self) -> float | None:
-        """CPU seconds the child has used so far (user + system; None before it started or off Linux)."""
         try:
             fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             return None
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            with contextlib.suppress(OSError, ValueError):
+                self.conn.send(("close",))
+            self.proc.join(timeout=10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=5)
+        self.conn.close()
+
+
+def split(count: int, parts: int) -> list[tuple[int, int]]:
+    """``count`` items in at most ``parts`` contiguous (start, end) ranges of near-equal size, none empty."""
+    size, extra = divmod(count, parts)
+    bounds, start = [], 0
+    for i in range(parts):
+        end = start + size + (i < extra)
+        if end > start:
+            bounds.append((start, end))
+        start = end
+    return bounds
+
+
+class ProcessSampler:
+    """A rollout backend of ``cfg.rollout.backend`` over its own copy of the policy, in ``processes`` children.
+
+    With more than one child, each call's prompts are split into contiguous parts, one per
+    child, sampled at the same time and joined in order. The rollouts are those of one child
+    (and of a backend in this process): the call's seed is chosen here, and every row's
+    randomness is keyed by (call seed, group, sample), not by which process drew it.
+    """
+
+    def __init__(
+        self, cfg: RLConfig, model_dir: str | Path, seed: int, threads: int = 1, processes: int = 1
+    ) -> None:
+        from klear.rewards.pool import _context
+
+        if processes < 1:
+            raise ValueError(f"processes = {processes}: need at least one sampler process")
+        ctx = _context()  # forkserver (the reward pool's): a clean child that does not re-run __main__
+        self._children: list[_Child] = []
+        try:
+            for i in range(processes):
+                self._children.append(_Child(ctx, cfg, str(model_dir), threads, i))
+        except BaseException:
+            self.close()
+            raise
+        self.seeds = CallSeeds(seed)
+
+    @property
+    def pid(self) -> int | None:
+        """The first child's pid (None until it has loaded the model)."""
+        return self._children[0].pid
+
+    @property
+    def pids(self) -> list[int | None]:
+        return [c.pid for c in self._children]
+
+    def _started(self) -> None:
+        try:
+            for c in self._children:
+                c.started()
+        except BaseException:
+            self.close()
+            raise
+
+    def generate(
+        self, prompts: Sequence[Any], sampling: SamplingParams, groups: Sequence[int | str] | None = None
+    ) -> list[Rollout]:
+        sampling = sampling.replace(seed=self.seeds.next(sampling.seed))  # as a backend here would
+        keys = group_keys(prompts, groups)
+        self._started()
+        parts = split(len(prompts), len(self._children))
+        for child, (a, b) in zip(self._children, parts, strict=False):
+            child.conn.send(("generate", list(prompts[a:b]), sampling, keys[a:b]))
+        out: list[Rollout] = []
+        for child, _ in zip(self._children, parts, strict=False):
+            out.extend(child.reply("generating"))
+        return out
+
+    def update_weights(self, weights: torch.nn.Module | dict[str, torch.Tensor]) -> None:
+        """Load new policy weights (a module or a state dict with the model's names) into every child's copy."""
+        state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+        buf = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
+        payload = buf.getvalue()
+        self._started()
+        for child in self._children:
+            child.conn.send(("weights", payload))
+        for child in self._children:
+            child.reply("loading weights")
+
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds the children have used so far (user + system; None before they started or off Linux)."""
+        seconds = [c.cpu_seconds() for c in self._children]
+        return None if any(s is None for s in seconds) else sum(seconds)  # type: ignore[arg-type]
 
     def get_rng_state(self) -> dict[str, int]:
         return self.seeds.state()
@@ -160,11 +232,5 @@ class ProcessSampler:
         self.seeds.load(state)
 
     def close(self) -> None:
-        if self._proc.is_alive():
-            with contextlib.suppress(OSError, ValueError):
-                self._conn.send(("close",))
-            self._proc.join(timeout=10)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join(timeout=5)
-        self._conn.close()
+        for child in self._children:
+            child.close()
