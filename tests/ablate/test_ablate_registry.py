@@ -166,3 +166,17 @@ def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 0, "val/greedy_acc": 0.25}) + "\n")
     assert finished_rl_run(cfg, tmp_path) is None  # interrupted before its last step
+
+
+def test_the_matched_batch_is_a_whole_number_of_equal_mini_batches():
+    from klear.ablate.runner import matched_batch
+
+    # 'on' generated 43 prompts x 8 per step on average over 12 steps, in 2 mini-batches per step:
+    # 43 rounds to 44 = 2 x 22 (43 = 2 x 22 - 1 is no valid config: 43 is not a multiple of 22)
+    assert matched_batch(43 * 8 * 12, n=8, steps=12, updates=2) == (44, 22)
+    assert matched_batch(41 * 8 * 12, n=8, steps=12, updates=2) == (40, 20)  # 20.5 rounds to even 20
+    assert matched_batch(16 * 8 * 12, n=8, steps=12, updates=2) == (16, 8)
+    assert matched_batch(3, n=8, steps=12, updates=2) == (2, 1)  # never an empty batch
+    for generated in range(150, 5000, 37):  # from 1.56 prompts per step
+        batch, mini = matched_batch(generated, n=8, steps=12, updates=3)
+        assert batch == 3 * mini and abs(batch - generated / 96) <= 1.5 + 1e-9

@@ -506,16 +506,20 @@ def _sft_curve(run_dir: Path) -> list[tuple[float, float]]:
     return sorted(pts.items())
 
 
+def matched_batch(generated_samples: int, n: int, steps: int, updates: int) -> tuple[int, int]:
+    """(train_batch_size, ppo_mini_batch_size) generating ``generated_samples / steps`` responses per step
+    in ``updates`` equal mini-batches: the prompts per step rounded to the nearest multiple of ``updates``."""
+    per_step = generated_samples / n / steps
+    mini = max(1, round(per_step / updates))
+    return mini * updates, mini
+
+
 def _match_samples(ab: Ablation, v: Variant, s: Settings, ref: RunResult) -> list[str]:
     """Step batch of ``v`` such that it generates, per step, what ``ref`` generated (same update count)."""
     ref_cfg = rl_config(ab, ab.variant(ref.variant), s, Path(ref.out_dir), ref.seed)
-    steps = ref.extra["steps"]
-    prompts = max(1, round(ref.generated_samples / ref_cfg.rollout.n / steps))  # type: ignore[operator]
     updates = math.ceil(ref_cfg.trainer.train_batch_size / ref_cfg.trainer.ppo_mini_batch_size)
-    return [
-        f"trainer.train_batch_size={prompts}",
-        f"trainer.ppo_mini_batch_size={math.ceil(prompts / updates)}",
-    ]
+    batch, mini = matched_batch(ref.generated_samples, ref_cfg.rollout.n, ref.extra["steps"], updates)  # type: ignore[arg-type]
+    return [f"trainer.train_batch_size={batch}", f"trainer.ppo_mini_batch_size={mini}"]
 
 
 def _continue_sft(
