@@ -68,6 +68,13 @@ def test_reward_variants_differ_only_in_the_code_reward_mode(tmp_path):
         dumps.append(json.dumps(d, sort_keys=True))
     assert len(set(dumps)) == 1
     assert len({sft_key(ab, v, s) for v in ab.variants}) == 1  # one SFT checkpoint per seed, on code-fn
+    # ... and not the addition demo's: `klear ablate all` once started the code RL runs from the addition
+    # SFT checkpoint (both stages have no overrides; the key left out the recipe), and every run scored 0
+    loss = get_ablation("loss")
+    assert sft_key(ab, ab.variants[0], s) != sft_key(loss, loss.variants[0], s)
+    assert {sft_key(a, a.variants[0], s) for a in map(get_ablation, ("loss", "filter", "rl-vs-sft"))} == {
+        sft_key(loss, loss.variants[0], s)
+    }  # the three ablations on the demo's SFT stage still share it
 
 
 def test_unknown_ablation_lists_the_choices():

@@ -95,6 +95,7 @@ def sft_overrides(ab: Ablation, v: Variant, s: Settings) -> list[str]:
 def sft_key(ab: Ablation, v: Variant, s: Settings) -> str:
     """Variants with the same SFT stage share its checkpoint: a digest of what defines that stage."""
     what = {
+        "recipe": ab.sft_recipe,  # the code task's SFT stage and the demo's have the same overrides (none)
         "overrides": sft_overrides(ab, v, s),
         "data": v.sft_data,
         "evaluated": v.stage == "sft",
