@@ -162,17 +162,22 @@ def test_a_finished_run_is_reused_only_with_the_same_config(tmp_path):
     del saved["trainer"]["max_idle_steps"]  # a key added after the run was made, at its default
     saved["trainer"]["max_idle_steps"] = 0  # (here: the value the ablation sets)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    assert [r["step"] for r in finished_rl_run(cfg, tmp_path)] == [0, last]
+    init = tmp_path / "sft" / "final"
+    assert finished_rl_run(cfg, tmp_path, init) is None  # no record of where it started: run again
+    (tmp_path / "init_model.txt").write_text(f"{(tmp_path / 'other-sft' / 'final').resolve()}\n")
+    assert finished_rl_run(cfg, tmp_path, init) is None  # started from another SFT checkpoint
+    (tmp_path / "init_model.txt").write_text(f"{init.resolve()}\n")
+    assert [r["step"] for r in finished_rl_run(cfg, tmp_path, init)] == [0, last]
     del saved["dynamic_sampling"]["std_eps"]  # missing key: today's default fills it in -> same config
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    assert finished_rl_run(cfg, tmp_path) is not None
+    assert finished_rl_run(cfg, tmp_path, init) is not None
     saved["optim"]["lr"] = 1e-3  # another setting: run again
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    assert finished_rl_run(cfg, tmp_path) is None
+    assert finished_rl_run(cfg, tmp_path, init) is None
     saved["optim"]["lr"] = cfg.optim.lr
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 0, "val/greedy_acc": 0.25}) + "\n")
-    assert finished_rl_run(cfg, tmp_path) is None  # interrupted before its last step
+    assert finished_rl_run(cfg, tmp_path, init) is None  # interrupted before its last step
 
 
 def test_the_matched_batch_is_a_whole_number_of_equal_mini_batches():

@@ -411,28 +411,39 @@ def _run_variant(
     if v.match is not None:
         extra = _match_samples(ab, v, s, done[v.match[0]])
     cfg = rl_config(ab, v, s, run_dir, seed, extra)
-    finished = finished_rl_run(cfg, run_dir)
+    init = sft["dir"] / "final"
+    finished = finished_rl_run(cfg, run_dir, init)
     if finished is not None:  # an earlier, interrupted `klear ablate` with the same settings ran it
         return rl_result(
             v.name, seed, finished, sum(h.get("time/step", 0.0) for h in finished), run_dir, cfg.rollout.n
         )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / INIT_MARKER).write_text(f"{init.resolve()}\n")
     t = time.perf_counter()
-    res = train_rl(cfg, init_model=sft["dir"] / "final", resume=False)
+    res = train_rl(cfg, init_model=init, resume=False)
     secs = time.perf_counter() - t
     return rl_result(v.name, seed, res.history, secs, run_dir, cfg.rollout.n)
 
 
-def finished_rl_run(cfg: RLConfig, run_dir: Path) -> list[dict[str, Any]] | None:
-    """The metrics of a completed RL run in ``run_dir`` whose saved config is ``cfg``, else None.
+#: file in an RL run's directory naming the SFT checkpoint it started from
+INIT_MARKER = "init_model.txt"
+
+
+def finished_rl_run(cfg: RLConfig, run_dir: Path, init: Path) -> list[dict[str, Any]] | None:
+    """The metrics of a completed RL run in ``run_dir`` whose saved config is ``cfg`` and which started
+    from the checkpoint ``init``, else None.
 
     An ablation stopped part-way (Ctrl-C, a deadline) and started again with the same ``--out``
     reuses its finished runs, as it reuses its SFT checkpoints; any difference in the resolved
-    config (another regime, more steps) makes the run count as not done.
+    config (another regime, more steps) or in the starting checkpoint (an SFT stage keyed
+    differently) makes the run count as not done.
     """
     import yaml
 
-    metrics, saved = run_dir / "metrics.jsonl", run_dir / "config.yaml"
-    if not (metrics.is_file() and saved.is_file()):
+    metrics, saved, marker = run_dir / "metrics.jsonl", run_dir / "config.yaml", run_dir / INIT_MARKER
+    if not (metrics.is_file() and saved.is_file() and marker.is_file()):
+        return None
+    if marker.read_text().strip() != str(init.resolve()):
         return None
     try:  # through today's config model: a key added since (with its default) is no difference
         before = type(cfg).model_validate(yaml.safe_load(saved.read_text())).model_dump(mode="json")
