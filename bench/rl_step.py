@@ -72,9 +72,9 @@ def data_section(n_train: int) -> dict[str, Any]:
 
 
 def train_rows(n_train: int) -> list[dict[str, Any]]:
-    """The very rows our trainer draws its prompts from (``klear.train.rl.rl_rows`` with the same config)."""
+    """The very rows our trainer draws its prompts from (``klear.train.rl_data.rl_rows`` with the same config)."""
     from klear.config import DataConfig
-    from klear.train.rl import rl_rows
+    from klear.train.rl_data import rl_rows
 
     return rl_rows(DataConfig(**data_section(n_train)), "train")
 

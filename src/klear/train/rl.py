@@ -39,35 +39,17 @@ import numpy as np
 import torch
 
 from klear.algo.advantages import compute_advantages
-from klear.config import ConfigError, DataConfig, RLConfig, save_config
-from klear.data.prompts import PromptStats, fit_prompts
+from klear.config import RLConfig, save_config
 from klear.errors import KlearError
-from klear.rewards.think import judged_texts, think_prefix
+from klear.rewards.think import think_prefix
 from klear.train.checkpoint import latest_checkpoint, set_rng_state
-from klear.train.learner import LocalLearner, Sample
+from klear.train.learner import LocalLearner
 from klear.train.metrics import MetricsLogger, plot_curves
+from klear.train.rl_data import fit_rows, located_rows
+from klear.train.rl_report import CURVE_KEYS, no_signal_message, print_step, step_metrics, validate
 from klear.train.rollouts import AsyncRollouts, Batch, PromptStream, SyncRollouts, collect_batch, valid
 
 log = logging.getLogger("klear.rl")
-
-#: the phases of a step timed in ``time/*`` (gen and reward run on the producer thread when async;
-#: wait is the learner waiting for its batch then)
-PHASES = ("gen", "reward", "old_logprob", "update", "sync", "wait")
-
-CURVE_KEYS: list[str | tuple[str, list[str]]] = [
-    "reward/mean",
-    "reward/accuracy",
-    "val/greedy_acc",
-    "val/greedy_pass_rate",
-    "response/length_mean",
-    "actor/entropy",
-    "actor/grad_norm",
-    "actor/clip_frac_high",
-    "actor/clip_frac_low",
-    "actor/approx_kl",
-    "batch/kept_groups",
-    ("perf: seconds per step", ["time/step", *(f"time/{p}" for p in PHASES)]),
-]
 
 
 class NoSignalError(KlearError, RuntimeError):
@@ -144,7 +126,7 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
             out, cfg.logging, cfg.model_dump(mode="json"), resume_step=start_step if ckpt else None
         )
         if start_step == 0 and cfg.validation.every > 0 and val_rows:
-            val = _validate(sampler, pool, val_rows, cfg, sampling, prefix)
+            val = validate(sampler, pool, val_rows, cfg, sampling, prefix)
             logger.log(0, val)
             history.append({"step": 0, **val})
 
@@ -202,7 +184,7 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
             timing["sync"] = time.perf_counter() - t0
 
             # 6. Metrics.
-            metrics = _step_metrics(generated, samples, kept, gen_batches, update, timing, reward_metrics)
+            metrics = step_metrics(generated, samples, kept, gen_batches, update, timing, reward_metrics)
             metrics.update(info)
             metrics["batch/masked_samples"] = float(masked)
             metrics.update(prompt_stats.metrics())
@@ -219,11 +201,11 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
             # 7. Validation (a barrier when async: nothing is sampled past it, the sampler holds these weights).
             if _validates(cfg, val_rows, step):
                 t0 = time.perf_counter()
-                metrics.update(_validate(sampler, pool, val_rows, cfg, sampling, prefix))
+                metrics.update(validate(sampler, pool, val_rows, cfg, sampling, prefix))
                 metrics["time/val"] = time.perf_counter() - t0
             logger.log(step, metrics)
             history.append({"step": step, **metrics})
-            _print_step(step, cfg.trainer.total_steps, metrics, cfg.logging.progress)
+            print_step(step, cfg.trainer.total_steps, metrics, cfg.logging.progress)
             idle_steps = 0 if signal else idle_steps + 1
             if cfg.trainer.max_idle_steps and idle_steps >= cfg.trainer.max_idle_steps:
                 raise NoSignalError(no_signal_message(idle_steps, generated, prefix, cfg))
@@ -252,69 +234,10 @@ def train_rl(cfg: RLConfig, *, init_model: str | Path | None = None, resume: boo
 # --- the pieces of the loop ------------------------------------------------------------------
 
 
-def rl_rows(cfg: DataConfig, split: str) -> list[dict[str, Any]]:
-    """RL prompt rows: the built-in task's ``train``/``test`` split, or ``train_files``/``val_files``."""
-    return located_rows(cfg, split)[0]
-
-
-def located_rows(cfg: DataConfig, split: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """RL prompt rows and where each came from (``FILE: line N``; ``task NAME SPLIT row N``)."""
-    if cfg.task:
-        from klear.tasks import task_rows
-
-        rows = task_rows(cfg.task, split, cfg.train_size if split == "train" else cfg.val_size, cfg.task_seed)
-        return rows, [f"task {cfg.task} {split} row {i + 1}" for i in range(len(rows))]
-    files = cfg.train_files if split == "train" else cfg.val_files
-    if split == "train" and not files:
-        raise ConfigError("data: set data.task (a built-in task) or data.train_files")
-    from klear.data.schema import DataError, iter_rows
-
-    rows, where = [], []
-    for f in files:
-        found = 0
-        for loc, row in iter_rows(f, "rl"):
-            rows.append(row.to_dict())
-            where.append(f"{f}: {loc}")
-            found += 1
-        if not found:
-            raise DataError(f"{f}: no rows")
-    return rows, where
-
-
-def fit_rows(
-    located: tuple[list[dict[str, Any]], list[str]], cfg: DataConfig, tokenizer: Any
-) -> tuple[list[dict[str, Any]], PromptStats]:
-    """:func:`located_rows`' rows with ``data.max_prompt_length`` applied per ``data.truncation``."""
-    rows, where = located
-    return fit_prompts(rows, tokenizer, cfg.max_prompt_length, cfg.truncation, where)
-
-
 def _tokenizer(model_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir)
-
-
-def no_signal_message(idle: int, generated: list[Sample], prefix: str, cfg: RLConfig) -> str:
-    """Why a run has nothing to learn from, with this step's figures behind each likely cause."""
-    n = max(len(generated), 1)
-    fmt = sum("format" in s.result.flags for s in generated) / n
-    acc = sum(s.result.correct for s in generated) / n
-    mean = sum(s.reward for s in generated) / n
-    cut = sum(s.rollout.truncated for s in generated) / n
-    m = cfg.reward.math
-    return (
-        f"no group had signal for {idle} consecutive steps (trainer.max_idle_steps = "
-        f"{cfg.trainer.max_idle_steps}): every response of every group scored the same "
-        f"(last step: mean reward {mean:+.3f}, accuracy {acc:.3f}). Likely causes: "
-        f"(1) a format penalty -- {fmt:.0%} of the responses were flagged 'format' "
-        f"(reward.math.no_think_start_score = {m.no_think_start_score}, no_think_end_score = "
-        f"{m.no_think_end_score}; think prefix from the chat template: {prefix!r}; "
-        f"{cut:.0%} were cut at rollout.max_new_tokens before closing </think>); "
-        "(2) the reward function -- it gives every response the same score (check reward.custom and "
-        "the rows' data_source/ability); (3) the data -- prompts all too hard (accuracy 0) or all too "
-        "easy (accuracy 1) for this model, or a wrong ground truth. Set trainer.max_idle_steps = 0 to go on"
-    )
 
 
 def _engines(cfg: RLConfig, model_dir: Path) -> tuple[Any, Any, Any]:
@@ -406,96 +329,3 @@ def reuse_rollout_logprobs(cfg: RLConfig, device: torch.device) -> bool:
     r = cfg.rollout
     untruncated = r.top_p == 1.0 and r.top_k <= 0 and r.temperature > 0
     return r.backend == "hf" and untruncated and precision(cfg.model, device)[1] is None
-
-
-def _step_metrics(generated, samples, kept, gen_batches, update, timing, reward_metrics) -> dict[str, float]:
-    results = [s.result for s in generated]
-    base = reward_metrics(results)
-    lengths = [len(s.rollout.response_ids) for s in generated]
-    metrics: dict[str, float] = {
-        "reward/mean": float(np.mean([s.reward for s in generated])) if generated else 0.0,
-        "reward/accuracy": base["accuracy"],
-        "reward/kept_mean": float(np.mean([s.reward for s in samples])) if samples else 0.0,
-        "response/length_mean": float(np.mean(lengths)) if lengths else 0.0,
-        "response/length_max": float(max(lengths)) if lengths else 0.0,
-        "response/truncated_frac": float(np.mean([s.rollout.truncated for s in generated]))
-        if generated
-        else 0.0,
-        "batch/kept_groups": float(len(kept)),
-        "batch/generated_groups": float(len({s.rollout.group for s in generated})),
-        "batch/gen_batches": float(gen_batches),
-        "batch/kept_samples": float(len(samples)),
-        "reward/infra_failures": float(sum(r.infra for r in results)),
-    }
-    metrics["batch/filtered_groups"] = metrics["batch/generated_groups"] - metrics["batch/kept_groups"]
-    for k, v in base.items():
-        if k.startswith("flag/"):
-            metrics[f"reward/{k}"] = v
-    metrics.update(update)
-    metrics.update({f"time/{k}": v for k, v in timing.items()})
-    return metrics
-
-
-def _validate(sampler, pool, val_rows, cfg: RLConfig, sampling, prefix: str = "") -> dict[str, float]:
-    """Greedy accuracy and avg@n (temperature/top_p from ``validation``) on the held-out prompts;
-    on code rows also the greedy mean test pass rate."""
-    prompts = [r["prompt"] for r in val_rows]
-    max_new = cfg.validation.max_new_tokens or cfg.rollout.max_new_tokens
-    with torch.no_grad():
-        greedy = sampler.generate(prompts, sampling.replace(n=1, temperature=0.0, max_new_tokens=max_new))
-    res = pool.score(val_rows, judged_texts(prefix, [g.text for g in greedy]))
-    out = {
-        "val/greedy_acc": float(np.mean([r.correct for r in res])),
-        "val/greedy_len": float(np.mean([len(g.response_ids) for g in greedy])),
-    }
-    if any(r.total is not None for r in res):  # code (math has no tests): mean fraction of tests passed,
-        # whatever reward.code.mode is; a response with no program to run passed none
-        out["val/greedy_pass_rate"] = float(np.mean([r.passed / r.total if r.total else 0.0 for r in res]))
-    k = cfg.validation.n
-    if k > 1:
-        v = cfg.validation
-        with torch.no_grad():
-            samp = sampler.generate(
-                prompts,
-                sampling.replace(n=k, temperature=v.temperature, top_p=v.top_p, max_new_tokens=max_new),
-            )
-        res = pool.score(
-            [val_rows[i // k] for i in range(len(samp))], judged_texts(prefix, [s.text for s in samp])
-        )
-        out[f"val/avg@{k}"] = float(np.mean([r.correct for r in res]))
-    return out
-
-
-_SHORT_PHASES = (
-    ("gen", "gen"),
-    ("rew", "reward"),
-    ("old", "old_logprob"),
-    ("upd", "update"),
-    ("sync", "sync"),
-    ("wait", "wait"),
-)
-
-
-def _print_step(step: int, total: int, m: dict[str, float], enabled: bool) -> None:
-    if not enabled:
-        return
-    from rich.console import Console
-
-    parts = [
-        f"[bold]rl step {step}/{total}[/]",
-        f"reward {m['reward/mean']:+.3f}",
-        f"acc {m['reward/accuracy']:.3f}",
-        f"len {m['response/length_mean']:.0f}",
-        f"kept {int(m['batch/kept_groups'])}/{int(m['batch/generated_groups'])}",
-        f"clip+ {m.get('actor/clip_frac_high', 0):.3f}",
-        f"kl {m.get('actor/approx_kl', 0):+.4f}",
-        f"{m['time/step']:.1f}s",
-        "(" + " ".join(f"{short} {m.get(f'time/{p}', 0.0):.2f}" for short, p in _SHORT_PHASES) + ")",
-    ]
-    if "async/staleness" in m:
-        parts.append(f"stale {int(m['async/staleness'])}")
-    if "val/greedy_acc" in m:
-        parts.append(f"[green]val {m['val/greedy_acc']:.3f}[/]")
-    if "val/greedy_pass_rate" in m:
-        parts.append(f"[green]pass {m['val/greedy_pass_rate']:.3f}[/]")
-    Console(stderr=True, width=240).print("  ".join(parts), highlight=False, soft_wrap=True)
