@@ -70,3 +70,30 @@ def test_markdown_json_and_plot(tmp_path):
     write_report(s, tmp_path)
     assert json.loads((tmp_path / "ablation.json").read_text())["claims"][0]["verdict"] == "reproduced"
     assert (tmp_path / "ablation.png").stat().st_size > 5000
+
+
+def test_run_line_reports_short_batches_only_when_short():
+    from klear.ablate.runner import run_line
+
+    res = _run("gppo", 3, 0.5, 0.25, clip=(0.01, 0.0275))
+    res.extra = {"kept_groups_mean": 2.5, "groups_per_step": 16}
+    assert run_line(res) == (
+        "gppo, seed 3: accuracy 25.0% (-25.0 over its start), clip 3.75%, kept 2.5/16 groups a step in 30 s"
+    )
+    res.extra["kept_groups_mean"] = 16.0
+    assert "kept" not in run_line(res)
+    sft = RunResult("top-1 source", 0, 0.4, None, [(100.0, 0.4)], 12.0, "x")
+    assert run_line(sft) == "top-1 source, seed 0: accuracy 40.0% in 12 s"
+
+
+def test_short_batch_warnings_quiet_inside_an_ablation_only():
+    import logging
+
+    from klear.ablate.runner import quiet_short_batches
+    from klear.train.rollouts import short_batch_log
+
+    assert short_batch_log.isEnabledFor(logging.WARNING)
+    with quiet_short_batches():
+        assert not short_batch_log.isEnabledFor(logging.WARNING)
+        assert logging.getLogger("klear.rl").isEnabledFor(logging.WARNING)  # other warnings still show
+    assert short_batch_log.isEnabledFor(logging.WARNING)

@@ -10,11 +10,13 @@ Each run's own outputs (config.yaml, metrics.jsonl, curves.png) stay under ``OUT
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -296,12 +298,7 @@ def run_ablation(ab: Ablation, s: Settings) -> dict[str, Any]:
         results.append(res)
         done = len(results)
         eta = (time.perf_counter() - t0) / done * (n_runs - done)
-        clip = "" if res.clip_high is None else f", clip {100 * (res.clip_high + res.clip_low):.2f}%"
-        gain = "" if res.gain is None else f" ({100 * res.gain:+.1f} over its start)"
-        s.say(
-            f"[{done}/{n_runs}] {res.variant}, seed {res.seed}: accuracy {100 * res.final:.1f}%{gain}{clip} "
-            f"in {res.seconds:.0f} s; ETA {_mmss(eta)}"
-        )
+        s.say(f"[{done}/{n_runs}] {run_line(res)}; ETA {_mmss(eta)}")
 
     seeds = [s.base_seed + k for k in range(s.seeds)]
     if s.jobs <= 1:
@@ -315,14 +312,38 @@ def run_ablation(ab: Ablation, s: Settings) -> dict[str, Any]:
     return summary
 
 
+def run_line(res: RunResult) -> str:
+    """A finished run in one line: accuracy, gain, clipped fraction, groups kept per step when short, time."""
+    gain = "" if res.gain is None else f" ({100 * res.gain:+.1f} over its start)"
+    clip = "" if res.clip_high is None else f", clip {100 * (res.clip_high + res.clip_low):.2f}%"
+    kept, per_step = res.extra.get("kept_groups_mean"), res.extra.get("groups_per_step")
+    short = f", kept {kept:.1f}/{per_step} groups a step" if kept is not None and kept < per_step else ""
+    return f"{res.variant}, seed {res.seed}: accuracy {100 * res.final:.1f}%{gain}{clip}{short} in {res.seconds:.0f} s"
+
+
 def run_seed(ab: Ablation, s: Settings, seed: int, report: Callable[[RunResult], None]) -> list[RunResult]:
     """Every variant of ``ab`` on one seed, in registry order (a matched variant after its reference)."""
     cache = s.sft_cache or (s.out / "sft")
     by_name: dict[str, RunResult] = {}
-    for v in ab.variants:
-        by_name[v.name] = _run_variant(ab, v, s, seed, cache, by_name)
-        report(by_name[v.name])
+    with quiet_short_batches():
+        for v in ab.variants:
+            by_name[v.name] = _run_variant(ab, v, s, seed, cache, by_name)
+            report(by_name[v.name])
     return list(by_name.values())
+
+
+@contextlib.contextmanager
+def quiet_short_batches() -> Iterator[None]:
+    """Without the RL trainer's per-step "only m/n groups with signal" warnings (a collapsing run prints
+    one per step, from every worker at once); each run's line reports the mean kept per step instead."""
+    from klear.train.rollouts import short_batch_log
+
+    level = short_batch_log.level
+    short_batch_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        short_batch_log.setLevel(level)
 
 
 def _seed_worker(ab: Ablation, s: Settings, seed: int, queue: Any) -> None:
@@ -414,15 +435,13 @@ def _run_variant(
     init = sft["dir"] / "final"
     finished = finished_rl_run(cfg, run_dir, init)
     if finished is not None:  # an earlier, interrupted `klear ablate` with the same settings ran it
-        return rl_result(
-            v.name, seed, finished, sum(h.get("time/step", 0.0) for h in finished), run_dir, cfg.rollout.n
-        )
+        return rl_result(v.name, seed, finished, sum(h.get("time/step", 0.0) for h in finished), run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / INIT_MARKER).write_text(f"{init.resolve()}\n")
     t = time.perf_counter()
     res = train_rl(cfg, init_model=init, resume=False)
     secs = time.perf_counter() - t
-    return rl_result(v.name, seed, res.history, secs, run_dir, cfg.rollout.n)
+    return rl_result(v.name, seed, res.history, secs, run_dir, cfg)
 
 
 #: file in an RL run's directory naming the SFT checkpoint it started from
@@ -459,7 +478,7 @@ def finished_rl_run(cfg: RLConfig, run_dir: Path, init: Path) -> list[dict[str, 
 
 
 def rl_result(
-    name: str, seed: int, history: list[dict[str, Any]], secs: float, out: Path, n: int
+    name: str, seed: int, history: list[dict[str, Any]], secs: float, out: Path, cfg: RLConfig
 ) -> RunResult:
     vals = [(float(h["step"]), float(h["val/greedy_acc"])) for h in history if "val/greedy_acc" in h]
     steps = [h for h in history if "actor/clip_frac_high" in h]
@@ -475,10 +494,11 @@ def rl_result(
         out_dir=str(out),
         clip_high=mean("actor/clip_frac_high"),
         clip_low=mean("actor/clip_frac_low"),
-        generated_samples=int(sum(h["batch/generated_groups"] for h in train) * n),
+        generated_samples=int(sum(h["batch/generated_groups"] for h in train) * cfg.rollout.n),
         extra={
             "steps": len(train),
             "kept_groups_mean": sum(h["batch/kept_groups"] for h in train) / max(len(train), 1),
+            "groups_per_step": cfg.trainer.train_batch_size,
             "rl_seconds_no_val": sum(h.get("time/step", 0.0) - h.get("time/val", 0.0) for h in train),
         },
     )

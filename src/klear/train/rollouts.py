@@ -46,6 +46,9 @@ from klear.rewards.think import judged_texts
 from klear.train.learner import Sample
 
 log = logging.getLogger("klear.rl")
+#: "step k: only m/n groups with signal": its own logger, so that ``klear ablate`` can quiet it (its run
+#: lines give the mean number of groups kept per step instead)
+short_batch_log = logging.getLogger("klear.rl.short_batch")
 
 #: stale batches dropped in a row before the run stops (a sampler that never gets new weights)
 MAX_DROPPED_IN_A_ROW = 3
@@ -164,7 +167,7 @@ def collect_batch(
         kept.extend(mixed_groups(batch, n, cfg) if cfg.dynamic_sampling.enable else groups_of(batch, n))
         limit = cfg.dynamic_sampling.max_num_gen_batches
         if limit and gen_batches >= limit and len(kept) < groups_per_step:
-            log.warning(
+            short_batch_log.warning(
                 "step %d: only %d/%d groups with signal after %d generation batches",
                 step,
                 len(kept),
