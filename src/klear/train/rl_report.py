@@ -92,8 +92,10 @@ def validate(sampler, pool, val_rows, cfg: RLConfig, sampling, prefix: str = "")
         "val/greedy_acc": float(np.mean([r.correct for r in res])),
         "val/greedy_len": float(np.mean([len(g.response_ids) for g in greedy])),
     }
-    if any(r.total is not None for r in res):  # code (math has no tests): mean fraction of tests passed,
-        # whatever reward.code.mode is; a response with no program to run passed none
+    # code (math has no tests): the mean fraction of tests passed; a response with no program to run
+    # passed none. Not with reward.code.mode = hard: it stops at a program's first failed test, so its
+    # `passed` counts the tests before that one, not those the program passes.
+    if any(r.total is not None for r in res) and cfg.reward.code.mode == "soft":
         out["val/greedy_pass_rate"] = float(np.mean([r.passed / r.total if r.total else 0.0 for r in res]))
     k = cfg.validation.n
     if k > 1:
