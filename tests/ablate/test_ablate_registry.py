@@ -31,6 +31,29 @@ def test_every_shipped_ablation_validates_and_has_five_seeds(tmp_path):
         assert estimate(ab, s)["total"] > 0
 
 
+#: Minutes each ablation took in `klear ablate all` at the defaults (6 seeds, --jobs 2), one idle
+#: invocation on the 2-core machine, 2026-12-03 15:40-16:34 (docs/ablations.md): 53.8 min in all.
+RECORDED_MINUTES = {
+    "loss": 7.3,
+    "filter": 4.3,
+    "rl-vs-sft": 5.4,
+    "sft-sources": 6.9,
+    "sft-correctness": 9.0,
+    "reward": 20.8,
+}
+
+
+def test_estimates_match_the_recorded_run(tmp_path):
+    """The printed estimate is the measured cost: resize an ablation, and re-record its time."""
+    est = {
+        ab.name: estimate(ab, Settings(out=tmp_path / ab.name, seeds=ab.seeds, jobs=2))["total"] / 60
+        for ab in all_ablations()
+    }
+    for name, minutes in RECORDED_MINUTES.items():
+        assert est[name] == pytest.approx(minutes, rel=0.2), name
+    assert sum(est[n] for n in RECORDED_MINUTES) == pytest.approx(sum(RECORDED_MINUTES.values()), rel=0.05)
+
+
 def test_loss_variants_differ_only_in_the_loss(tmp_path):
     ab = get_ablation("loss")
     s = Settings(out=tmp_path, seeds=5)

@@ -24,13 +24,19 @@ from typing import Any
 from klear.ablate.registry import Ablation, AblationError, Variant
 from klear.config import RLConfig, SFTConfig, load_config
 
-#: Seconds per unit of work on 2 idle cores (1 torch thread), measured on the demo (see estimate()).
+#: Seconds per unit of work on 2 idle cores with ``--jobs 2`` (1 torch thread per job), measured on the
+#: demo recipes (see estimate()). ``klear ablate all`` at the defaults, 2026-12-03 15:40-16:34, took
+#: 53.8 min against 53.7 estimated with these figures (per ablation within 18%: tests/ablate).
 COST = {
-    "sft_token": 6.5e-5,  # one SFT training token (forward + backward)
+    "sft_token": 5.36e-5,  # one SFT training token (forward + backward) ...
+    "sft_token_per_length": 1.19e-7,  # ... plus this per position of trainer.max_length (attention, padding)
     "gen_token": 8.0e-5,  # one generated token of one sequence, batched sampling
     "update_token": 7.0e-5,  # one response token through the RL update (per PPO epoch)
     "run_overhead": 4.0,  # model load, reward pool start, checkpoint, plot
-    "code_test": 2.5e-3,  # one hidden test of a code task in the sandbox (fork server, 2 reward workers)
+    # one hidden test of a code task in the sandbox (fork server, 2 reward workers per job, the other
+    # job's on the same 2 cores). Fitted to the reward ablation's runs (soft 173 s, hard 131 s mean),
+    # so it also carries the code runs' slower generation and update (~220-token sequences, addition ~90)
+    "code_test": 5.4e-3,
 }
 #: Distinct responses per group on the built-in code task, as a fraction of n: the reward pool runs
 #: a repeated response once (klear.rewards.pool_inline); 4.75 of 8 measured on its SFT model at 0.6.
@@ -240,7 +246,7 @@ def _sft_seconds(cfg: SFTConfig) -> float:
     val = cfg.data.val_size or 128
     return (
         COST["run_overhead"]
-        + steps * t.batch_tokens * COST["sft_token"]
+        + steps * t.batch_tokens * (COST["sft_token"] + t.max_length * COST["sft_token_per_length"])
         + evals * val * t.eval_max_new_tokens * COST["gen_token"] / 4
     )
 
