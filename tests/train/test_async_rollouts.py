@@ -235,8 +235,9 @@ def test_sampler_processes_is_for_one_machine():
 
 
 @pytest.mark.slow
-def test_async_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_run(tmp_path):
-    trainer = {"total_steps": 4, "save_every": 2, "async_rollouts": 1}
+@pytest.mark.parametrize("processes", [1, 2])
+def test_async_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_run(tmp_path, processes):
+    trainer = {"total_steps": 4, "save_every": 2, "async_rollouts": 1, "sampler_processes": processes}
     train_rl(build_config(RLConfig, rl_config(tmp_path / "a", trainer=trainer)))
     uninterrupted = read_metrics(tmp_path / "a" / "metrics.jsonl")
     # the overlap happened: steps 2 and 4 trained on batches sampled one update behind
