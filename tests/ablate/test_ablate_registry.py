@@ -32,7 +32,7 @@ def test_every_shipped_ablation_validates_and_has_five_seeds(tmp_path):
 
 
 #: Minutes each ablation took in `klear ablate all` at the defaults (6 seeds, --jobs 2), one idle
-#: invocation on the 2-core machine, 2026-12-03 15:40-16:34 (docs/ablations.md): 53.8 min in all.
+#: invocation on the 2-core machine, 2026-12-03 15:14-16:08 (docs/ablations.md): 53.8 min in all.
 RECORDED_MINUTES = {
     "loss": 7.3,
     "filter": 4.3,

@@ -25,7 +25,7 @@ from klear.ablate.registry import Ablation, AblationError, Variant
 from klear.config import RLConfig, SFTConfig, load_config
 
 #: Seconds per unit of work on 2 idle cores with ``--jobs 2`` (1 torch thread per job), measured on the
-#: demo recipes (see estimate()). ``klear ablate all`` at the defaults, 2026-12-03 15:40-16:34, took
+#: demo recipes (see estimate()). ``klear ablate all`` at the defaults, 2026-12-03 15:14-16:08, took
 #: 53.8 min against 53.7 estimated with these figures (per ablation within 18%: tests/ablate).
 COST = {
     "sft_token": 5.36e-5,  # one SFT training token (forward + backward) ...
