@@ -118,3 +118,47 @@ def test_two_seed_smoke_run_of_rl_vs_sft(tmp_path):
         assert r["start"] == rl_runs[r["seed"]]["start"]
         cfg = (out / "runs" / "sft-continued" / f"seed{r['seed']}" / "config.yaml").read_text()
         assert f"max_steps: {r['extra']['sft_steps']}" in cfg and "seed{}".format(r["seed"]) in cfg
+
+
+def test_sft_stage_lock_makes_a_second_worker_wait(tmp_path):
+    import threading
+    import time
+
+    from klear.ablate.runner import _locked
+
+    order = []
+    lock = tmp_path / "seed0.lock"
+
+    def second():
+        with _locked(lock):
+            order.append("second")
+
+    with _locked(lock):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        order.append("first done")
+    t.join(timeout=10)
+    assert order == ["first done", "second"]
+
+
+@pytest.mark.slow
+def test_two_ablations_share_one_queue_and_their_sft_stages(tmp_path, capsys):
+    import argparse
+
+    from klear.ablate import get_ablation
+    from klear.cli.ablate import run_all
+
+    root = tmp_path / "two"
+    args = argparse.Namespace(seeds=2, seed=0, sft=SFT, rl=[*RL, "trainer.total_steps=1"], jobs=2)
+    summaries = run_all([get_ablation("filter"), get_ablation("rl-vs-sft")], root, args)
+    assert [len(s["runs"]) for s in summaries] == [4, 4]
+    for name in ("filter", "rl-vs-sft"):
+        assert (root / name / "ablation.md").is_file() and (root / name / "ablation.png").is_file()
+    # both start RL from the demo SFT stage: trained once per seed, under the shared cache
+    assert len(list((root / "sft").glob("*/seed*/final"))) == 2
+    starts = {(r["variant"], r["seed"]): r["start"] for s in summaries for r in s["runs"]}
+    for seed in (0, 1):
+        assert starts[("dynamic sampling on", seed)] == starts[("rl (gppo)", seed)]
+    out = capsys.readouterr().out
+    assert "filter: filtering beats no filtering:" in out and "rl-vs-sft: RL beats more SFT" in out

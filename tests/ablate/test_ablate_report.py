@@ -73,7 +73,7 @@ def test_markdown_json_and_plot(tmp_path):
 
 
 def test_run_line_reports_short_batches_only_when_short():
-    from klear.ablate.runner import run_line
+    from klear.ablate.schedule import run_line
 
     res = _run("gppo", 3, 0.5, 0.25, clip=(0.01, 0.0275))
     res.extra = {"kept_groups_mean": 2.5, "groups_per_step": 16}

@@ -1,11 +1,11 @@
-"""Running an ablation: shared SFT checkpoints, paired seeds, matched budgets, a printed estimate.
+"""One ablation's runs: configs, shared SFT checkpoints, paired seeds, matched budgets, an estimate.
 
-``run_ablation`` validates every config of every run first (nothing trains when one is bad),
-prints the plan with a time estimate, then runs seed by seed -- for seed k: the SFT stages the
-variants need (one per distinct SFT setting, reused from ``sft_cache`` when already there), then
-each variant in registry order (a variant that matches another's budget runs after it) -- and
-finally computes the statistics and writes the report (:mod:`klear.ablate.report`).
-Each run's own outputs (config.yaml, metrics.jsonl, curves.png) stay under ``OUT/runs/``.
+For seed k, :func:`run_seed` trains the SFT stages the variants need (one per distinct SFT
+setting, reused from ``sft_cache`` when already there; a lock makes two workers needing the same
+stage train it once), then each variant in registry order (a variant that matches another's budget
+runs after it). :mod:`klear.ablate.schedule` runs the seeds of one or several ablations on worker
+processes and :mod:`klear.ablate.report` writes the statistics. Each run's own outputs
+(config.yaml, metrics.jsonl, curves.png) stay under ``OUT/runs/``.
 """
 
 from __future__ import annotations
@@ -283,61 +283,6 @@ def _code_tests(cfg: RLConfig) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_ablation(ab: Ablation, s: Settings) -> dict[str, Any]:
-    """Every variant on every seed, then statistics and the report; returns the report's data."""
-    from klear.ablate.report import summarise, write_report
-    from klear.preflight import check_out_dir
-
-    check_out_dir(s.out, "--out")
-    validate(ab, s)
-    est = estimate(ab, s)
-    n_runs = s.seeds * len(ab.variants)
-    s.say(
-        f"{ab.name}: {len(ab.variants)} variants x {s.seeds} seeds = {n_runs} runs (+ shared SFT stages); "
-        f"estimated {_mmss(est['total'])} on 2 idle cores with --jobs {s.jobs}"
-    )
-    s.out.mkdir(parents=True, exist_ok=True)
-    results: list[RunResult] = []
-    t0 = time.perf_counter()
-
-    def report(res: RunResult) -> None:
-        results.append(res)
-        done = len(results)
-        eta = (time.perf_counter() - t0) / done * (n_runs - done)
-        s.say(f"[{done}/{n_runs}] {run_line(res)}; ETA {_mmss(eta)}")
-
-    seeds = [s.base_seed + k for k in range(s.seeds)]
-    if s.jobs <= 1:
-        for seed in seeds:
-            run_seed(ab, s, seed, report)
-    else:
-        _run_parallel(ab, s, seeds, report)
-    results.sort(key=lambda r: (r.seed, [v.name for v in ab.variants].index(r.variant)))
-    summary = summarise(ab, results, s, seconds=time.perf_counter() - t0, estimate=est)
-    write_report(summary, s.out)
-    return summary
-
-
-def run_line(res: RunResult) -> str:
-    """A finished run in one line: accuracy, gain, clipped fraction, groups kept per step when short, time."""
-    gain = "" if res.gain is None else f" ({100 * res.gain:+.1f} over its start)"
-    clip = "" if res.clip_high is None else f", clip {100 * (res.clip_high + res.clip_low):.2f}%"
-    kept, per_step = res.extra.get("kept_groups_mean"), res.extra.get("groups_per_step")
-    short = f", kept {kept:.1f}/{per_step} groups a step" if kept is not None and kept < per_step else ""
-    return f"{res.variant}, seed {res.seed}: accuracy {100 * res.final:.1f}%{gain}{clip}{short} in {res.seconds:.0f} s"
-
-
-def run_seed(ab: Ablation, s: Settings, seed: int, report: Callable[[RunResult], None]) -> list[RunResult]:
-    """Every variant of ``ab`` on one seed, in registry order (a matched variant after its reference)."""
-    cache = s.sft_cache or (s.out / "sft")
-    by_name: dict[str, RunResult] = {}
-    with quiet_short_batches():
-        for v in ab.variants:
-            by_name[v.name] = _run_variant(ab, v, s, seed, cache, by_name)
-            report(by_name[v.name])
-    return list(by_name.values())
-
-
 @contextlib.contextmanager
 def quiet_short_batches() -> Iterator[None]:
     """Without the RL trainer's per-step "only m/n groups with signal" warnings (a collapsing run prints
@@ -352,73 +297,15 @@ def quiet_short_batches() -> Iterator[None]:
         short_batch_log.setLevel(level)
 
 
-def _seed_worker(ab: Ablation, s: Settings, seed: int, queue: Any) -> None:
-    """One seed in a worker process: each finished run goes to ``queue`` at once, then "done" (or "error")."""
-    import signal
-
-    signal.signal(signal.SIGTERM, _raise_terminated)  # so train_rl's finally blocks close the reward pool
-    try:
-        run_seed(ab, s, seed, lambda r: queue.put(("run", seed, asdict(r))))
-        queue.put(("done", seed, None))
-    except BaseException as exc:
-        from klear.errors import KlearError, Terminated
-
-        if isinstance(exc, Terminated | KeyboardInterrupt):  # the parent stops us: no traceback
-            raise SystemExit(143 if isinstance(exc, Terminated) else 130) from None
-        queue.put(("error", seed, (isinstance(exc, KlearError), f"{type(exc).__name__}: {exc}")))
-        raise
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    from klear.errors import Terminated
-
-    raise Terminated()
-
-
-def _run_parallel(ab: Ablation, s: Settings, seeds: list[int], report: Callable[[RunResult], None]) -> None:
-    """Seeds in up to ``s.jobs`` worker processes at a time (spawned: never fork a process that holds
-    torch). An error in one stops the others; so does Ctrl-C or SIGTERM of this process."""
-    import dataclasses
-    import multiprocessing as mp
-    import queue as queue_mod
-
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    plain = dataclasses.replace(s, say=print)
-    todo, running = list(seeds), {}
-    try:
-        while todo or running:
-            while todo and len(running) < s.jobs:
-                seed = todo.pop(0)
-                running[seed] = ctx.Process(
-                    target=_seed_worker, args=(ab, plain, seed, q), name=f"ablate-seed{seed}"
-                )
-                running[seed].start()
-            try:
-                kind, seed, payload = q.get(timeout=2.0)
-            except queue_mod.Empty:
-                dead = [k for k, p in running.items() if not p.is_alive() and p.exitcode not in (0, None)]
-                if dead:
-                    code = running[dead[0]].exitcode
-                    raise AblationError(f"the worker of seed {dead[0]} died (exit code {code})") from None
-                continue
-            if kind == "run":
-                report(RunResult(**payload))
-            elif kind == "done":
-                running.pop(seed).join()
-            else:
-                known, msg = payload
-                if known:
-                    raise AblationError(f"seed {seed}: {msg}")
-                raise RuntimeError(f"seed {seed}: {msg}")
-    finally:
-        for p in running.values():
-            if p.is_alive():
-                p.terminate()
-        for p in running.values():
-            p.join(timeout=60)
-            if p.is_alive():
-                p.kill()
+def run_seed(ab: Ablation, s: Settings, seed: int, report: Callable[[RunResult], None]) -> list[RunResult]:
+    """Every variant of ``ab`` on one seed, in registry order (a matched variant after its reference)."""
+    cache = s.sft_cache or (s.out / "sft")
+    by_name: dict[str, RunResult] = {}
+    with quiet_short_batches():
+        for v in ab.variants:
+            by_name[v.name] = _run_variant(ab, v, s, seed, cache, by_name)
+            report(by_name[v.name])
+    return list(by_name.values())
 
 
 def _run_variant(
@@ -517,22 +404,37 @@ def _sft_stage(
     from klear.train.sft import run_sft
 
     where = cache / sft_key(ab, v, s) / f"seed{seed}"
-    summary = where / "summary.json"
-    if summary.is_file() and (where / "final" / "config.json").is_file():
-        data = json.loads(summary.read_text())
-        return {"dir": where, "seconds": data["seconds"], "steps": data["steps"], "reused": True}
-    data_ov: list[str] = []
-    if v.sft_data is not None:
-        from klear.ablate.sft_data import SFT_DATA
+    where.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(where.parent / f"seed{seed}.lock"):  # another worker may be training this very stage
+        summary = where / "summary.json"
+        if summary.is_file() and (where / "final" / "config.json").is_file():
+            data = json.loads(summary.read_text())
+            return {"dir": where, "seconds": data["seconds"], "steps": data["steps"], "reused": True}
+        data_ov: list[str] = []
+        if v.sft_data is not None:
+            from klear.ablate.sft_data import SFT_DATA
 
-        files = where / "data"
-        SFT_DATA[v.sft_data](files, seed)
-        data_ov = _data_overrides(files / "train.jsonl", files / "val.jsonl" if evaluate else None)
-    if not evaluate:  # the RL stage measures where it starts: a shared checkpoint is not evaluated twice
-        data_ov.append("data.val_size=0")
-    cfg = sft_config(ab, v, s, where, seed, data_ov)
-    res = run_sft(cfg, resume=False)
-    return {"dir": where, "seconds": res.seconds, "steps": res.steps, "reused": False}
+            files = where / "data"
+            SFT_DATA[v.sft_data](files, seed)
+            data_ov = _data_overrides(files / "train.jsonl", files / "val.jsonl" if evaluate else None)
+        if not evaluate:  # the RL stage measures where it starts: a shared checkpoint is not evaluated twice
+            data_ov.append("data.val_size=0")
+        cfg = sft_config(ab, v, s, where, seed, data_ov)
+        res = run_sft(cfg, resume=False)
+        return {"dir": where, "seconds": res.seconds, "steps": res.steps, "reused": False}
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if needed), released on exit or when the process dies."""
+    import fcntl
+
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _sft_curve(run_dir: Path) -> list[tuple[float, float]]:

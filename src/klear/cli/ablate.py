@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_all(chosen, root: Path, args: argparse.Namespace) -> list[dict]:
     from klear.ablate.report import verdict_lines
-    from klear.ablate.runner import Settings, estimate, run_ablation, validate
+    from klear.ablate.runner import Settings, estimate, validate
+    from klear.ablate.schedule import run_ablations
 
     def settings(ab) -> Settings:
         out = root / ab.name if len(chosen) > 1 else root
@@ -78,22 +79,23 @@ def run_all(chosen, root: Path, args: argparse.Namespace) -> list[dict]:
             say=_say,
         )
 
-    for ab in chosen:  # every config of every ablation checked before anything trains
-        validate(ab, settings(ab))
+    items = [(ab, settings(ab)) for ab in chosen]
+    for ab, s in items:  # every config of every ablation checked before anything trains
+        validate(ab, s)
     if len(chosen) > 1:
-        total = sum(estimate(ab, settings(ab))["total"] for ab in chosen)
+        # one queue of (ablation, seed) units: the runs' seconds over the cores, no round per ablation
+        work = sum(estimate(ab, s)["per_seed"] * s.seeds for ab, s in items)
         _say(
-            f"{len(chosen)} ablations: estimated {total / 60:.0f} min on 2 idle cores (shared SFT stages counted per ablation)"
+            f"{len(chosen)} ablations: estimated {work / min(args.jobs, 2) / 60:.0f} min on 2 idle cores "
+            "(shared SFT stages counted per ablation)"
         )
-    summaries = []
-    for ab in chosen:
-        summary = run_ablation(ab, settings(ab))
-        summaries.append(summary)
-        out = settings(ab).out
-        print((out / "ablation.md").read_text())
+
+    def finished(ab, s: Settings, summary: dict) -> None:
+        print((s.out / "ablation.md").read_text())
         for line in verdict_lines(summary):
             print(f"{ab.name}: {line}")
-    return summaries
+
+    return run_ablations(items, finished)
 
 
 def _list(ablations, jobs: int) -> None:
