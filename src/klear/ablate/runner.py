@@ -25,8 +25,9 @@ from klear.ablate.registry import Ablation, AblationError, Variant
 from klear.config import RLConfig, SFTConfig, load_config
 
 #: Seconds per unit of work on 2 idle cores with ``--jobs 2`` (1 torch thread per job), measured on the
-#: demo recipes (see estimate()). ``klear ablate all`` at the defaults, 2026-12-03 15:14-16:08, took
-#: 53.8 min against 53.7 estimated with these figures (per ablation within 18%: tests/ablate).
+#: demo recipes (see estimate()). ``klear ablate all`` at the defaults (5 seeds, one queue), 2026-12-03
+#: 16:39-17:15, took 36.5 min against 36.0 estimated with these figures (tests/ablate holds the
+#: estimate to that run: each ablation's seconds per seed within 25%, the whole within 10%).
 COST = {
     "sft_token": 5.36e-5,  # one SFT training token (forward + backward) ...
     "sft_token_per_length": 1.19e-7,  # ... plus this per position of trainer.max_length (attention, padding)
@@ -34,9 +35,9 @@ COST = {
     "update_token": 7.0e-5,  # one response token through the RL update (per PPO epoch)
     "run_overhead": 4.0,  # model load, reward pool start, checkpoint, plot
     # one hidden test of a code task in the sandbox (fork server, 2 reward workers per job, the other
-    # job's on the same 2 cores). Fitted to the reward ablation's runs (soft 173 s, hard 131 s mean),
-    # so it also carries the code runs' slower generation and update (~220-token sequences, addition ~90)
-    "code_test": 5.4e-3,
+    # job's on the same 2 cores), fitted to the reward ablation's RL runs at 8 tests (69 s mean). At 16
+    # tests the same runs took 111-188 s, more than twice as long: per test 5.4e-3 fitted there
+    "code_test": 2.4e-3,
 }
 #: Distinct responses per group on the built-in code task, as a fraction of n: the reward pool runs
 #: a repeated response once (klear.rewards.pool_inline); 4.75 of 8 measured on its SFT model at 0.6.
@@ -187,8 +188,20 @@ def validate(ab: Ablation, s: Settings) -> None:
             continue_config(ab, v, s, tmp, s.base_seed, tmp, 1, 1)
 
 
+#: Generation batches per step with dynamic sampling on (measured means: demo 1.6, filter 2.7,
+#: reward soft 1.75 / hard 2.3; a collapsing loss run reaches max_num_gen_batches).
+DS_GEN_BATCHES = 2.0
+
+
 def _match_placeholder(v: Variant) -> list[str]:
-    return ["trainer.train_batch_size=16", "trainer.ppo_mini_batch_size=8"] if v.match else []
+    """For the estimate: a variant matched to another's samples trains on what that one generated
+    per step (16 prompts x the expected generation batches), in 2 mini-batches."""
+    prompts = 2 * round(16 * DS_GEN_BATCHES / 2)
+    return (
+        [f"trainer.train_batch_size={prompts}", f"trainer.ppo_mini_batch_size={prompts // 2}"]
+        if v.match
+        else []
+    )
 
 
 def _data_overrides(train: Path, val: Path | None) -> list[str]:
@@ -254,7 +267,7 @@ def _sft_seconds(cfg: SFTConfig) -> float:
 def _rl_seconds(cfg: RLConfig) -> float:
     t, r = cfg.trainer, cfg.rollout
     tokens = r.max_new_tokens * 0.8  # responses stop at EOS a little before the cap
-    gen_batches = 1.6 if cfg.dynamic_sampling.enable else 1.0  # measured mean on the demo's task
+    gen_batches = DS_GEN_BATCHES if cfg.dynamic_sampling.enable else 1.0
     prompts = (t.gen_batch_size or t.train_batch_size) * gen_batches
     step = (
         prompts * r.n * tokens * COST["gen_token"]

@@ -76,6 +76,15 @@ class _Track:
         return True
 
 
+def estimate_all(items: Sequence[tuple[Ablation, Settings]]) -> float:
+    """Seconds for ``items`` through one queue on 2 idle cores: every unit's estimated work over the
+    cores (a shared SFT stage counted once, for the first ablation that needs it)."""
+    seen: set[str] = set()
+    work = sum(estimate(ab, s, seen)["per_seed"] * s.seeds for ab, s in items)
+    jobs = items[0][1].jobs if items else 1
+    return work / max(1, min(jobs, 2))
+
+
 def run_ablation(ab: Ablation, s: Settings) -> dict[str, Any]:
     """Every variant on every seed, then statistics and the report; returns the report's data."""
     return run_ablations([(ab, s)])[0]

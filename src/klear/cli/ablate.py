@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_all(chosen, root: Path, args: argparse.Namespace) -> list[dict]:
     from klear.ablate.report import verdict_lines
-    from klear.ablate.runner import Settings, estimate, validate
-    from klear.ablate.schedule import run_ablations
+    from klear.ablate.runner import Settings, validate
+    from klear.ablate.schedule import estimate_all, run_ablations
 
     def settings(ab) -> Settings:
         out = root / ab.name if len(chosen) > 1 else root
@@ -83,11 +83,8 @@ def run_all(chosen, root: Path, args: argparse.Namespace) -> list[dict]:
     for ab, s in items:  # every config of every ablation checked before anything trains
         validate(ab, s)
     if len(chosen) > 1:
-        # one queue of (ablation, seed) units: the runs' seconds over the cores, no round per ablation
-        work = sum(estimate(ab, s)["per_seed"] * s.seeds for ab, s in items)
         _say(
-            f"{len(chosen)} ablations: estimated {work / min(args.jobs, 2) / 60:.0f} min on 2 idle cores "
-            "(shared SFT stages counted per ablation)"
+            f"{len(chosen)} ablations in one queue: estimated {estimate_all(items) / 60:.0f} min on 2 idle cores"
         )
 
     def finished(ab, s: Settings, summary: dict) -> None:
@@ -100,14 +97,17 @@ def run_all(chosen, root: Path, args: argparse.Namespace) -> list[dict]:
 
 def _list(ablations, jobs: int) -> None:
     from klear.ablate.runner import Settings, estimate
+    from klear.ablate.schedule import estimate_all
 
-    for ab in ablations:
-        est = estimate(ab, Settings(out=Path("runs/ablate") / ab.name, seeds=ab.seeds, jobs=jobs))
+    items = [(ab, Settings(out=Path("runs/ablate") / ab.name, seeds=ab.seeds, jobs=jobs)) for ab in ablations]
+    for ab, s in items:
+        est = estimate(ab, s)
         print(f"{ab.name}: {ab.claim}")
         print(f"  baseline {ab.baseline!r}; variants: {', '.join(v.name for v in ab.variants)}")
         print(
             f"  {ab.seeds} seeds by default; about {est['total'] / 60:.0f} min on 2 idle cores with --jobs {jobs}"
         )
+    print(f"all: about {estimate_all(items) / 60:.0f} min on 2 idle cores with --jobs {jobs} (one queue)")
 
 
 def _say(msg: str) -> None:
