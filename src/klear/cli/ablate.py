@@ -11,7 +11,7 @@ Examples:
   klear ablate --list                      # the ablations, their claims and estimated minutes
   klear ablate loss                        # ppo clip-higher / gppo / ce-gppo / cispo, 5 seeds
   klear ablate filter --seeds 8 --out runs/filter
-  klear ablate all --out runs/ablate       # every ablation; SFT checkpoints shared where equal
+  klear ablate all --out runs/ablate       # every ablation in one queue; SFT checkpoints shared where equal
   klear ablate loss --jobs 1               # one run at a time (a busy machine)
   klear ablate loss --rl trainer.total_steps=4 --seeds 2   # a quick look (overrides of demo.yaml)
 """
@@ -32,7 +32,8 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--jobs",
         type=int,
         default=2,
-        help="seeds run at once in worker processes, one core each (default 2: a 2-core laptop)",
+        help="seeds (of any ablation, with 'all') run at once in worker processes, one core each "
+        "(default 2: a 2-core laptop)",
     )
     p.add_argument("--out", type=Path, help="output directory (default: runs/ablate/NAME)")
     p.add_argument(
