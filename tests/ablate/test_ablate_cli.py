@@ -160,5 +160,12 @@ def test_two_ablations_share_one_queue_and_their_sft_stages(tmp_path, capsys):
     starts = {(r["variant"], r["seed"]): r["start"] for s in summaries for r in s["runs"]}
     for seed in (0, 1):
         assert starts[("dynamic sampling on", seed)] == starts[("rl (gppo)", seed)]
-    out = capsys.readouterr().out
-    assert "filter: filtering beats no filtering:" in out and "rl-vs-sft: RL beats more SFT" in out
+    captured = capsys.readouterr()
+    assert (
+        "filter: filtering beats no filtering:" in captured.out
+        and "rl-vs-sft: RL beats more SFT" in captured.out
+    )
+    assert "2 ablations in one queue: estimated" in captured.err  # the plan comes first
+    assert (
+        "filter [1/4]" in captured.err and "rl-vs-sft [4/4]" in captured.err
+    )  # run lines name their ablation

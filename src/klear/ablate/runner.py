@@ -509,10 +509,5 @@ def _slug(name: str) -> str:
     return out
 
 
-def _mmss(secs: float) -> str:
-    m, sec = divmod(round(secs), 60)
-    return f"{m}:{sec:02d}"
-
-
 def result_dict(r: RunResult) -> dict[str, Any]:
     return {**asdict(r), "gain": r.gain}

@@ -17,7 +17,12 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from klear.ablate.registry import Ablation, AblationError
-from klear.ablate.runner import RunResult, Settings, _mmss, estimate, run_seed, validate
+from klear.ablate.runner import RunResult, Settings, estimate, run_seed, validate
+
+
+def _mmss(secs: float) -> str:
+    m, sec = divmod(round(secs), 60)
+    return f"{m}:{sec:02d}"
 
 
 def run_line(res: RunResult) -> str:
@@ -85,11 +90,6 @@ def estimate_all(items: Sequence[tuple[Ablation, Settings]]) -> float:
     return work / max(1, min(jobs, 2))
 
 
-def run_ablation(ab: Ablation, s: Settings) -> dict[str, Any]:
-    """Every variant on every seed, then statistics and the report; returns the report's data."""
-    return run_ablations([(ab, s)])[0]
-
-
 def run_ablations(
     items: Sequence[tuple[Ablation, Settings]],
     finished: Callable[[Ablation, Settings, dict[str, Any]], None] | None = None,
@@ -98,9 +98,13 @@ def run_ablations(
     one's report is written (and ``finished`` called) as soon as its last unit is done."""
     from klear.preflight import check_out_dir
 
-    for ab, s in items:
+    for ab, s in items:  # every config of every run checked before anything trains
         check_out_dir(s.out, "--out")
         validate(ab, s)
+    if len(items) > 1:
+        items[0][1].say(
+            f"{len(items)} ablations in one queue: estimated {estimate_all(items) / 60:.0f} min on 2 idle cores"
+        )
     tracks = [_Track(ab, s, estimate(ab, s), units_left=s.seeds) for ab, s in items]
     units = [(i, s.base_seed + k) for i, (_ab, s) in enumerate(items) for k in range(s.seeds)]
     prefix = (lambda t: f"{t.ab.name} ") if len(items) > 1 else (lambda t: "")

@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_all(chosen, root: Path, args: argparse.Namespace) -> list[dict]:
     from klear.ablate.report import verdict_lines
-    from klear.ablate.runner import Settings, validate
-    from klear.ablate.schedule import estimate_all, run_ablations
+    from klear.ablate.runner import Settings
+    from klear.ablate.schedule import run_ablations
 
     def settings(ab) -> Settings:
         out = root / ab.name if len(chosen) > 1 else root
@@ -81,12 +81,6 @@ def run_all(chosen, root: Path, args: argparse.Namespace) -> list[dict]:
         )
 
     items = [(ab, settings(ab)) for ab in chosen]
-    for ab, s in items:  # every config of every ablation checked before anything trains
-        validate(ab, s)
-    if len(chosen) > 1:
-        _say(
-            f"{len(chosen)} ablations in one queue: estimated {estimate_all(items) / 60:.0f} min on 2 idle cores"
-        )
 
     def finished(ab, s: Settings, summary: dict) -> None:
         print((s.out / "ablation.md").read_text())
